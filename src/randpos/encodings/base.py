@@ -1,0 +1,207 @@
+"""The positional-encoding interface: three optional hooks, one registry.
+
+Notation: B = batch, T = sequence length, D = model width, H = heads, d = D / H (head width),
+K = D / 2 (number of sinusoid frequencies), L = ``max_position``, G = number of distance tables.
+
+A positional encoding (PE) is an ``nn.Module`` built once per model from a
+:class:`~randpos.model.ModelConfig`. It overrides any subset of three hooks; the model finds out
+which by asking :attr:`has_embed` / :attr:`has_rotate` / :attr:`has_bias`, never by the PE's name:
+
+* ``embed(x, positions)``: absolute encodings, adds to the scaled token embeddings (B, T, D);
+* ``rotate(q, k, positions, layer)``: rotates queries and keys (B, H, T, d) before the dot product;
+* ``bias(q, k, positions, layer, distances)``: an additive attention-logit bias, broadcastable to
+  (B, H, T, T), in the same units as ``q . k / sqrt(d)`` (it is added after that scaling). It gets
+  the (already rotated) q and k because some encodings (relative) depend on them.
+
+Positions are data (DESIGN §1): a PE never invents them, and accepts any integer positions in
+``[0, L)``, sorted or not, contiguous or not. Encodings that live inside attention may instead
+read the reference's randomized *distances* (``uses_distances``; SPEC §4.2, docs/encodings.md).
+Per-layer state (relative's W_R, u, v) is stacked along a leading layer axis and indexed with the
+``layer`` argument, so one module serves every layer and the parameter count is not duplicated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from randpos.model.config import ModelConfig
+
+#: name -> PositionalEncoding subclass; filled by :func:`register` as the family modules import.
+ENCODINGS: dict[str, type[PositionalEncoding]] = {}
+
+
+def register(name: str) -> Callable[[type[PositionalEncoding]], type[PositionalEncoding]]:
+    """Class decorator: make a PE available under ``name`` (the CLI/config/results name)."""
+
+    def decorator(cls: type[PositionalEncoding]) -> type[PositionalEncoding]:
+        if name in ENCODINGS:
+            raise ValueError(f"positional encoding {name!r} is registered twice")
+        cls.name = name
+        ENCODINGS[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_encoding(name: str) -> type[PositionalEncoding]:
+    """The PE class registered as ``name``; ``ValueError`` listing the valid names otherwise."""
+    try:
+        return ENCODINGS[name]
+    except (KeyError, TypeError):
+        valid = ", ".join(ENCODINGS)
+        raise ValueError(f"unknown positional encoding {name!r}; valid names: {valid}") from None
+
+
+def build_encoding(config: ModelConfig) -> PositionalEncoding:
+    """Instantiate the PE named by ``config.pe`` for this architecture."""
+    return get_encoding(config.pe)(config)
+
+
+class PositionalEncoding(nn.Module):
+    """Base class; subclasses override the hooks they need (none for NoPE)."""
+
+    name: ClassVar[str] = ""
+    #: True when :meth:`bias` reads the ``distances`` tables (the reference's randomized
+    #: relative/ALiBi). Other PEs ignore ``distances``.
+    uses_distances: ClassVar[bool] = False
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.width = config.width
+        self.num_heads = config.num_heads
+        self.head_width = config.width // config.num_heads
+        self.num_layers = config.num_layers
+        self.max_position = config.max_position
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """(Re-)initialize trainable state from ``generator``; no-op for parameter-free PEs."""
+
+    # --- capabilities, derived from which hooks a subclass overrides ---------------------------
+
+    @property
+    def has_embed(self) -> bool:
+        return type(self).embed is not PositionalEncoding.embed
+
+    @property
+    def has_rotate(self) -> bool:
+        return type(self).rotate is not PositionalEncoding.rotate
+
+    @property
+    def has_bias(self) -> bool:
+        return type(self).bias is not PositionalEncoding.bias
+
+    # --- the hooks --------------------------------------------------------------------------
+
+    def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, T, D) plus the absolute encoding of ``positions`` (B, T)."""
+        return x
+
+    def rotate(
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys (B, H, T, d) transformed according to ``positions`` (B, T)."""
+        return q, k
+
+    def bias(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        positions: torch.Tensor,
+        layer: int,
+        distances: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """Additive logit bias broadcastable to (B, H, T, T), or None."""
+        return None
+
+    # --- validation (called once per forward by the model, not per layer) ---------------------
+
+    def check_distances(self, distances: torch.Tensor, length: int, *, ranges: bool = True) -> None:
+        """``ValueError`` unless ``distances`` are integer tables (G, 2, >=T), G in {1, layers};
+        with ``ranges`` also values in ``[0, max_position)`` and a zero self-distance (syncs)."""
+        if distances.is_floating_point() or distances.is_complex() or distances.dtype == torch.bool:
+            raise ValueError(f"distances must be an integer tensor, got dtype {distances.dtype}")
+        if (
+            distances.dim() != 3
+            or distances.shape[0] not in (1, self.num_layers)
+            or distances.shape[1] != 2
+            or distances.shape[2] < length
+        ):
+            raise ValueError(
+                f"distances must have shape (1 or num_layers={self.num_layers}, 2, >= T={length}),"
+                f" got {tuple(distances.shape)}"
+            )
+        if not ranges:
+            return
+        check_range("distances", distances, self.max_position)
+        if bool((distances[:, :, 0] != 0).any()):
+            raise ValueError("distances[:, :, 0] must be 0 (a query's distance to itself)")
+
+
+def check_range(what: str, values: torch.Tensor, limit: int) -> None:
+    """``ValueError`` naming ``what`` unless all ``values`` lie in ``[0, limit)``."""
+    if values.numel() == 0:
+        return
+    lo, hi = torch.stack([values.min(), values.max()]).tolist()
+    if lo < 0 or hi >= limit:
+        raise ValueError(
+            f"{what} must lie in [0, {limit}) (max_position={limit}), got values in [{lo}, {hi}];"
+            f" raise max_position or sample {what} within range (they are never clamped)"
+        )
+
+
+# --- shared math ------------------------------------------------------------------------------
+
+
+def inverse_frequencies(num: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+    """``10000^(-2k / width)`` for k = 0..num-1, float64 (num,).
+
+    float64 keeps ``position * frequency`` exact enough at positions ~2048, where a float32
+    product would already be off by ~1e-4 rad.
+    """
+    k = torch.arange(num, device=device, dtype=torch.float64)
+    return torch.pow(10000.0, -2.0 * k / width)
+
+
+def sinusoid(values: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Sin/cos encoding of integer ``values`` (...,) -> (..., width), SPEC §4.1 layout.
+
+    ``out[..., k] = sin(p w_k)`` and ``out[..., K + k] = cos(p w_k)`` with w_k = 10000^(-2k/width):
+    all sines in the first half, all cosines in the second (not interleaved).
+    """
+    angles = values.to(torch.float64).unsqueeze(-1) * inverse_frequencies(
+        width // 2, width, values.device
+    )  # (..., K)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
+
+
+def layer_table(distances: torch.Tensor, layer: int) -> torch.Tensor:
+    """The (2, T') distance table of ``layer``: its own row, or the shared one when G == 1."""
+    return distances[layer] if distances.shape[0] > 1 else distances[0]
+
+
+def signed_offsets(table: torch.Tensor, length: int) -> torch.Tensor:
+    """Map every offset delta = j - i in -(T-1)..T-1 through a distance table: (2T-1,) long.
+
+    Entry ``delta + T - 1`` is ``+a_delta`` for a key to the right (table[0]), ``-b_|delta|`` for a
+    key to the left (table[1]) and 0 for the query itself: the intended signed-distance semantics
+    of the reference's randomized relative encoding (SPEC §4.2).
+    """
+    right = table[0, :length]  # (T,)   delta = 0..T-1
+    left = table[1, 1:length].flip(0)  # (T-1,) delta = -(T-1)..-1
+    return torch.cat([-left, right])
+
+
+def toeplitz_index(length: int, device: torch.device | None = None) -> torch.Tensor:
+    """(T, T) long, ``[i, j] = j - i + T - 1``: the column of offset j - i in a (2T-1,) axis."""
+    idx = torch.arange(length, device=device)
+    return idx.unsqueeze(0) - idx.unsqueeze(1) + (length - 1)
+
+
+def head_scale(head_width: int) -> float:
+    return 1.0 / math.sqrt(head_width)

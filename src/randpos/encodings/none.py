@@ -1,0 +1,11 @@
+"""NoPE: no positional information at all (the reference's ``NONE``)."""
+
+from __future__ import annotations
+
+from randpos.encodings.base import PositionalEncoding, register
+
+
+@register("none")
+class NoEncoding(PositionalEncoding):
+    """Overrides no hook: the encoder sees token embeddings only (and, being bidirectional, is
+    then equivariant to permutations of its input)."""

@@ -1,0 +1,126 @@
+"""Relative encoding, Transformer-XL style, non-causal (the reference's ``RELATIVE``; SPEC §4.1).
+
+Notation: B = batch, H = heads, T = length, D = width, d = D / H, K = D / 2, L = max_position,
+R(x) = the sin/cos vector of a (signed) relative position x (width D, see ``base.sinusoid``),
+W_R = a per-layer bias-free D x D projection split into heads, u, v = per-layer, per-head vectors.
+
+    logit(i, j) = [ (q_i + u) . k_j + (q_i + v) . (W_R R(x_ij))_head ] / sqrt(d)
+
+so the bias hook returns [u . k_j + (q_i + v) . (W_R R(x_ij))_head] / sqrt(d). The relative index
+is key minus query, as in the reference. Two readings of x_ij (docs/encodings.md):
+
+* positions: x_ij = p_j - p_i. Never materializes (T, T, D): since R is sinusoidal,
+  sin/cos((p_j - p_i) w) expand by the angle-difference identity, and the term becomes a
+  (T x 2K) @ (2K x T) product per head.
+* distances: x_ij = the signed distance of offset j - i from a table (+a right, -b left; the
+  reference's randomized relative). W_R R is computed for the 2T-1 offsets and gathered.
+
+``relative_reference_bug`` reproduces the released code's clamped lookup (SPEC §4.2) under an
+explicit name; it is never the default.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from randpos.encodings.base import (
+    PositionalEncoding,
+    inverse_frequencies,
+    layer_table,
+    register,
+    signed_offsets,
+    sinusoid,
+    toeplitz_index,
+)
+from randpos.positions import contiguous_distances
+
+if TYPE_CHECKING:
+    from randpos.model.config import ModelConfig
+
+
+@register("relative")
+class RelativeEncoding(PositionalEncoding):
+    uses_distances = True
+    #: read a distance table even when none is given (the identity table then)
+    requires_distances = False
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        n, h, d, w = config.num_layers, self.num_heads, self.head_width, config.width
+        # zeros until reset_parameters(generator) (the model calls it): no global RNG use here
+        self.w_r = nn.Parameter(torch.zeros(n, w, w))  # (layers, D out, D in), like Linear.weight
+        self.u = nn.Parameter(torch.zeros(n, h, d))  # (layers, H, d)
+        self.v = nn.Parameter(torch.zeros(n, h, d))  # (layers, H, d)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        # W_R: Haiku Linear default (truncated normal, std 1/sqrt(fan_in), cut at 2 std);
+        # u, v: N(0, 0.02) as in the reference
+        std = 1.0 / math.sqrt(self.width)
+        nn.init.trunc_normal_(self.w_r, std=std, a=-2 * std, b=2 * std, generator=generator)
+        nn.init.normal_(self.u, std=0.02, generator=generator)
+        nn.init.normal_(self.v, std=0.02, generator=generator)
+
+    def offset_values(self, table: torch.Tensor, length: int) -> torch.Tensor:
+        """Relative position used for each offset -(T-1)..T-1 under a distance table: (2T-1,)."""
+        return signed_offsets(table, length)
+
+    def bias(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        positions: torch.Tensor,
+        layer: int,
+        distances: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch, heads, length, d = q.shape
+        w = self.w_r[layer].view(heads, d, self.width)  # (H, d, D): head h's output rows of W_R
+        u = self.u[layer].to(q.dtype)
+        v = self.v[layer].to(q.dtype)
+        content = torch.einsum("bhjd,hd->bhj", k, u).unsqueeze(2)  # (B, H, 1, T): u . k_j
+        qv = q + v.unsqueeze(1)  # (B, H, T, d)
+
+        if distances is None and self.requires_distances:
+            distances = contiguous_distances(1, length, device=q.device)
+        if distances is not None:
+            values = self.offset_values(layer_table(distances, layer), length)  # (2T-1,)
+            proj = torch.einsum("hdc,oc->hod", w, sinusoid(values, self.width, q.dtype))
+            per_offset = qv @ proj.transpose(-1, -2)  # (B, H, T, 2T-1)
+            index = toeplitz_index(length, q.device).expand(batch, heads, length, length)
+            position_term = per_offset.gather(-1, index)  # (B, H, T, T)
+        else:
+            a = torch.einsum("bhid,hdc->bhic", qv, w)  # (B, H, T, D): (q_i + v) W_R per head
+            a_sin, a_cos = a.chunk(2, dim=-1)  # (B, H, T, K) each
+            angles = positions.to(torch.float64).unsqueeze(-1) * inverse_frequencies(
+                self.width // 2, self.width, positions.device
+            )  # (B, T, K)
+            sin = angles.sin().to(q.dtype).unsqueeze(1)  # (B, 1, T, K)
+            cos = angles.cos().to(q.dtype).unsqueeze(1)
+            # sin(x_j - x_i) = s_j c_i - c_j s_i and cos(x_j - x_i) = c_j c_i + s_j s_i, so
+            # a_sin . sin(..) + a_cos . cos(..) = [query features] . [s_j, c_j]
+            query_features = torch.cat([a_sin * cos + a_cos * sin, a_cos * cos - a_sin * sin], -1)
+            key_features = torch.cat([sin, cos], dim=-1)  # (B, 1, T, 2K)
+            position_term = query_features @ key_features.transpose(-1, -2)  # (B, H, T, T)
+        return (content + position_term) / math.sqrt(d)
+
+
+@register("relative_reference_bug")
+class RelativeReferenceBugEncoding(RelativeEncoding):
+    """The released NOISY_RELATIVE lookup, kept only to compare against (SPEC §4.2, §10.1).
+
+    The released code builds the sinusoid table for positions 0..L-1 but indexes it at L + x, and
+    JAX clamps out-of-range gathers: every key at or to the right of the query gets R(L-1), and a
+    key |delta| places to the left gets R(L - b_|delta|). It always reads a distance table (the
+    identity table when none is given) and ignores positions.
+    """
+
+    requires_distances = True
+
+    def offset_values(self, table: torch.Tensor, length: int) -> torch.Tensor:
+        last = self.max_position - 1
+        right = torch.full((length,), last, dtype=table.dtype, device=table.device)  # delta >= 0
+        left = self.max_position - table[1, 1:length].flip(0)  # delta = -(T-1)..-1
+        return torch.cat([left, right])

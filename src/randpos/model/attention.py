@@ -1,0 +1,96 @@
+"""Multi-head self-attention: one implementation, two numerically equivalent backends.
+
+Notation: B = batch, T = length, D = width, H = heads, d = D / H.
+
+``attend`` computes softmax(q k^T / sqrt(d) + bias [+ causal mask]) v either explicitly
+(``"math"``, the reference path, easy to read and to check) or with
+``torch.nn.functional.scaled_dot_product_attention`` (``"fast"``, the fused kernels, bias passed as
+``attn_mask``). The positional encoding enters only through its hooks (rotate, bias); this module
+never asks which encoding it is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from randpos.encodings.base import PositionalEncoding
+from randpos.model.layers import Linear
+
+ATTENTION_BACKENDS = ("fast", "math")
+
+
+def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
+    """(T, T) bool, True where key j may be seen by query i (j <= i)."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    causal: bool = False,
+    backend: str = "fast",
+) -> torch.Tensor:
+    """Attention of q, k, v (B, H, T, d) with an optional additive logit bias
+    broadcastable to (B, H, T, T); returns (B, H, T, d)."""
+    length = q.shape[-2]
+    if backend == "math":
+        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+        if bias is not None:
+            logits = logits + bias
+        if causal:
+            logits = logits.masked_fill(~_causal_mask(length, q.device), float("-inf"))
+        return torch.softmax(logits, dim=-1) @ v
+    if backend == "fast":
+        if bias is not None and causal:
+            # SDPA refuses is_causal together with attn_mask: fold the mask into the bias
+            bias = bias.masked_fill(~_causal_mask(length, q.device), float("-inf"))
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, is_causal=causal and bias is None
+        )
+    raise ValueError(
+        f"unknown attention backend {backend!r}; valid: {', '.join(ATTENTION_BACKENDS)}"
+    )
+
+
+class MultiHeadAttention(nn.Module):
+    """Bias-free q, k, v, o projections (D -> D), as in the reference."""
+
+    def __init__(self, width: int, num_heads: int, *, causal: bool, backend: str) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.causal = causal
+        self.backend = backend
+        self.query = Linear(width, width, bias=False)
+        self.key = Linear(width, width, bias=False)
+        self.value = Linear(width, width, bias=False)
+        self.output = Linear(width, width, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        pe: PositionalEncoding,
+        layer: int,
+        distances: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``x`` (B, T, D) -> (B, T, D); ``pe`` is the model's encoding, ``layer`` this layer's
+        index (for per-layer encoding state and distance tables)."""
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, H, T, d)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        if pe.has_rotate:
+            q, k = pe.rotate(q, k, positions, layer)
+        bias = pe.bias(q, k, positions, layer, distances) if pe.has_bias else None
+        out = attend(q, k, v, bias, causal=self.causal, backend=self.backend)  # (B, H, T, d)
+        return self.output(out.transpose(1, 2).flatten(2))  # (B, T, D)

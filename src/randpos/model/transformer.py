@@ -1,0 +1,200 @@
+"""The reference encoder (SPEC §3): post-LN, bidirectional, positions fed in as data.
+
+Notation: B = batch, T = length, D = width, V = vocab_size, C = num_classes, L = max_position,
+G = number of distance tables (1 or num_layers).
+
+    h = Embed(tokens) * sqrt(D)            (+ pe.embed(positions), then dropout, absolute PEs only)
+    every layer:  h = LN(h + Dropout(Attention(h)));  h = LN(h + Dropout(FFN(h)))
+    logits = Linear(h)                      on every position, (B, T, C)
+
+Randomness is explicit (DESIGN §4): ``Transformer(config, generator=g)`` initializes from ``g``
+and ``forward(..., generator=g)`` draws every dropout mask from ``g``. The forward has no
+data-dependent Python control flow, no in-place ops on activations and no ``.item()`` beyond the
+optional input validation (``validate=False`` skips the checks that need a device sync), so it
+stays friendly to ``torch.func`` (functional_call + vmap) and ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from randpos.encodings import PE_NAMES, build_encoding, get_encoding
+from randpos.encodings.base import PositionalEncoding
+from randpos.model.attention import ATTENTION_BACKENDS, MultiHeadAttention
+from randpos.model.config import ModelConfig
+from randpos.model.layers import Linear, dropout, truncated_normal_
+
+
+def check_config(config: ModelConfig) -> None:
+    """``ValueError`` naming the field, its value and what is allowed."""
+
+    def fail(field: str, allowed: str) -> None:
+        raise ValueError(f"ModelConfig.{field}={getattr(config, field)!r}: must be {allowed}")
+
+    for field in ("vocab_size", "num_classes", "num_layers", "width", "num_heads", "ff_width"):
+        value = getattr(config, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            fail(field, "a positive integer")
+    if not isinstance(config.max_position, int) or config.max_position <= 0:
+        fail("max_position", "a positive integer")
+    if config.width % config.num_heads:
+        fail("width", f"divisible by num_heads={config.num_heads}")
+    if config.width % 2:
+        fail("width", "even (sinusoids pair sin and cos)")
+    if (config.width // config.num_heads) % 2:
+        fail("num_heads", "such that width // num_heads is even (rotary pairs dimensions)")
+    if not 0.0 <= config.dropout < 1.0:
+        fail("dropout", "in [0, 1)")
+    if config.attention not in ATTENTION_BACKENDS:
+        fail("attention", f"one of {', '.join(ATTENTION_BACKENDS)}")
+    if config.pe not in PE_NAMES:
+        get_encoding(config.pe)  # raises the registry's error, listing the valid names
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN block: h = LN(h + Dropout(Attn(h))); h = LN(h + Dropout(FFN(h)))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dropout = config.dropout
+        self.attention = MultiHeadAttention(
+            config.width, config.num_heads, causal=config.causal, backend=config.attention
+        )
+        self.attention_norm = nn.LayerNorm(config.width, eps=1e-5)
+        self.ff_in = Linear(config.width, config.ff_width)
+        self.ff_out = Linear(config.ff_width, config.width)
+        self.ff_norm = nn.LayerNorm(config.width, eps=1e-5)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        positions: torch.Tensor,
+        pe: PositionalEncoding,
+        layer: int,
+        distances: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        a = self.attention(h, positions, pe, layer, distances)
+        h = self.attention_norm(h + dropout(a, self.dropout, self.training, generator))
+        f = self.ff_out(torch.relu(self.ff_in(h)))
+        return self.ff_norm(h + dropout(f, self.dropout, self.training, generator))
+
+
+class Transformer(nn.Module):
+    """The encoder of SPEC §3; ``forward(tokens, positions) -> logits (B, T, C)``."""
+
+    def __init__(self, config: ModelConfig, *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        check_config(config)
+        self.config = config
+        self.pe = build_encoding(config)
+        # zeros until reset_parameters: construction never touches an RNG
+        self.embedding = nn.Embedding(
+            config.vocab_size, config.width, _weight=torch.zeros(config.vocab_size, config.width)
+        )
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
+        self.head = Linear(config.width, config.num_classes)
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Reference initialization, every random draw from ``generator`` in a fixed order."""
+        truncated_normal_(self.embedding.weight, 0.02, generator)
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.reset_parameters(generator)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
+        self.pe.reset_parameters(generator)
+
+    @property
+    def uses_distances(self) -> bool:
+        """Whether ``forward``'s ``distances`` argument is read (the distance reading)."""
+        return self.pe.uses_distances
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        *,
+        distances: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        validate: bool = True,
+    ) -> torch.Tensor:
+        """Logits (B, T, C) for every position.
+
+        tokens:    integer (B, T), ids in [0, vocab_size).
+        positions: integer (B, T) or (1, T) (shared by the batch), values in [0, max_position).
+        distances: optional integer (G, 2, >=T) distance tables (``randpos.positions.
+                   randomized_distances``), G = 1 (shared) or num_layers (one per layer); read
+                   only by encodings with ``uses_distances`` (relative, ALiBi), ignored otherwise.
+        generator: source of the dropout masks in training mode (None: torch's global RNG).
+        validate:  range-check tokens, positions and distances (one device sync per check);
+                   shape and dtype checks are always done (they are free).
+        """
+        self._check_inputs(tokens, positions, distances, validate)
+        if not self.pe.uses_distances:
+            distances = None
+        h = self.embedding(tokens) * math.sqrt(self.config.width)  # (B, T, D)
+        if self.pe.has_embed:
+            # dropout on embeddings only with an absolute encoding, as in the reference
+            h = dropout(self.pe.embed(h, positions), self.config.dropout, self.training, generator)
+        for index, layer in enumerate(self.layers):
+            h = layer(h, positions, self.pe, index, distances, generator)
+        return self.head(h)  # (B, T, C)
+
+    def _check_inputs(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        distances: torch.Tensor | None,
+        validate: bool,
+    ) -> None:
+        if not isinstance(tokens, torch.Tensor) or not isinstance(positions, torch.Tensor):
+            raise ValueError("tokens and positions must be torch tensors")
+        if tokens.dim() != 2 or tokens.numel() == 0:
+            raise ValueError(
+                f"tokens must have a non-empty shape (B, T), got {tuple(tokens.shape)}"
+            )
+        if positions.dim() != 2 or positions.shape[1] != tokens.shape[1]:
+            raise ValueError(
+                f"positions must have shape (B, T) or (1, T) matching tokens {tuple(tokens.shape)},"
+                f" got {tuple(positions.shape)}"
+            )
+        if positions.shape[0] not in (1, tokens.shape[0]):
+            raise ValueError(
+                f"positions batch size {positions.shape[0]} must be 1 or tokens' {tokens.shape[0]}"
+            )
+        for name, t in (("tokens", tokens), ("positions", positions)):
+            if not _is_integer(t):
+                raise ValueError(f"{name} must be an integer tensor (ids/positions), got {t.dtype}")
+        use_distances = distances is not None and self.pe.uses_distances
+        if use_distances:
+            if not isinstance(distances, torch.Tensor):
+                raise ValueError("distances must be a torch tensor")
+            self.pe.check_distances(distances, tokens.shape[1], ranges=False)
+        if not validate:
+            return
+        # one sync for both range checks
+        lo_t, hi_t, lo_p, hi_p = torch.stack(
+            [tokens.min(), tokens.max(), positions.min(), positions.max()]
+        ).tolist()
+        if lo_t < 0 or hi_t >= self.config.vocab_size:
+            raise ValueError(
+                f"tokens must lie in [0, vocab_size={self.config.vocab_size}),"
+                f" got values in [{lo_t}, {hi_t}]"
+            )
+        limit = self.config.max_position
+        if lo_p < 0 or hi_p >= limit:
+            raise ValueError(
+                f"positions must lie in [0, max_position={limit}), got values in [{lo_p}, {hi_p}];"
+                " positions are never clamped: raise max_position or sample within range"
+            )
+        if use_distances:
+            self.pe.check_distances(distances, tokens.shape[1])
