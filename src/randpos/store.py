@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS sweep_runs (
     sweep  TEXT NOT NULL,
     run_id TEXT NOT NULL,
     config TEXT NOT NULL,
+    position INTEGER NOT NULL DEFAULT 0,  -- grid order
     PRIMARY KEY (sweep, run_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
@@ -371,6 +372,16 @@ class ResultsStore:
                 [(now, r) for r in ids],
             )
 
+    def release_run(self, run_id: str) -> None:
+        """Give up this process's claim on a running run (interrupted): the next sweep takes it
+        over at once instead of waiting for the heartbeat to go stale."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET pid = NULL, heartbeat_at = NULL "
+                "WHERE run_id = ? AND status = 'running'",
+                (run_id,),
+            )
+
     def finish_run(
         self,
         run_id: str,
@@ -436,7 +447,8 @@ class ResultsStore:
         """Record a sweep's spec and the runs its grid expands to (replacing older versions)."""
         now = time.time()
         rows = [
-            (name, rid, json.dumps(_canonical(cfg), sort_keys=True)) for rid, cfg in runs.items()
+            (name, rid, json.dumps(_canonical(cfg), sort_keys=True), i)
+            for i, (rid, cfg) in enumerate(runs.items())
         ]
         with self._write() as conn:
             conn.execute(
@@ -448,7 +460,9 @@ class ResultsStore:
                 (name, json.dumps(_jsonable(spec), sort_keys=True), now, now),
             )
             conn.execute("DELETE FROM sweep_runs WHERE sweep = ?", (name,))
-            conn.executemany("INSERT INTO sweep_runs(sweep, run_id, config) VALUES (?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO sweep_runs(sweep, run_id, config, position) VALUES (?, ?, ?, ?)", rows
+            )
 
     def sweeps(self) -> list[str]:
         return [r[0] for r in self._conn().execute("SELECT name FROM sweeps ORDER BY name")]
@@ -460,7 +474,7 @@ class ResultsStore:
     def sweep_plan(self, name: str) -> dict[str, dict]:
         """The run ids (and configs) a sweep's grid expands to."""
         rows = self._conn().execute(
-            "SELECT run_id, config FROM sweep_runs WHERE sweep = ? ORDER BY rowid", (name,)
+            "SELECT run_id, config FROM sweep_runs WHERE sweep = ? ORDER BY position", (name,)
         )
         return {rid: json.loads(cfg) for rid, cfg in rows}
 
