@@ -1,0 +1,253 @@
+"""Reports: a pure function of the results store (DESIGN §4.8).
+
+``write_report(store, out_dir, sweep=...)`` writes::
+
+    report.md            Table 1, the seed table, the headline and the protocol, linking figures
+    report.html          the same in one self-contained file (figures inlined as base64 PNG)
+    table1.tex           Table 1 as a LaTeX table (booktabs)
+    table1.csv           Table 1 values (0..1), plus table1_seeds.csv (mean, std over seeds)
+    runs.csv             one row per finished run
+    per_length.csv/.parquet  every (run, length, accuracy) with the run's config
+    figures/accuracy_<task>.png, figures/table1_heatmap.png
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from randpos.report.tables import (
+    LEVEL_NAMES,
+    Table1,
+    build_table1,
+    headline_text,
+    to_html_table,
+    to_latex,
+    to_markdown,
+)
+from randpos.store import ResultsStore, default_store_path
+
+
+@dataclass
+class Report:
+    table: Table1
+    runs: pd.DataFrame  # finished runs
+    per_length: pd.DataFrame  # long format, finished runs only
+    source: str  # "<store path> (sweep NAME)" for the captions
+
+
+def build_report(store: ResultsStore, sweep: str | None = None) -> Report:
+    """Everything the outputs show, computed from the store alone."""
+    if sweep is not None and sweep not in store.sweeps():
+        known = ", ".join(store.sweeps()) or "(none)"
+        raise ValueError(f"no sweep named {sweep!r} in {store.path}; known: {known}")
+    runs = store.runs(sweep=sweep, status="done")
+    if runs.empty:
+        where = f"sweep {sweep!r} of " if sweep else ""
+        raise ValueError(f"no finished runs in {where}{store.path}: nothing to report")
+    table = build_table1(runs)
+    per_length = store.per_length(sweep=sweep)
+    source = str(store.path) + (f" (sweep {sweep})" if sweep else "")
+    return Report(table, runs, per_length, source)
+
+
+def write_report(
+    store: ResultsStore | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    sweep: str | None = None,
+    figures: bool = True,
+) -> dict[str, Path]:
+    """Write every report output into ``out_dir``; returns the paths by name."""
+    if not isinstance(store, ResultsStore):
+        store = _open_existing(store)
+    report = build_report(store, sweep)  # raises before anything is written
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    t = report.table
+
+    paths["per_length_csv"] = _write_frame(report.per_length, out / "per_length.csv")
+    paths["per_length_parquet"] = _write_frame(report.per_length, out / "per_length.parquet")
+    paths["runs_csv"] = _write_frame(report.runs, out / "runs.csv")
+    flat = t.best.copy()
+    flat.columns = [f"{pe}{'_randomized' if r else ''}" for r, pe in flat.columns]
+    paths["table1_csv"] = _write_frame(flat.reset_index(), out / "table1.csv")
+    seeds = pd.concat({"mean": t.mean, "std": t.std}, axis=1)
+    seeds.columns = [f"{pe}{'_randomized' if r else ''}_{stat}" for stat, r, pe in seeds.columns]
+    paths["table1_seeds_csv"] = _write_frame(seeds.reset_index(), out / "table1_seeds.csv")
+    paths["latex"] = _write_text(out / "table1.tex", to_latex(t))
+
+    figure_paths: dict[str, Path] = {}
+    if figures:
+        from randpos.report.figures import accuracy_vs_length, heatmap
+
+        figure_paths["heatmap"] = heatmap(t, out / "figures" / "table1_heatmap.png")
+        for _, task in t.best.index:
+            figure_paths[f"accuracy_{task}"] = accuracy_vs_length(
+                report.per_length, report.runs, task, out / "figures" / f"accuracy_{task}.png"
+            )
+    paths.update({f"figure_{k}": v for k, v in figure_paths.items()})
+    paths["markdown"] = _write_text(out / "report.md", _markdown(report, figure_paths, out))
+    paths["html"] = _write_text(out / "report.html", _html(report, figure_paths))
+    _write_text(
+        out / "headline.json",
+        json.dumps({**t.headline, "protocol": t.protocol}, indent=2, default=str),
+    )
+    paths["headline"] = out / "headline.json"
+    return paths
+
+
+def _open_existing(path) -> ResultsStore:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no results store at {path}")
+    return ResultsStore(path)
+
+
+def _write_frame(frame: pd.DataFrame, path: Path) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".parquet":
+        frame.to_parquet(tmp, index=False)
+    else:
+        frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _protocol_lines(report: Report) -> list[str]:
+    p = report.table.protocol
+    lines = [
+        f"- Source: `{report.source}`, {p['runs']} finished runs.",
+        f"- Score of a run: mean accuracy over the unseen lengths {p['unseen']} "
+        "(per-token accuracy, masked as in SPEC §2.2).",
+        f"- Table 1 cell: max over {p['seeds_text']} and {p['lrs_text']} (the best run).",
+        "- Seed table: per cell the learning rate with the best mean over seeds, then mean ± "
+        "sample std (ddof=1) over seeds.",
+        "- Headline: mean over (task, encoding) pairs of randomized − plain Table 1 cells, "
+        "in percentage points.",
+    ]
+    if p["steps"]:
+        lines.append(f"- Training steps: {', '.join(str(s) for s in p['steps'])}.")
+    if p["max_position"]:
+        lines.append(f"- Randomized: positions drawn from [0, L), L = {p['max_position']}.")
+    return lines
+
+
+def _markdown(report: Report, figures: dict[str, Path], out: Path) -> str:
+    t = report.table
+    parts = [
+        "# Length generalization: plain vs randomized positional encodings",
+        "",
+        f"**Headline.** {headline_text(t)}",
+        "",
+        "## Table 1",
+        "",
+        t.caption,
+        "",
+        to_markdown(t),
+        "",
+        "## Mean ± std over seeds",
+        "",
+        "Mean and sample standard deviation (%) of the unseen-length accuracy over seeds, at the "
+        "learning rate with the best mean.",
+        "",
+        to_markdown(t, seeds=True),
+        "",
+        "## Protocol",
+        "",
+        *_protocol_lines(report),
+        "",
+        "Levels: " + ", ".join(f"{k} = {v}" for k, v in LEVEL_NAMES.items()) + ".",
+    ]
+    if figures:
+        parts += ["", "## Figures", ""]
+        for name, path in figures.items():
+            parts.append(f"![{name}]({path.relative_to(out).as_posix()})")
+            parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;
+padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+td:nth-child(1),td:nth-child(2){text-align:left}
+tr.level-start td{border-top:2px solid #555}
+caption,.caption{font-size:13px;color:#444;text-align:left;margin:.5em 0}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+.headline{font-size:16px;background:#f4f8ff;padding:.7em 1em;border-left:4px solid #3b7ddd}
+"""
+
+
+def _html(report: Report, figures: dict[str, Path]) -> str:
+    t = report.table
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        "<title>randpos report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Length generalization: plain vs randomized positional encodings</h1>",
+        f"<p class=headline>{esc(headline_text(t))}</p>",
+        "<h2>Table 1</h2>",
+        f"<p class=caption>{esc(t.caption)}</p>",
+        to_html_table(t),
+        "<h2>Mean ± std over seeds</h2>",
+        "<p class=caption>Mean and sample standard deviation (%) of the unseen-length accuracy "
+        "over seeds, at the learning rate with the best mean.</p>",
+        to_html_table(t, seeds=True),
+        "<h2>Protocol</h2><ul>",
+        *(f"<li>{esc(line[2:])}</li>" for line in _protocol_lines(report)),
+        "</ul>",
+    ]
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for name, path in figures.items():
+            # Inlined, so the one HTML file is the whole report (mail it, attach it to an issue).
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(
+                f"<figure><img alt='{esc(name)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{esc(name)}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def report_command(
+    store: str | os.PathLike | None = None,
+    sweep: str | None = None,
+    out: str | os.PathLike = "report",
+    figures: bool = True,
+) -> dict[str, Path]:
+    """Body of ``randpos report``: write the outputs and print the headline and Table 1."""
+    from rich.console import Console
+
+    paths = write_report(store or default_store_path(), out, sweep=sweep, figures=figures)
+    console = Console()
+    text = Path(paths["markdown"]).read_text()
+    headline = next(line for line in text.splitlines() if line.startswith("**Headline"))
+    console.print(headline.replace("**", ""), highlight=False)
+    console.print(
+        f"report: {paths['markdown']}, {paths['html']}, {paths['latex']}", highlight=False
+    )
+    console.print(
+        f"raw results: {paths['per_length_csv']}, {paths['per_length_parquet']}", highlight=False
+    )
+    return paths
+
+
+__all__ = ["Report", "build_report", "report_command", "write_report"]
