@@ -262,6 +262,7 @@ class ModularArithmeticBrackets(Task):
 
         [8,4,6,0,9]       = "(4-0)"    -> 4
         [8,8,6,2,9,7,4,9] = "((-2)*4)" -> 2   ((3*4) mod 5)
+        [8,0,6,8,6,3,9,9] = "(0-(-3))" -> 3   ((0-2) mod 5)
     """
 
     name = "modular_arithmetic_brackets"
