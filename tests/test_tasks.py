@@ -316,6 +316,21 @@ def test_samples_match_oracle(name):
         assert torch.equal(again.targets, batch.targets) and torch.equal(again.mask, batch.mask)
 
 
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_oracle_check_is_not_vacuous(name):
+    """A single wrong target token (or mask entry) anywhere is caught."""
+    task = get_task(name)
+    batch = sample(name, 4, 9)
+    bad_targets = batch.targets.clone()
+    bad_targets[2, -1] = (bad_targets[2, -1] + 1) % task.output_vocab_size
+    with pytest.raises(AssertionError):
+        check_against_oracle(task, Batch(batch.inputs, bad_targets, batch.mask), 9)
+    bad_mask = batch.mask.clone()
+    bad_mask[1, 0] = False
+    with pytest.raises(AssertionError):
+        check_against_oracle(task, Batch(batch.inputs, batch.targets, bad_mask), 9)
+
+
 # ---------------------------------------------------------------------------------------------
 # Worked examples (SPEC §1); each also appears in the task's docstring.
 
