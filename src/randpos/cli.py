@@ -1,0 +1,352 @@
+"""The ``randpos`` command line: list | train | evaluate | compare | sweep | status | report.
+
+Bad input ends with a one-line ``error: ...`` on stderr and exit code 2, never a traceback;
+an interrupted run exits 130 after leaving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from randpos.config import ConfigError, TrainConfig, load_yaml
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Randomized positional encodings and length generalization for transformers.",
+)
+console = Console()
+err = Console(stderr=True)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+# The main job (README, first command): a plain PE against its randomized form on the same
+# task and budget. Chosen by measurement on a 2-core CPU (docs/demo.md).
+DEMO = {
+    "task": "reverse_string",
+    "pe": "rope",
+    "steps": 600,
+    "batch_size": 64,
+    "max_train_length": 20,
+    "eval_max_length": 60,
+    "eval_batch_size": 128,
+    "learning_rate": 1e-3,
+    "max_position": 256,
+}
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def cli_errors(func):
+    """Turn expected failures into one-line messages and exit codes."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from randpos.training import TrainingInterrupted
+
+        try:
+            return func(*args, **kwargs)
+        except TrainingInterrupted as exc:
+            err.print(f"[yellow]{exc}[/yellow]", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/yellow]")
+            raise typer.Exit(130) from None
+        except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
+            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    return wrapper
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A YAML path, or the name of a preset in configs/ (e.g. ``quick``, ``paper``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = CONFIG_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    raise ConfigError(
+        f"config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(names)}"
+    )
+
+
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def build_config(
+    preset: str | None, sets: list[str] | None, base: dict[str, Any] | None = None, **options
+) -> TrainConfig:
+    """Defaults < base < preset file < --set FIELD=VALUE < explicit options."""
+    data: dict[str, Any] = dict(base or {})
+    if preset:
+        data.update(load_yaml(resolve_preset(preset)))
+    data.update(parse_sets(sets))
+    data.update({k: v for k, v in options.items() if v is not None})
+    return TrainConfig.from_dict(data)
+
+
+def open_store(store: Path | None, no_store: bool):
+    if no_store:
+        return None
+    from randpos.store import ResultsStore, default_store_path
+
+    return ResultsStore(store or default_store_path())
+
+
+# Shared option declarations.
+TaskOpt = Annotated[str | None, typer.Option("--task", help="Task name (see `randpos list`).")]
+PeOpt = Annotated[str | None, typer.Option("--pe", help="Positional encoding name.")]
+RandOpt = Annotated[
+    bool | None,
+    typer.Option("--randomized/--plain", help="Train on random sorted positions from [0, L)."),
+]
+MaxPosOpt = Annotated[int | None, typer.Option("--max-position", "-L", help="L when randomized.")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="Training steps.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of every random stream.")]
+EvalMOpt = Annotated[
+    int | None, typer.Option("--eval-max-length", "-M", help="Evaluate lengths 1..M.")
+]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Training batch size.")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda[:i].")]
+ConfigOpt = Annotated[
+    str | None, typer.Option("--config", "-c", help="YAML preset: a path or a name in configs/.")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override any config field: FIELD=VALUE.")
+]
+StoreOpt = Annotated[
+    Path | None, typer.Option("--store", help="Results store (default $RANDPOS_STORE or runs/).")
+]
+NoStoreOpt = Annotated[bool, typer.Option("--no-store", help="Do not record in the store.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+
+
+@app.command("list")
+@cli_errors
+def list_cmd() -> None:
+    """List tasks, positional encodings and presets."""
+    from randpos.encodings import PE_NAMES
+    from randpos.tasks import TASK_NAMES, get_task
+
+    table = Table(title="tasks", show_lines=False)
+    table.add_column("task", no_wrap=True, min_width=27)
+    for col in ("level", "input vocab", "classes", "output length (n=10)"):
+        table.add_column(col)
+    for name in TASK_NAMES:
+        task = get_task(name)
+        n_in = task.input_length(10)
+        table.add_row(
+            name,
+            task.level,
+            str(task.input_vocab_size),
+            str(task.output_vocab_size),
+            str(task.output_length(n_in)),
+        )
+    console.print(table)
+    console.print("positional encodings: " + ", ".join(PE_NAMES))
+    if CONFIG_DIR.is_dir():
+        console.print("presets: " + ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))))
+
+
+@app.command()
+@cli_errors
+def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    task: TaskOpt = None,
+    pe: PeOpt = None,
+    randomized: RandOpt = None,
+    max_position: MaxPosOpt = None,
+    steps: StepsOpt = None,
+    seed: SeedOpt = None,
+    eval_max_length: EvalMOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out.")] = False,
+    store: StoreOpt = None,
+    no_store: NoStoreOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train one model, evaluate every length 1..M, write DIR/summary.json and friends."""
+    from randpos.training import train as run_training
+
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    cfg = build_config(
+        config,
+        set_,
+        task=task,
+        pe=pe,
+        randomized=randomized,
+        max_position=max_position,
+        steps=steps,
+        seed=seed,
+        eval_max_length=eval_max_length,
+        batch_size=batch_size,
+        learning_rate=lr,
+        device=device,
+    )
+    summary = run_training(
+        cfg,
+        out,
+        store=open_store(store, no_store),
+        resume=resume,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    print_summaries([summary])
+    console.print(f"wrote {out}/summary.json")
+
+
+@app.command()
+@cli_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `randpos train`.")],
+    eval_max_length: EvalMOpt = None,
+    eval_positions: Annotated[
+        str | None, typer.Option("--eval-positions", help="random | contiguous | spread")
+    ] = None,
+    device: DeviceOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="JSON file to write.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate a saved model on lengths 1..M with a chosen position mode."""
+    from randpos.training import Trainer, atomic_write_text, load_model
+
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} does not exist")
+    model, cfg = load_model(run_dir, device or "auto")
+    changes = {"eval_max_length": eval_max_length, "eval_positions": eval_positions}
+    cfg = cfg.replace(**{k: v for k, v in changes.items() if v is not None})
+    trainer = Trainer.__new__(Trainer)  # reuse the evaluation loop around the loaded model
+    trainer.config, trainer.model, trainer.device = cfg, model, next(model.parameters()).device
+    trainer.step = cfg.steps
+    result = trainer.evaluate(progress=not quiet)
+    record = {
+        "run_dir": str(run_dir),
+        "eval_positions": cfg.eval_positions if cfg.randomized else "contiguous",
+        "eval_max_length": cfg.eval_max_length,
+        "id_accuracy": result.id_accuracy,
+        "ood_accuracy": result.ood_accuracy,
+        "per_length": {str(n): a for n, a in sorted(result.per_length.items())},
+    }
+    target = out or run_dir / f"evaluation_{record['eval_positions']}_M{cfg.eval_max_length}.json"
+    atomic_write_text(Path(target), json.dumps(record, indent=2))
+    console.print(
+        f"id_accuracy {result.id_accuracy:.4f}  ood_accuracy {result.ood_accuracy:.4f}  "
+        f"(positions: {record['eval_positions']}; wrote {target})"
+    )
+
+
+@app.command()
+@cli_errors
+def compare(
+    task: TaskOpt = None,
+    pe: PeOpt = None,
+    steps: StepsOpt = None,
+    seed: SeedOpt = None,
+    max_position: MaxPosOpt = None,
+    eval_max_length: EvalMOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the runs go.")] = Path(
+        "runs/compare"
+    ),
+    store: StoreOpt = None,
+    no_store: NoStoreOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The main job: train a plain PE and its randomized form side by side, compare them."""
+    from randpos.plots import plot_runs
+    from randpos.training import run_id
+    from randpos.training import train as run_training
+
+    base = build_config(
+        config,
+        set_,
+        base=DEMO,
+        task=task,
+        pe=pe,
+        steps=steps,
+        seed=seed,
+        max_position=max_position,
+        eval_max_length=eval_max_length,
+        device=device,
+    )
+    results_store = open_store(store, no_store)
+    summaries = []
+    for randomized in (False, True):
+        cfg = base.replace(randomized=randomized)
+        run_dir = (
+            out / f"{cfg.task}-{cfg.pe}-{'randomized' if randomized else 'plain'}-{run_id(cfg)}"
+        )
+        label = "randomized" if randomized else "plain"
+        console.print(
+            f"[bold]{label}[/bold] {cfg.pe} on {cfg.task}: {cfg.steps} steps -> {run_dir}"
+        )
+        summaries.append(
+            run_training(cfg, run_dir, store=results_store, resume=True, progress=not quiet)
+        )
+    print_summaries(summaries)
+    figure = plot_runs(
+        summaries,
+        out / f"compare-{base.task}-{base.pe}.png",
+        title=f"{base.task}: {base.pe} plain vs randomized ({base.steps} steps)",
+    )
+    console.print(f"plot: {figure}")
+
+
+def print_summaries(summaries: list[dict]) -> None:
+    from randpos.plots import run_label
+
+    first = summaries[0]
+    n, m = first["max_train_length"], first["eval_max_length"]
+    table = Table(title=f"{first['task']}: accuracy (mean over lengths)")
+    table.add_column("run")
+    table.add_column(f"in-distribution 1..{n}", justify="right")
+    table.add_column(f"unseen {n + 1}..{m}", justify="right")
+    table.add_column("train s", justify="right")
+    table.add_column("steps/s", justify="right")
+    for s in summaries:
+        t = s["timings"]
+        table.add_row(
+            run_label(s),
+            f"{s['id_accuracy']:.1%}",
+            f"{s['ood_accuracy']:.1%}",
+            f"{t['train_seconds']:.0f}",
+            f"{t['steps_per_second'] or 0:.2f}",
+        )
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="randpos")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

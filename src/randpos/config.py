@@ -1,0 +1,291 @@
+"""The run configuration: one flat, typed dataclass whose defaults are the reference protocol.
+
+Every protocol setting of SPEC §2 and §5 is a field here; YAML presets (``configs/``) and the CLI
+only override fields. ``TrainConfig.from_dict`` rejects unknown fields and bad values with a
+message naming the field, the value and what is allowed (DESIGN §4.1).
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CURRICULA = ("uniform", "fixed")
+RANDOMIZE_MODES = ("positions", "distances")
+EVAL_POSITION_MODES = ("random", "contiguous", "spread")
+ATTENTION_BACKENDS = ("fast", "math")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what is allowed."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run's result (plus a few run-time knobs such as ``device``).
+
+    Defaults follow the reference: the example script's protocol (SPEC §5.1) and the papers'
+    settings where the two agree (N = 40, batch 128, clipping 1.0, Adam, uniform curriculum).
+    """
+
+    # What to learn and how positions are encoded.
+    task: str = "reverse_string"
+    pe: str = "none"
+    randomized: bool = False  # train on a sorted random subset of [0, max_position)
+    max_position: int = 2048  # L, the simulated position range (used when randomized)
+    # "positions": sample sorted positions; attention-level PEs see their differences.
+    # "distances": the reference's reading for relative/alibi (SPEC §4.2): a sorted sample of
+    #   distances replaces |j - i|; absolute PEs and RoPE still use sampled positions.
+    randomize: str = "positions"
+    redraw_per_layer: bool = True  # distances reading: a fresh draw for every layer (reference)
+    both_sides: bool = False  # distances reading: independent draws left and right
+    per_sequence_positions: bool = False  # False = one draw shared by the batch (reference)
+    eval_positions: str = "random"  # random | contiguous | spread (used when randomized)
+
+    # Training protocol.
+    steps: int = 10_000
+    batch_size: int = 128
+    max_train_length: int = 40  # N
+    curriculum: str = "uniform"  # uniform over 1..N (reference) | fixed (always N)
+    learning_rate: float = 1e-3
+    grad_clip: float = 1.0  # global-norm clipping before Adam
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    seed: int = 0
+
+    # Evaluation protocol (SPEC §2.3).
+    eval_max_length: int = 100  # M; the papers use 500
+    eval_batch_size: int = 512  # sequences per length
+    eval_sub_batch_size: int = 64  # accuracy is the mean over sub-batches of this size
+    eval_seed: int = 1  # the reference evaluates on a fixed RNG seed
+
+    # Architecture (SPEC §3).
+    num_layers: int = 5
+    width: int = 64
+    num_heads: int = 8
+    ff_width: int = 256
+    dropout: float = 0.1
+    attention: str = "fast"
+
+    # Run-time knobs (do not change results beyond float noise; excluded from the run id).
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    log_every: int = 100
+    checkpoint_every: int = 1000
+
+    # ---------------------------------------------------------------- construction / checks
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+        """Build from a mapping (YAML, JSON, CLI); unknown fields and bad values raise."""
+        merged = dict(data or {})
+        merged.update(overrides)
+        known = set(cls.field_names())
+        unknown = [k for k in merged if k not in known]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(
+                f"unknown config field(s): {', '.join(hints)}; allowed: {', '.join(sorted(known))}"
+            )
+        kwargs = {name: _coerce(name, value) for name, value in merged.items()}
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        return cls.from_dict(load_yaml(path), **overrides)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return TrainConfig.from_dict(self.to_dict(), **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        from randpos.encodings import PE_NAMES
+        from randpos.tasks import TASK_NAMES
+
+        _choice("task", self.task, TASK_NAMES)
+        _choice("pe", self.pe, PE_NAMES)
+        _choice("randomize", self.randomize, RANDOMIZE_MODES)
+        _choice("eval_positions", self.eval_positions, EVAL_POSITION_MODES)
+        _choice("curriculum", self.curriculum, CURRICULA)
+        _choice("attention", self.attention, ATTENTION_BACKENDS)
+        for name in (
+            "steps",
+            "batch_size",
+            "max_train_length",
+            "eval_max_length",
+            "eval_batch_size",
+            "eval_sub_batch_size",
+            "max_position",
+            "num_layers",
+            "width",
+            "num_heads",
+            "ff_width",
+            "log_every",
+            "checkpoint_every",
+        ):
+            _positive(name, getattr(self, name))
+        for name in ("seed", "eval_seed", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_max_length <= self.max_train_length:
+            raise ConfigError(
+                f"eval_max_length (M={self.eval_max_length}) must be greater than "
+                f"max_train_length (N={self.max_train_length}) to measure unseen lengths"
+            )
+        if self.eval_batch_size % self.eval_sub_batch_size:
+            raise ConfigError(
+                f"eval_batch_size ({self.eval_batch_size}) must be a multiple of "
+                f"eval_sub_batch_size ({self.eval_sub_batch_size})"
+            )
+        if self.width % self.num_heads:
+            raise ConfigError(
+                f"width ({self.width}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("learning_rate", "grad_clip", "adam_eps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
+        if self.randomized:
+            longest = self.longest_sequence()
+            if longest > self.max_position:
+                raise ConfigError(
+                    f"max_position (L={self.max_position}) must cover the longest evaluated "
+                    f"sequence ({longest} tokens for {self.task} at length "
+                    f"{self.eval_max_length}); raise max_position or lower eval_max_length"
+                )
+
+    # ---------------------------------------------------------------- derived quantities
+    def sequence_length(self, n: int) -> int:
+        """Model sequence length T for a requested task length n (inputs + blanks)."""
+        from randpos.tasks import get_task
+
+        task = get_task(self.task)
+        n_in = task.input_length(n)
+        return n_in + task.output_length(n_in)
+
+    def longest_sequence(self) -> int:
+        return max(self.sequence_length(n) for n in range(1, self.eval_max_length + 1))
+
+    def model_max_position(self) -> int:
+        """Positions the PE must cover: L when randomized, else the longest evaluated sequence."""
+        return self.max_position if self.randomized else self.longest_sequence()
+
+    def model_config(self):
+        from randpos.model import ModelConfig
+        from randpos.tasks import get_task
+
+        task = get_task(self.task)
+        return ModelConfig(
+            vocab_size=task.input_vocab_size + 1,  # + the blank token (id = input vocab size)
+            num_classes=task.output_vocab_size,
+            num_layers=self.num_layers,
+            width=self.width,
+            num_heads=self.num_heads,
+            ff_width=self.ff_width,
+            dropout=self.dropout,
+            pe=self.pe,
+            max_position=self.model_max_position(),
+            attention=self.attention,
+        )
+
+
+# Fields that never change a run's numbers; left out of the run id.
+RUNTIME_FIELDS = frozenset({"device", "threads", "log_every", "checkpoint_every"})
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config fields, got {type(data).__name__}")
+    return data
+
+
+def _field_type(name: str) -> Any:
+    hints = typing.get_type_hints(TrainConfig)
+    return hints[name]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert CLI/YAML values to the field's type, rejecting what does not fit."""
+    kind = _field_type(name)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    return value  # pragma: no cover
+
+
+def _choice(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(allowed)}")
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{name} must be >= 1, got {value}")
+
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "CURRICULA",
+    "EVAL_POSITION_MODES",
+    "RANDOMIZE_MODES",
+    "RUNTIME_FIELDS",
+    "ConfigError",
+    "TrainConfig",
+    "load_yaml",
+]

@@ -1,0 +1,164 @@
+"""Per-length evaluation and the metric definitions (SPEC §2.2-2.3, DESIGN §3).
+
+* Per-token accuracy pooled over a sub-batch, counting only masked-in positions; a length's
+  accuracy is the unweighted mean over its sub-batches (the reference's aggregation).
+* ``id_accuracy`` = mean over lengths 1..N, ``ood_accuracy`` = mean over N+1..M.
+
+The evaluation data of length n depends only on (eval_seed, n), so every model of a comparison
+sees the same sequences, and evaluating a subset of lengths gives the same numbers as the full
+range. The model runs in eval mode (no dropout, SPEC §10.1) under ``torch.inference_mode``; the
+forward passes are chunked to bound attention memory at long lengths, which never changes the
+numbers because accuracy is aggregated per sequence first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from randpos.config import TrainConfig
+from randpos.positions import (
+    contiguous_positions,
+    randomized_distances,
+    randomized_positions,
+    spread_positions,
+)
+from randpos.seeding import make_generator
+from randpos.tasks import Batch, Task, get_task
+
+# Upper bound on attention-score elements (chunk * heads * T * T) held at once in evaluation.
+ATTENTION_ELEMENT_BUDGET = 1 << 26
+
+
+def model_inputs(batch: Batch, task: Task) -> torch.Tensor:
+    """Append k blank tokens (id = input vocabulary size) to the inputs: (B, n' + k)."""
+    k = batch.targets.shape[1]
+    blanks = torch.full(
+        (batch.inputs.shape[0], k),
+        task.input_vocab_size,
+        dtype=torch.long,
+        device=batch.inputs.device,
+    )
+    return torch.cat([batch.inputs, blanks], dim=1)
+
+
+def draw_positions(
+    config: TrainConfig,
+    batch_size: int,
+    length: int,
+    generator: torch.Generator,
+    *,
+    mode: str = "random",
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Positions (B, T) and, for the distance reading, distance tables (layers|1, 2, T).
+
+    Plain (non-randomized) runs always use contiguous positions 0..T-1. Randomized runs use the
+    given mode: ``random`` (sorted sample from [0, L), the training rule and the reference's
+    evaluation), ``contiguous`` or ``spread`` (evenly spaced over [0, L)).
+    """
+    if not config.randomized or mode == "contiguous":
+        return contiguous_positions(batch_size, length, device=device), None
+    L = config.max_position
+    if mode == "spread":
+        positions = spread_positions(batch_size, length, L).to(device)
+        distances = None
+        if config.randomize == "distances":
+            # Spread distances: |delta| = d maps to the d-th evenly spaced value (0 at d = 0).
+            table = positions[:1]  # (1, T)
+            distances = torch.stack([table, table], dim=1)  # (1, 2, T)
+        return positions, distances
+    positions = randomized_positions(
+        batch_size, length, L, generator, per_sequence=config.per_sequence_positions
+    )
+    distances = None
+    if config.randomize == "distances":
+        tables = config.num_layers if config.redraw_per_layer else 1
+        distances = randomized_distances(tables, length, L, generator, both_sides=config.both_sides)
+    return positions, distances
+
+
+def masked_correct(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence counts of correct masked positions and of masked positions: (B,), (B,)."""
+    correct = (logits.argmax(dim=-1) == batch.targets) & batch.mask  # (B, k)
+    return correct.sum(dim=1), batch.mask.sum(dim=1)
+
+
+def batch_accuracy(logits: torch.Tensor, batch: Batch) -> float:
+    correct, counted = masked_correct(logits, batch)
+    return (correct.sum() / counted.sum().clamp(min=1)).item()
+
+
+@dataclass
+class EvalResult:
+    per_length: dict[int, float]
+    max_train_length: int
+
+    @property
+    def id_accuracy(self) -> float:
+        return mean_over(self.per_length, 1, self.max_train_length)
+
+    @property
+    def ood_accuracy(self) -> float:
+        return mean_over(self.per_length, self.max_train_length + 1, max(self.per_length))
+
+
+def mean_over(per_length: dict[int, float], first: int, last: int) -> float:
+    values = [per_length[n] for n in range(first, last + 1) if n in per_length]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def evaluate_length(
+    model: torch.nn.Module, config: TrainConfig, task: Task, length: int, *, mode: str, device
+) -> float:
+    """Accuracy at one length: eval_batch_size sequences, mean over sub-batches."""
+    data_gen = make_generator(config.eval_seed, f"eval-data/{length}", device)
+    pos_gen = make_generator(config.eval_seed, f"eval-positions/{length}", device)
+    batch = task.sample(config.eval_batch_size, length, data_gen)
+    tokens = model_inputs(batch, task)  # (E, T)
+    E, T = tokens.shape
+    k = batch.targets.shape[1]
+    chunk = max(1, min(E, ATTENTION_ELEMENT_BUDGET // (config.num_heads * T * T)))
+    correct = torch.empty(E, dtype=torch.long, device=device)
+    counted = torch.empty(E, dtype=torch.long, device=device)
+    for start in range(0, E, chunk):
+        stop = min(E, start + chunk)
+        positions, distances = draw_positions(
+            config, stop - start, T, pos_gen, mode=mode, device=device
+        )
+        logits = model(tokens[start:stop], positions, distances=distances)[:, T - k :]
+        part = Batch(batch.inputs[start:stop], batch.targets[start:stop], batch.mask[start:stop])
+        correct[start:stop], counted[start:stop] = masked_correct(logits, part)
+    sub = config.eval_sub_batch_size
+    # (S, sub): pool tokens within each sub-batch, then average the sub-batch accuracies.
+    sub_acc = correct.view(-1, sub).sum(1).double() / counted.view(-1, sub).sum(1).clamp(min=1)
+    return sub_acc.mean().item()
+
+
+def evaluate(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    *,
+    lengths: Iterable[int] | None = None,
+    mode: str | None = None,
+    device: torch.device | str = "cpu",
+    on_length: Callable[[int, float], None] | None = None,
+) -> EvalResult:
+    """Evaluate every length 1..M (or the given lengths); returns per-length accuracies."""
+    task = get_task(config.task)
+    mode = mode or config.eval_positions
+    lengths = list(lengths) if lengths is not None else range(1, config.eval_max_length + 1)
+    was_training = model.training
+    model.eval()
+    per_length: dict[int, float] = {}
+    try:
+        with torch.inference_mode():
+            for n in lengths:
+                per_length[n] = evaluate_length(model, config, task, n, mode=mode, device=device)
+                if on_length is not None:
+                    on_length(n, per_length[n])
+    finally:
+        model.train(was_training)
+    return EvalResult(per_length, config.max_train_length)
