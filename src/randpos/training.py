@@ -31,7 +31,7 @@ from randpos.config import RUNTIME_FIELDS, ConfigError, TrainConfig
 from randpos.evaluation import EvalResult, batch_accuracy, draw_positions, evaluate, model_inputs
 from randpos.model import Transformer
 from randpos.progress import ProgressReporter
-from randpos.seeding import derive_seed, make_generator, resolve_device
+from randpos.seeding import make_generator, resolve_device
 from randpos.tasks import get_task
 
 CHECKPOINT_VERSION = 1
@@ -145,11 +145,9 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.task = get_task(config.task)
-        # Parameter init consumes torch's global CPU stream: fork it so nothing leaks out.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(config.seed, "init"))
-            self.model = Transformer(config.model_config())
-        self.model.to(self.device)
+        self.model = Transformer(
+            config.model_config(), generator=make_generator(config.seed, "init")
+        ).to(self.device)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
             lr=config.learning_rate,
@@ -157,7 +155,7 @@ class Trainer:
             eps=config.adam_eps,
         )
         self.generators = {s: make_generator(config.seed, s, self.device) for s in STREAMS}
-        self.curriculum = make_generator(config.seed, "curriculum", "cpu")
+        self.curriculum = make_generator(config.curriculum_seed, "curriculum", "cpu")
         self.step = 0
         self.history: list[dict[str, Any]] = []  # one record per log interval
         self.train_seconds = 0.0
@@ -443,8 +441,7 @@ def load_model(run_dir: str | Path, device: str = "auto") -> tuple[Transformer, 
     else:
         raise ConfigError(f"no model.safetensors or {CHECKPOINT} in {run_dir}")
     config = config.replace(device=str(dev))
-    with torch.random.fork_rng(devices=[]):
-        model = Transformer(config.model_config())
+    model = Transformer(config.model_config(), generator=torch.Generator())
     model.load_state_dict(weights)
     return model.to(dev), config
 
