@@ -3,7 +3,8 @@
 A sweep file (YAML; presets in ``configs/sweeps/``)::
 
     name: small                      # default: the file's stem
-    base: {steps: 200, ...}          # TrainConfig overrides shared by every run
+    preset: quick                    # optional: a config preset (configs/NAME.yaml or a path)
+    base: {steps: 200, ...}          # TrainConfig overrides shared by every run (over preset)
     grid:                            # each axis a list; the runs are the cartesian product
       task: [parity_check, reverse_string]
       pe: [none, rope]
@@ -47,8 +48,9 @@ import yaml
 
 from randpos.store import STALE_AFTER_S, ResultsStore, config_hash, default_store_path
 
-SWEEP_KEYS = ("name", "description", "base", "grid", "exclude", "include")
-SWEEP_DIR = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
+SWEEP_KEYS = ("name", "description", "preset", "base", "grid", "exclude", "include")
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+SWEEP_DIR = CONFIG_DIR / "sweeps"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 
@@ -154,6 +156,9 @@ def parse_spec(
         return dict(mapping)
 
     base = check_fields("base", data.get("base"))
+    preset = data.get("preset")
+    if preset is not None:
+        base = {**check_fields(f"preset {preset!r}", _load_preset(preset, source)), **base}
     if "grid" not in data:
         raise SweepError(f"{where}no 'grid': list at least one config field with its values")
     grid = check_fields("grid", data["grid"])
@@ -182,6 +187,28 @@ def parse_spec(
         include=rules["include"],
         description=str(description),
         source=source,
+    )
+
+
+def _load_preset(preset: Any, source: str | None) -> dict:
+    """A TrainConfig preset: a path (relative to the sweep file) or a name in configs/."""
+    where = f"{source}: " if source else ""
+    if not isinstance(preset, str) or not preset:
+        raise SweepError(f"{where}'preset' must be a config name or path, got {preset!r}")
+    candidates = [Path(preset)]
+    if source:
+        candidates.append(Path(source).parent / preset)
+    candidates += [Path.cwd() / "configs" / f"{preset}.yaml", CONFIG_DIR / f"{preset}.yaml"]
+    for path in candidates:
+        if path.is_file():
+            data = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(data, dict):
+                raise SweepError(f"{where}preset {path} is not a mapping of config fields")
+            return data
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    raise SweepError(
+        f"{where}preset {preset!r} is neither a file nor a config in configs/; "
+        f"presets: {', '.join(names) or '(none)'}"
     )
 
 
