@@ -171,7 +171,8 @@ def randomized_distances(
         tail = _sorted_subset(rows, length - 1, max_position - 1, generator, device) + 1
     else:
         tail = torch.empty(rows, 0, dtype=torch.long, device=device)
-    table = torch.cat([torch.zeros_like(tail[:, :1]), tail], dim=1)  # (G * sides, T)
+    zero = torch.zeros(rows, 1, dtype=torch.long, device=tail.device)  # a_0: the query itself
+    table = torch.cat([zero, tail], dim=1)  # (G * sides, T)
     table = table.view(num_tables, sides, length)
     return table.expand(num_tables, 2, length).contiguous()
 

@@ -77,34 +77,38 @@ class RelativeEncoding(PositionalEncoding):
         distances: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, heads, length, d = q.shape
-        w = self.w_r[layer].view(heads, d, self.width)  # (H, d, D): head h's output rows of W_R
-        u = self.u[layer].to(q.dtype)
-        v = self.v[layer].to(q.dtype)
-        content = torch.einsum("bhjd,hd->bhj", k, u).unsqueeze(2)  # (B, H, 1, T): u . k_j
-        qv = q + v.unsqueeze(1)  # (B, H, T, d)
+        scale = 1.0 / math.sqrt(d)  # folded into the small factors, not the (T, T) result
+        w = self.w_r[layer].to(q.dtype).view(heads, d, self.width)  # (H, d, D): head h's rows
+        u = self.u[layer].to(q.dtype) * scale
+        qv = (q + self.v[layer].to(q.dtype).unsqueeze(1)) * scale  # (B, H, T, d)
+        content = (k @ u.unsqueeze(-1)).transpose(-1, -2)  # (B, H, 1, T): u . k_j
 
         if distances is None and self.requires_distances:
             distances = contiguous_distances(1, length, device=q.device)
         if distances is not None:
             values = self.offset_values(layer_table(distances, layer), length)  # (2T-1,)
-            proj = torch.einsum("hdc,oc->hod", w, sinusoid(values, self.width, q.dtype))
+            proj = sinusoid(values, self.width, q.dtype) @ w.transpose(-1, -2)  # (H, 2T-1, d)
             per_offset = qv @ proj.transpose(-1, -2)  # (B, H, T, 2T-1)
             index = toeplitz_index(length, q.device).expand(batch, heads, length, length)
-            position_term = per_offset.gather(-1, index)  # (B, H, T, T)
-        else:
-            a = torch.einsum("bhid,hdc->bhic", qv, w)  # (B, H, T, D): (q_i + v) W_R per head
-            a_sin, a_cos = a.chunk(2, dim=-1)  # (B, H, T, K) each
-            angles = positions.to(torch.float64).unsqueeze(-1) * inverse_frequencies(
-                self.width // 2, self.width, positions.device
-            )  # (B, T, K)
-            sin = angles.sin().to(q.dtype).unsqueeze(1)  # (B, 1, T, K)
-            cos = angles.cos().to(q.dtype).unsqueeze(1)
-            # sin(x_j - x_i) = s_j c_i - c_j s_i and cos(x_j - x_i) = c_j c_i + s_j s_i, so
-            # a_sin . sin(..) + a_cos . cos(..) = [query features] . [s_j, c_j]
-            query_features = torch.cat([a_sin * cos + a_cos * sin, a_cos * cos - a_sin * sin], -1)
-            key_features = torch.cat([sin, cos], dim=-1)  # (B, 1, T, 2K)
-            position_term = query_features @ key_features.transpose(-1, -2)  # (B, H, T, T)
-        return (content + position_term) / math.sqrt(d)
+            return content + per_offset.gather(-1, index)  # (B, H, T, T)
+
+        # the position reading: x_ij = p_j - p_i for arbitrary positions (B or 1, T)
+        a = qv @ w  # (B, H, T, D): (q_i + v) W_R per head, [sin half | cos half]
+        angles = positions.to(torch.float64).unsqueeze(-1) * inverse_frequencies(
+            self.width // 2, self.width, positions.device
+        )  # (B', T, K)
+        s, c = angles.sin().to(q.dtype), angles.cos().to(q.dtype)
+        # sin(x_j - x_i) = s_j c_i - c_j s_i and cos(x_j - x_i) = c_j c_i + s_j s_i, so
+        # a_sin . sin(..) + a_cos . cos(..)
+        #     = [a_sin c_i + a_cos s_i, a_cos c_i - a_sin s_i] . [s_j, c_j]
+        a_sin, a_cos = a.chunk(2, dim=-1)  # (B, H, T, K) each
+        ss = torch.cat([s, s], dim=-1).unsqueeze(1)  # (B', 1, T, D)
+        cc = torch.cat([c, c], dim=-1).unsqueeze(1)
+        query_features = a * cc + torch.cat([a_cos, -a_sin], dim=-1) * ss  # (B, H, T, D)
+        key_features = torch.cat([s, c], dim=-1)  # (B', T, D)
+        # one (H T x D) @ (D x T) product per batch row: the keys are not copied per head
+        position = query_features.flatten(1, 2) @ key_features.transpose(-1, -2)  # (B, H T, T)
+        return content + position.view(batch, heads, length, length)  # (B, H, T, T)
 
 
 @register("relative_reference_bug")

@@ -28,6 +28,21 @@ def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
+def _is_vmapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a tensor batched by ``torch.vmap`` (a private but long-stable check)."""
+    is_batched = getattr(getattr(torch._C, "_functorch", None), "is_batchedtensor", None)
+    return bool(is_batched(t)) if is_batched is not None else False
+
+
+def _prefer_math_on_cpu(q: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """CPU cases where SDPA cannot help: its CPU flash kernel has no gradient for attn_mask
+    (SDPA would pick its math kernel anyway) and no vmap batching rule (it would loop, or fail
+    when the mask needs a gradient). The explicit path computes the same numbers."""
+    if q.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return (bias is not None and bias.requires_grad) or _is_vmapped(q)
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -40,6 +55,8 @@ def attend(
     """Attention of q, k, v (B, H, T, d) with an optional additive logit bias
     broadcastable to (B, H, T, T); returns (B, H, T, d)."""
     length = q.shape[-2]
+    if backend == "fast" and _prefer_math_on_cpu(q, bias):
+        backend = "math"
     if backend == "math":
         logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, T)
         if bias is not None:

@@ -1,0 +1,360 @@
+"""Positional encodings: registry, hooks, closed forms and invariances (independent oracles)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from randpos.encodings import PE_NAMES, PositionalEncoding, get_encoding, register
+from randpos.encodings.alibi import alibi_slopes
+from randpos.encodings.base import toeplitz_index
+from randpos.model import ModelConfig
+from randpos.positions import contiguous_distances, randomized_distances, randomized_positions
+
+CONFIG = ModelConfig(max_position=2048)
+B, H, T, D = 2, CONFIG.num_heads, 9, CONFIG.width
+d = D // H
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def build(name: str, config: ModelConfig = CONFIG, seed: int = 0) -> PositionalEncoding:
+    pe = get_encoding(name)(config)
+    pe.reset_parameters(gen(seed))
+    return pe.double()  # float64 so oracles agree to ~1e-10
+
+
+def qk(batch: int = B, length: int = T, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = gen(seed)
+    q = torch.randn(batch, H, length, d, generator=g, dtype=torch.float64)
+    k = torch.randn(batch, H, length, d, generator=g, dtype=torch.float64)
+    return q, k
+
+
+def logits(pe, q, k, positions, layer=0, distances=None) -> torch.Tensor:
+    """Attention logits (B, H, T, T) as the model forms them from the hooks."""
+    if pe.has_rotate:
+        q, k = pe.rotate(q, k, positions, layer)
+    out = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if pe.has_bias:
+        out = out + pe.bias(q, k, positions, layer, distances)
+    return out
+
+
+def sorted_positions(length=T, max_position=1000, seed=0, batch=B) -> torch.Tensor:
+    return randomized_positions(batch, length, max_position, gen(seed), per_sequence=True)
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+def test_registry_names():
+    for name in ("none", "sincos", "learned", "relative", "rope", "alibi"):
+        assert name in PE_NAMES
+        assert get_encoding(name).name == name
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="valid names: .*sincos"):
+        get_encoding("rotary")
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(ValueError, match="twice"):
+        register("rope")(type("Again", (PositionalEncoding,), {}))
+
+
+@pytest.mark.parametrize("name", PE_NAMES)
+def test_hooks_return_well_shaped_tensors(name):
+    pe = build(name)
+    pos = sorted_positions()
+    q, k = qk()
+    x = torch.zeros(B, T, D, dtype=torch.float64)
+    assert pe.embed(x, pos).shape == (B, T, D)
+    q2, k2 = pe.rotate(q, k, pos, 0)
+    assert q2.shape == q.shape and k2.shape == k.shape
+    bias = pe.bias(q, k, pos, 0, None)
+    if bias is not None:
+        assert torch.broadcast_shapes(bias.shape, (B, H, T, T)) == (B, H, T, T)
+    assert pe.has_embed or pe.has_rotate or pe.has_bias or name == "none"
+
+
+# --- invariances ------------------------------------------------------------------------------
+
+# encodings that act inside attention are relative: logits see only position differences
+ATTENTION_LEVEL = [n for n in PE_NAMES if not get_encoding(n)(CONFIG).has_embed]
+
+
+@pytest.mark.parametrize("name", ATTENTION_LEVEL)
+def test_attention_logits_invariant_to_global_shift(name):
+    pe = build(name)
+    q, k = qk()
+    pos = sorted_positions(max_position=1000)
+    shifted = pos + 1000  # still < max_position = 2048
+    torch.testing.assert_close(logits(pe, q, k, shifted), logits(pe, q, k, pos))
+
+
+@pytest.mark.parametrize("name", ["relative", "rope", "alibi"])
+def test_attention_level_pes_depend_on_positions(name):
+    pe = build(name)
+    q, k = qk()
+    pos = sorted_positions()
+    spread = pos * 2
+    assert not torch.allclose(logits(pe, q, k, spread), logits(pe, q, k, pos))
+
+
+def test_none_ignores_positions():
+    pe = build("none")
+    q, k = qk()
+    assert torch.equal(logits(pe, q, k, sorted_positions(seed=1)), q @ k.transpose(-1, -2) / 8**0.5)
+
+
+@pytest.mark.parametrize("name", ["sincos", "learned"])
+def test_absolute_pes_depend_on_positions(name):
+    pe = build(name)
+    x = torch.zeros(1, T, D, dtype=torch.float64)
+    a = pe.embed(x, sorted_positions(batch=1, seed=1))
+    b = pe.embed(x, sorted_positions(batch=1, seed=2))
+    assert not torch.allclose(a, b)
+
+
+# --- closed forms -----------------------------------------------------------------------------
+
+
+def test_sincos_closed_form():
+    pe = build("sincos")
+    pos = torch.tensor([[0, 1, 5, 2047]])
+    out = pe.embed(torch.zeros(1, 4, D, dtype=torch.float64), pos)[0]
+    for row, p in enumerate(pos[0].tolist()):
+        for i in range(D // 2):
+            w = 10000 ** (-2 * i / D)
+            assert out[row, i].item() == pytest.approx(math.sin(p * w), abs=1e-9)
+            assert out[row, D // 2 + i].item() == pytest.approx(math.cos(p * w), abs=1e-9)
+
+
+def test_learned_is_a_table_lookup():
+    pe = build("learned")
+    assert pe.table.shape == (CONFIG.max_position, D)
+    pos = torch.tensor([[0, 3, 2047]])
+    torch.testing.assert_close(
+        pe.embed(torch.zeros(1, 3, D, dtype=torch.float64), pos)[0], pe.table[[0, 3, 2047]]
+    )
+
+
+def reference_slopes(n: int) -> list[float]:
+    """The ALiBi paper's recipe, written independently: start = ratio = 2^(-8/P)."""
+
+    def power_of_two(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n).is_integer():
+        return power_of_two(n)
+    closest = 2 ** math.floor(math.log2(n))
+    return power_of_two(closest) + reference_slopes(2 * closest)[0::2][: n - closest]
+
+
+@pytest.mark.parametrize("heads", [1, 2, 3, 6, 8, 12, 16])
+def test_alibi_slopes(heads):
+    assert alibi_slopes(heads) == pytest.approx(reference_slopes(heads), rel=1e-12)
+
+
+def test_alibi_slopes_known_values():
+    assert alibi_slopes(8) == pytest.approx([2.0**-h for h in range(1, 9)])
+    assert alibi_slopes(6) == pytest.approx([2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3])
+
+
+@pytest.mark.parametrize("heads", [8, 6])
+def test_alibi_matches_closed_form(heads):
+    config = ModelConfig(width=heads * 8, num_heads=heads)
+    pe = build("alibi", config)
+    pos = sorted_positions(batch=2, max_position=500)
+    q = torch.zeros(2, heads, T, 8, dtype=torch.float64)
+    bias = pe.bias(q, q, pos, 0).expand(2, heads, T, T)
+    slopes = alibi_slopes(heads)
+    for b in range(2):
+        for h in range(heads):
+            for i in range(T):
+                for j in range(T):
+                    dist = abs(int(pos[b, j]) - int(pos[b, i]))
+                    want = slopes[h] * (-dist + (0.5 if j < i else 0.0))
+                    assert bias[b, h, i, j].item() == pytest.approx(want, abs=1e-12)
+
+
+def rotate_complex(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Oracle: pair (2m, 2m+1) as a complex number times e^{i p theta_m}."""
+    z = torch.view_as_complex(x.reshape(-1, 2).contiguous())
+    theta = torch.tensor([10000 ** (-2 * m / d) for m in range(d // 2)], dtype=torch.float64)
+    return torch.view_as_real(z * torch.exp(1j * p * theta)).reshape(-1)
+
+
+def test_rope_matches_complex_rotation():
+    pe = build("rope")
+    q, k = qk(batch=1)
+    pos = sorted_positions(batch=1, max_position=2048)
+    rq, rk = pe.rotate(q, k, pos, 0)
+    for h in range(H):
+        for t in range(T):
+            p = int(pos[0, t])
+            torch.testing.assert_close(rq[0, h, t], rotate_complex(q[0, h, t], p))
+            torch.testing.assert_close(rk[0, h, t], rotate_complex(k[0, h, t], p))
+
+
+def test_rope_scores_depend_only_on_position_differences():
+    pe = build("rope")
+    g = gen(3)
+    q = torch.randn(1, H, 1, d, generator=g, dtype=torch.float64)
+    k = torch.randn(1, H, 1, d, generator=g, dtype=torch.float64)
+
+    def score(pq: int, pk: int) -> torch.Tensor:
+        rq, _ = pe.rotate(q, q, torch.tensor([[pq]]), 0)
+        _, rk = pe.rotate(k, k, torch.tensor([[pk]]), 0)
+        return (rq * rk).sum(-1)
+
+    for delta in (-700, -3, 0, 1, 50, 1999):
+        lo, hi = max(0, -delta), 2047 - max(0, delta)  # query positions keeping both in [0, 2048)
+        base = score(lo, lo + delta)
+        for pq in ((lo + hi) // 2, hi):
+            torch.testing.assert_close(score(pq, pq + delta), base)
+    # and they do depend on the difference
+    assert not torch.allclose(score(0, 1), score(0, 2))
+
+
+def relative_oracle(pe, q, k, rel: torch.Tensor, layer: int = 0) -> torch.Tensor:
+    """Brute force: builds R for every (i, j) pair, (B, T, T, D) -> bias (B, H, T, T)."""
+    i = torch.arange(D // 2, dtype=torch.float64)
+    w = 10000 ** (-2 * i / D)
+    angles = rel.double().unsqueeze(-1) * w
+    r = torch.cat([angles.sin(), angles.cos()], -1)  # (B, T, T, D)
+    proj = r @ pe.w_r[layer].T  # (B, T, T, D): W_R R(x_ij)
+    proj = proj.unflatten(-1, (H, d)).permute(0, 3, 1, 2, 4)  # (B, H, T, T, d)
+    u, v = pe.u[layer], pe.v[layer]
+    content = (k * u[None, :, None]).sum(-1).unsqueeze(2)  # (B, H, 1, T)
+    position = ((q + v[None, :, None]).unsqueeze(3) * proj).sum(-1)  # (B, H, T, T)
+    return (content + position) / math.sqrt(d)
+
+
+def test_relative_matches_brute_force_for_arbitrary_positions():
+    pe = build("relative", seed=4)
+    q, k = qk()
+    pos = sorted_positions(max_position=2048)
+    rel = pos.unsqueeze(1) - pos.unsqueeze(2)  # (B, T, T): p_j - p_i
+    for layer in (0, 3):
+        torch.testing.assert_close(
+            pe.bias(q, k, pos, layer), relative_oracle(pe, q, k, rel, layer), rtol=1e-9, atol=1e-9
+        )
+
+
+# --- the distance reading ---------------------------------------------------------------------
+
+DISTANCE_PES = [n for n in PE_NAMES if get_encoding(n).uses_distances]
+
+
+def offset_value(table: torch.Tensor, delta: int) -> int:
+    """Intended signed semantics: +a_delta right, -b_|delta| left."""
+    return int(table[0, delta]) if delta >= 0 else -int(table[1, -delta])
+
+
+@pytest.mark.parametrize("both_sides", [False, True])
+def test_relative_with_distances_matches_table(both_sides):
+    pe = build("relative", seed=5)
+    q, k = qk()
+    table = randomized_distances(1, T, 2048, gen(6), both_sides=both_sides)
+    rel = torch.tensor([[offset_value(table[0], j - i) for j in range(T)] for i in range(T)])
+    pos = sorted_positions()  # ignored under the distance reading
+    torch.testing.assert_close(
+        pe.bias(q, k, pos, 0, table),
+        relative_oracle(pe, q, k, rel.expand(B, T, T)),
+        rtol=1e-9,
+        atol=1e-9,
+    )
+
+
+@pytest.mark.parametrize("both_sides", [False, True])
+def test_alibi_with_distances_matches_table(both_sides):
+    pe = build("alibi")
+    q, k = qk()
+    table = randomized_distances(1, T, 2048, gen(7), both_sides=both_sides)
+    bias = pe.bias(q, k, sorted_positions(), 0, table)[0]  # (H, T, T)
+    slopes = alibi_slopes(H)
+    for h in range(H):
+        for i in range(T):
+            for j in range(T):
+                if j > i:
+                    want = -slopes[h] * int(table[0, 0, j - i])
+                elif j < i:
+                    want = slopes[h] * (-int(table[0, 1, i - j]) + 0.5)
+                else:
+                    want = 0.0
+                assert bias[h, i, j].item() == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", DISTANCE_PES)
+def test_distance_reading_is_toeplitz(name):
+    pe = build(name)
+    # identical q, k at every position: then the logits can only vary with the offset
+    q, k = qk(batch=1, length=1)
+    q, k = q.expand(1, H, T, d), k.expand(1, H, T, d)
+    table = randomized_distances(1, T, 2048, gen(8), both_sides=True)
+    out = logits(pe, q, k, sorted_positions(batch=1), distances=table)[0]  # (H, T, T)
+    index = toeplitz_index(T)
+    for offset in range(-(T - 1), T):
+        values = out[:, index == offset + T - 1]  # (H, count)
+        torch.testing.assert_close(values, values[:, :1].expand_as(values))
+
+
+@pytest.mark.parametrize("name", ["relative", "alibi"])
+def test_identity_distances_equal_contiguous_positions(name):
+    pe = build(name)
+    q, k = qk()
+    pos = torch.arange(T).expand(B, T)
+    torch.testing.assert_close(
+        logits(pe, q, k, pos, distances=contiguous_distances(1, T)), logits(pe, q, k, pos)
+    )
+
+
+@pytest.mark.parametrize("name", DISTANCE_PES)
+def test_per_layer_tables(name):
+    pe = build(name)
+    q, k = qk()
+    pos = sorted_positions()
+    tables = randomized_distances(CONFIG.num_layers, T, 2048, gen(9))
+    for layer in (0, 2):
+        per_layer = pe.bias(q, k, pos, layer, tables)
+        torch.testing.assert_close(per_layer, pe.bias(q, k, pos, layer, tables[layer : layer + 1]))
+    assert not torch.allclose(pe.bias(q, k, pos, 2, tables), pe.bias(q, k, pos, 2, tables[:1]))
+
+
+def test_relative_reference_bug_reproduces_released_lookup():
+    # SPEC §4.2's demonstration: L = 16, T = 5; printed value = position whose sinusoid is used
+    config = ModelConfig(max_position=16)
+    pe = get_encoding("relative_reference_bug")(config)
+    a = torch.tensor([0, 3, 7, 11, 12])
+    table = torch.stack([a, a])
+    used = pe.offset_values(table, 5)[toeplitz_index(5)]  # (T, T)
+    assert used[0].tolist() == [15, 15, 15, 15, 15]
+    assert used[1].tolist() == [13, 15, 15, 15, 15]
+    assert used[4].tolist() == [4, 5, 9, 13, 15]
+
+
+def test_distance_table_validation():
+    pe = build("alibi")
+    good = randomized_distances(1, T, 2048, gen())
+    pe.check_distances(good, T)
+    pe.check_distances(randomized_distances(CONFIG.num_layers, T + 3, 2048, gen()), T)
+    with pytest.raises(ValueError, match="shape"):
+        pe.check_distances(randomized_distances(2, T, 2048, gen()), T)  # neither 1 nor layers
+    with pytest.raises(ValueError, match="shape"):
+        pe.check_distances(good[:, :, :-1], T)
+    with pytest.raises(ValueError, match="integer"):
+        pe.check_distances(good.double(), T)
+    with pytest.raises(ValueError, match=r"\[0, 2048\)"):
+        pe.check_distances(good + 2048, T)
+    bad = good.clone()
+    bad[0, 1, 0] = 1
+    with pytest.raises(ValueError, match="must be 0"):
+        pe.check_distances(bad, T)
