@@ -42,8 +42,9 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 import yaml
 
 from randpos.store import STALE_AFTER_S, ResultsStore, config_hash, default_store_path
@@ -706,8 +707,8 @@ def run_sweep(
                     if state == "claimed":
                         out_dir = runs_dir / rid
                         resume = out_dir.is_dir() and any(out_dir.iterdir())
+                        in_flight[rid] = time.monotonic()  # first: released if submit fails
                         executor.submit(Job(rid, plan[rid], str(out_dir), resume))
-                        in_flight[rid] = time.monotonic()
                     elif state == "busy":
                         waiting.add(rid)
                 for outcome in executor.poll(poll_interval):
@@ -1055,106 +1056,110 @@ def status_command(name: str | None = None, store: Path | None = None) -> dict[s
     return info
 
 
-def register_commands(app) -> None:
-    """Add ``sweep``, ``sweep-status`` and ``report`` to a typer app (randpos.cli)."""
-    from typing import Annotated
+def _cli_errors(func):
+    """Expected failures end as one ``error: ...`` line and exit code 2, never a traceback."""
 
-    import typer
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from randpos.store import StoreError
 
-    def _errors(func):
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            from randpos.store import StoreError
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.echo("interrupted; re-run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+        except (ValueError, StoreError, FileNotFoundError) as exc:
+            typer.echo(f"error: {str(exc).splitlines()[0]}", err=True)
+            raise typer.Exit(2) from None
 
-            try:
-                return func(*args, **kwargs)
-            except KeyboardInterrupt:
-                typer.echo("interrupted; re-run the same command to resume", err=True)
-                raise typer.Exit(130) from None
-            except (ValueError, StoreError, FileNotFoundError) as exc:
-                typer.echo(f"error: {str(exc).splitlines()[0]}", err=True)
-                raise typer.Exit(2) from None
+    return wrapper
 
-        return wrapper
 
-    StoreOpt = Annotated[
+_StoreOpt = Annotated[
+    Path | None,
+    typer.Option("--store", help="Results store (default $RANDPOS_STORE or runs/randpos.sqlite)."),
+]
+
+
+@_cli_errors
+def sweep_cli(
+    spec: Annotated[str, typer.Argument(help="Sweep file, or a preset in configs/sweeps/.")],
+    store: _StoreOpt = None,
+    executor: Annotated[
+        str, typer.Option("--executor", "-e", help="local (processes) | ray.")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (ray executor).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-j", help="Concurrent runs (default: cores, or GPUs)."),
+    ] = None,
+    runs_dir: Annotated[
         Path | None,
-        typer.Option("--store", help="Results store (default $RANDPOS_STORE or runs/)."),
-    ]
+        typer.Option("--runs-dir", help="Run folders (default: <store dir>/sweeps/NAME)."),
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Run failed runs again.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the runs; train nothing.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    run_fn: Annotated[
+        str | None, typer.Option("--run-fn", hidden=True, help="module:function to run.")
+    ] = None,
+) -> None:
+    """Run every unfinished run of a sweep (idempotent: interrupt and re-run to resume)."""
+    result = sweep_command(
+        spec,
+        store=store,
+        executor=executor,
+        address=address,
+        workers=workers,
+        runs_dir=runs_dir,
+        retry_failed=retry_failed,
+        run_fn=run_fn,
+        dry_run=dry_run,
+        quiet=quiet,
+    )
+    if result is not None and result.failed:
+        raise typer.Exit(1)
 
-    @app.command("sweep")
-    @_errors
-    def sweep_cmd(
-        spec: Annotated[str, typer.Argument(help="Sweep file, or a preset in configs/sweeps/.")],
-        store: StoreOpt = None,
-        executor: Annotated[
-            str, typer.Option("--executor", "-e", help="local (processes) | ray.")
-        ] = "local",
-        address: Annotated[
-            str | None, typer.Option("--address", help="Ray cluster address (ray executor).")
-        ] = None,
-        workers: Annotated[
-            int | None,
-            typer.Option("--workers", "-j", help="Concurrent runs (default: cores or GPUs)."),
-        ] = None,
-        runs_dir: Annotated[
-            Path | None,
-            typer.Option("--runs-dir", help="Run folders (default: <store dir>/sweeps/NAME)."),
-        ] = None,
-        retry_failed: Annotated[
-            bool, typer.Option("--retry-failed", help="Run failed runs again.")
-        ] = False,
-        dry_run: Annotated[
-            bool, typer.Option("--dry-run", help="List the runs; train nothing.")
-        ] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-        run_fn: Annotated[
-            str | None, typer.Option("--run-fn", hidden=True, help="module:function to run.")
-        ] = None,
-    ) -> None:
-        """Run every unfinished run of a sweep (idempotent; interrupt and re-run to resume)."""
-        result = sweep_command(
-            spec,
-            store=store,
-            executor=executor,
-            address=address,
-            workers=workers,
-            runs_dir=runs_dir,
-            retry_failed=retry_failed,
-            run_fn=run_fn,
-            dry_run=dry_run,
-            quiet=quiet,
-        )
-        if result is not None and result.failed:
-            raise typer.Exit(1)
 
-    @app.command("sweep-status")
-    @_errors
-    def status_cmd(
-        name: Annotated[
-            str | None, typer.Argument(help="Sweep name (default: the only one).")
-        ] = None,
-        store: StoreOpt = None,
-    ) -> None:
-        """Progress of a sweep from the store: done / failed / running / pending, ETA."""
-        status_command(name, store=store)
+@_cli_errors
+def sweep_status_cli(
+    name: Annotated[
+        str | None, typer.Argument(help="Sweep name (default: the store's only sweep).")
+    ] = None,
+    store: _StoreOpt = None,
+) -> None:
+    """Progress of a sweep, from the store: done / failed / running / pending, ETA."""
+    status_command(name, store=store)
 
-    @app.command("report")
-    @_errors
-    def report_cmd(
-        store: StoreOpt = None,
-        sweep: Annotated[
-            str | None, typer.Option("--sweep", help="Only this sweep's runs (default: all).")
-        ] = None,
-        out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("report"),
-        figures: Annotated[
-            bool, typer.Option("--figures/--no-figures", help="Draw the PNG figures.")
-        ] = True,
-    ) -> None:
-        """Paper Table 1, mean ± std over seeds, headline gain and figures, from the store."""
-        from randpos.report import report_command
 
-        report_command(store=store, sweep=sweep, out=out, figures=figures)
+@_cli_errors
+def report_cli(
+    store: _StoreOpt = None,
+    sweep: Annotated[
+        str | None, typer.Option("--sweep", help="Only this sweep's runs (default: all runs).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("report"),
+    figures: Annotated[
+        bool, typer.Option("--figures/--no-figures", help="Draw the PNG figures.")
+    ] = True,
+) -> None:
+    """Table 1, mean ± std over seeds, the headline gain and figures, from the store alone."""
+    from randpos.report import report_command
+
+    report_command(store=store, sweep=sweep, out=out, figures=figures)
+
+
+def register_commands(app: typer.Typer) -> None:
+    """Add ``sweep``, ``sweep-status`` and ``report`` to a typer app (``randpos.cli.app``)."""
+    app.command("sweep")(sweep_cli)
+    app.command("sweep-status")(sweep_status_cli)
+    app.command("report")(report_cli)
 
 
 __all__ = [
@@ -1170,6 +1175,9 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "register_commands",
+    "report_cli",
+    "sweep_cli",
+    "sweep_status_cli",
     "run_sweep",
     "sweep_status",
     "train_run",

@@ -1,0 +1,347 @@
+"""Sweeps: grid expansion, bad sweep files, idempotence, kill -9 and resume, executors."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import yaml
+
+from randpos.store import ResultsStore, config_hash
+from randpos.sweep import (
+    LocalExecutor,
+    SweepError,
+    expand,
+    fake_run,
+    load_spec,
+    parse_spec,
+    run_sweep,
+    sweep_status,
+)
+
+# A short evaluation keeps the fake results small: N = 10, lengths 1..20.
+BASE = {"steps": 10, "max_train_length": 10, "eval_max_length": 20, "max_position": 64}
+GRID = {
+    "task": ["parity_check", "reverse_string"],
+    "pe": ["none", "rope"],
+    "randomized": [False, True],
+    "seed": [0, 1],
+}
+
+
+def spec(**changes):
+    data = {"name": "t", "base": dict(BASE), "grid": dict(GRID)}
+    data.update(changes)
+    return parse_spec(data)
+
+
+def write_spec(path, **changes):
+    data = {"name": "t", "base": dict(BASE), "grid": dict(GRID)}
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ------------------------------------------------------------------------------ expansion
+def test_grid_expands_to_the_cartesian_product_with_stable_ids():
+    runs = expand(spec())
+    assert len(runs) == 2 * 2 * 2 * 2
+    for rid, config in runs.items():
+        assert rid == config_hash(config)
+        assert config["steps"] == 10 and config["eval_max_length"] == 20
+    combos = {(c["task"], c["pe"], c["randomized"], c["seed"]) for c in runs.values()}
+    assert len(combos) == 16
+    # Key order in the file changes nothing; ids are those of the resolved configs.
+    reordered = spec(grid=dict(reversed(list(GRID.items()))), base=dict(reversed(BASE.items())))
+    assert set(expand(reordered)) == set(runs)
+
+
+def test_duplicates_are_merged_and_rules_apply():
+    dup = spec(grid={**GRID, "seed": [0, 0, 1]})
+    assert len(expand(dup)) == 16
+    # A base value equal to the default gives the same run as leaving it out.
+    assert set(expand(spec(base={**BASE, "batch_size": 128}))) == set(expand(spec()))
+    ruled = spec(
+        exclude=[{"pe": "none", "randomized": True}],
+        include=[
+            {"task": "parity_check", "pe": "alibi", "seed": 7},
+            {"task": "parity_check", "pe": "rope", "seed": 0},
+        ],  # already in the grid
+    )
+    runs = expand(ruled)
+    assert len(runs) == 16 - 4 + 1
+    assert not any(c["pe"] == "none" and c["randomized"] for c in runs.values())
+    assert any(c["pe"] == "alibi" and c["seed"] == 7 for c in runs.values())
+
+
+def test_presets_load():
+    tiny, small = load_spec("tiny"), load_spec("small")
+    assert len(expand(tiny)) == 12
+    assert len(expand(small)) == 4 * 11 * 3
+    paper = load_spec("paper")
+    assert len(paper.grid["task"]) == 15 and paper.grid["learning_rate"] == [1e-4, 3e-4, 5e-4]
+    assert paper.grid["seed"] == list(range(10)) and paper.base["eval_max_length"] == 500
+
+
+@pytest.mark.slow
+def test_paper_preset_expands_to_4950_runs():
+    assert len(expand(load_spec("paper"))) == 15 * 11 * 3 * 10
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"gird": GRID}, r"unknown sweep key\(s\): 'gird' \(did you mean 'grid'\?\)"),
+        ({"grid": {**GRID, "sed": [0]}}, r"'sed' \(did you mean 'seed'\?\); allowed: .*task"),
+        ({"base": {"stepz": 3}}, r"in 'base': 'stepz' \(did you mean 'steps'\?\)"),
+        ({"grid": {**GRID, "pe": ["rope", "rop"]}}, r"pe='rop'.*unknown pe 'rop'; valid: .*rope"),
+        ({"grid": {**GRID, "seed": []}}, r"grid.seed is empty"),
+        ({"grid": {**GRID, "seed": 3}}, r"grid.seed must be a list"),
+        ({"grid": {}}, r"empty grid"),
+        ({"exclude": [{"task": ["parity_check", "reverse_string"]}]}, r"empty grid \(16 .*16 excl"),
+        ({"base": {**BASE, "eval_max_length": 5}}, r"eval_max_length .* must be greater"),
+    ],
+)
+def test_bad_sweep_files_fail_clearly_and_write_nothing(tmp_path, changes, message):
+    path = write_spec(tmp_path / "bad.yaml", **changes)
+    store = tmp_path / "store" / "r.sqlite"
+    with pytest.raises(SweepError, match=message):
+        run_sweep(path, store, LocalExecutor(1), run_fn=fake_run, progress=False)
+    assert not store.parent.exists()
+
+
+def test_missing_spec_lists_presets(tmp_path):
+    with pytest.raises(SweepError, match="presets: .*tiny"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+# ------------------------------------------------------------------------------ execution
+def test_sweep_runs_everything_once_and_is_idempotent(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    first = run_sweep(spec(), store, LocalExecutor(2), run_fn=fake_run, progress=False)
+    assert (first.total, first.done, first.executed, first.failed) == (16, 16, 16, 0)
+    frame = store.runs(sweep="t")
+    assert len(frame) == 16 and set(frame["status"]) == {"done"}
+    assert len(store.per_length(sweep="t")) == 16 * 20
+    assert (tmp_path / "sweeps" / "t" / frame["run_id"].iloc[0] / "summary.json").is_file()
+
+    class Unused:  # a second run must not even start an executor
+        def start(self, run_fn):
+            raise AssertionError("nothing should run")
+
+    second = run_sweep(spec(), store, Unused(), run_fn=fake_run, progress=False)
+    assert (second.done, second.skipped, second.executed) == (16, 16, 0)
+    assert set(store.runs(sweep="t")["attempts"]) == {1}
+    info = sweep_status(store, "t")
+    assert (info["total"], info["done"], info["pending"], info["eta_seconds"]) == (16, 16, 0, 0)
+
+
+def test_failed_runs_are_recorded_and_retried_only_on_request(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    failing = functools.partial(fake_run, fail_tasks=("reverse_string",))
+    result = run_sweep(spec(), store, LocalExecutor(2), run_fn=failing, progress=False)
+    assert (result.done, result.failed) == (8, 8)
+    failed = store.runs(status="failed")
+    assert len(failed) == 8 and failed["error"].str.contains("fake failure").all()
+    again = run_sweep(spec(), store, LocalExecutor(2), run_fn=fake_run, progress=False)
+    assert (again.executed, again.failed) == (0, 8)
+    retried = run_sweep(
+        spec(), store, LocalExecutor(2), run_fn=fake_run, progress=False, retry_failed=True
+    )
+    assert (retried.executed, retried.done, retried.failed) == (8, 16, 0)
+    assert set(store.runs(status="done")["attempts"]) == {1, 2}
+    assert sweep_status(store, "t")["failed"] == 0
+
+
+def test_status_of_a_sweep_in_progress(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    s = spec()
+    plan = expand(s)
+    store.register_sweep("t", s.to_dict(), plan)
+    ids = list(plan)
+    store.claim_run(ids[0], plan[ids[0]], sweep="t")
+    store.start_run(ids[1], plan[ids[1]], sweep="t")
+    store.release_run(ids[1])  # its owner went away
+    summary = fake_run(plan[ids[2]], tmp_path / "x", False)
+    store.start_run(ids[2], plan[ids[2]])
+    store.finish_run(ids[2], summary, {int(k): v for k, v in summary["per_length"].items()})
+    store.start_run(ids[3], plan[ids[3]])
+    store.fail_run(ids[3], "ValueError: bad\ntraceback")
+    info = sweep_status(store, "t")
+    assert (info["done"], info["failed"], info["running"], info["stale"], info["pending"]) == (
+        1,
+        1,
+        1,
+        1,
+        12,
+    )
+    assert info["failures"] == {ids[3]: "ValueError: bad"}
+    with pytest.raises(SweepError, match="no sweep named 'x'.*known: t"):
+        sweep_status(store, "x")
+
+
+KILLABLE = textwrap.dedent(
+    """
+    import functools, sys
+    from randpos import sweep
+    spec, store, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    sweep.run_sweep(spec, store, sweep.LocalExecutor(2), progress=False,
+                    run_fn=functools.partial(sweep.fake_run, seconds=seconds))
+    """
+)
+
+
+def _count(path, status):
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
+        return conn.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (status,)).fetchone()[0]
+
+
+def test_sigkill_mid_sweep_then_resume_loses_and_duplicates_nothing(tmp_path):
+    path = write_spec(tmp_path / "s.yaml", grid={**GRID, "randomized": [False]})  # 8 runs
+    store_path = tmp_path / "r.sqlite"
+    leader = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE, str(path), str(store_path), "1.5"],
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            if store_path.exists() and _count(store_path, "done") >= 2:
+                if _count(store_path, "running") >= 1:
+                    break
+            assert leader.poll() is None, leader.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        else:
+            pytest.fail("the sweep made no progress")
+        os.kill(leader.pid, signal.SIGKILL)
+    finally:
+        leader.kill()
+        leader.wait()
+    killed_running = _count(store_path, "running")
+    assert killed_running >= 1 and _count(store_path, "done") < 8
+
+    store = ResultsStore(store_path)
+    result = run_sweep(
+        load_spec(path),
+        store,
+        LocalExecutor(2),
+        progress=False,
+        run_fn=functools.partial(fake_run, seconds=1.5),
+    )
+    assert result.done == 8 and result.failed == 0
+    assert result.executed + result.skipped + result.recovered == 8
+    frame = store.runs(sweep="t")
+    assert len(frame) == 8 and set(frame["status"]) == {"done"}
+    # Runs cut by the kill ran a second time (resuming their checkpoints); no other run did.
+    assert (frame["attempts"] == 2).sum() == killed_running - result.recovered
+    assert set(frame["attempts"]) <= {1, 2}
+    long = store.per_length(sweep="t")
+    assert len(long) == 8 * 20 and not long.duplicated(["run_id", "length"]).any()
+    assert set(long.groupby("run_id").size()) == {20}
+    resumed = [
+        store.get_run(rid)["summary"]["resumed"] for rid in frame[frame["attempts"] == 2].run_id
+    ]
+    assert any(resumed)  # at least one picked up its checkpoint rather than starting over
+
+
+def test_interrupted_run_is_released_not_failed(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+
+    class Interrupting:
+        describe = "test"
+
+        def start(self, run_fn):
+            return 1
+
+        def submit(self, job):
+            raise KeyboardInterrupt
+
+        def close(self, cancel=False):
+            self.cancelled = cancel
+
+    ex = Interrupting()
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec(), store, ex, run_fn=fake_run, progress=False)
+    assert ex.cancelled
+    running = store.runs(status="running")
+    assert len(running) == 1 and store.is_stale(running["run_id"].iloc[0])
+    result = run_sweep(spec(), store, LocalExecutor(2), run_fn=fake_run, progress=False)
+    assert result.done == 16 and set(store.runs()["status"]) == {"done"}
+
+
+@pytest.mark.ray
+def test_ray_executor_on_a_local_instance(tmp_path):
+    pytest.importorskip("ray")
+    from randpos.sweep import RayExecutor
+
+    small = spec(grid={"task": ["parity_check"], "pe": ["none", "rope"], "seed": [0, 1]})
+    store = ResultsStore(tmp_path / "r.sqlite")
+    executor = RayExecutor(num_cpus=2)
+    result = run_sweep(small, store, executor, run_fn=fake_run, progress=False)
+    assert (result.done, result.executed, result.failed) == (4, 4, 0)
+    assert set(store.runs(sweep="t")["status"]) == {"done"}
+    assert len(store.per_length(sweep="t")) == 4 * 20
+    assert not executor.started_ray  # the instance it started is shut down again
+
+
+# ------------------------------------------------------------------------------ CLI
+def test_cli_commands(tmp_path):
+    typer = pytest.importorskip("typer")
+    from typer.testing import CliRunner
+
+    from randpos.sweep import register_commands
+
+    app = typer.Typer()
+    register_commands(app)
+    runner = CliRunner()
+    store = tmp_path / "r.sqlite"
+    dry = runner.invoke(app, ["sweep", "tiny", "--dry-run", "--store", str(store)])
+    assert dry.exit_code == 0 and "12 runs" in dry.output and not store.exists()
+
+    bad = write_spec(tmp_path / "bad.yaml", grid={**GRID, "pe": ["rop"]})
+    out = runner.invoke(app, ["sweep", str(bad), "--store", str(store)])
+    assert out.exit_code == 2 and "unknown pe 'rop'" in out.output and not store.exists()
+
+    good = write_spec(
+        tmp_path / "good.yaml",
+        grid={"task": ["parity_check"], "pe": ["rope"], "randomized": [False, True]},
+    )
+    ok = runner.invoke(
+        app,
+        [
+            "sweep",
+            str(good),
+            "--store",
+            str(store),
+            "-j",
+            "2",
+            "-q",
+            "--run-fn",
+            "randpos.sweep:fake_run",
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    status = runner.invoke(app, ["sweep-status", "t", "--store", str(store)])
+    assert status.exit_code == 0 and "2/2 done" in status.output
+    report = runner.invoke(
+        app,
+        [
+            "report",
+            "--store",
+            str(store),
+            "--sweep",
+            "t",
+            "--out",
+            str(tmp_path / "rep"),
+            "--no-figures",
+        ],
+    )
+    assert report.exit_code == 0, report.output
+    assert (tmp_path / "rep" / "report.html").is_file()
