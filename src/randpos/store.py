@@ -465,7 +465,9 @@ class ResultsStore:
             )
 
     def sweeps(self) -> list[str]:
-        return [r[0] for r in self._conn().execute("SELECT name FROM sweeps ORDER BY name")]
+        # A run started with sweep=NAME but never registered (no spec) still names a sweep.
+        query = "SELECT name FROM sweeps UNION SELECT DISTINCT sweep FROM sweep_runs ORDER BY 1"
+        return [r[0] for r in self._conn().execute(query)]
 
     def sweep_spec(self, name: str) -> dict | None:
         row = self._conn().execute("SELECT spec FROM sweeps WHERE name = ?", (name,)).fetchone()
