@@ -172,6 +172,24 @@ def test_distances_change_distance_pes_only(pe):
     )
 
 
+@pytest.mark.parametrize("pe", PE_NAMES)
+def test_layer_positions(pe):
+    m = model(pe).eval()
+    tokens, positions = inputs()
+    same = positions.expand(5, B, T)
+    torch.testing.assert_close(m(tokens, positions, layer_positions=same), m(tokens, positions))
+    per_layer = torch.stack([randomized_positions(1, T, 2048, gen(s)) for s in range(5)])
+    out = m(tokens, positions, layer_positions=per_layer)  # (5, 1, T): shared by the batch
+    changed = not torch.allclose(out, m(tokens, positions))
+    # only attention-level encodings that read positions see them
+    reads = (m.pe.has_rotate or m.pe.has_bias) and pe != "relative_reference_bug"
+    assert changed == reads
+    with pytest.raises(ValueError, match="layer_positions"):
+        m(tokens, positions, layer_positions=per_layer[:4])
+    with pytest.raises(ValueError, match="max_position"):
+        m(tokens, positions, layer_positions=per_layer + 2048)
+
+
 @pytest.mark.parametrize("pe", [n for n in PE_NAMES if n not in DISTANCE_PES])
 def test_distances_are_ignored_by_other_pes(pe):
     m = model(pe).eval()

@@ -124,6 +124,7 @@ class Transformer(nn.Module):
         positions: torch.Tensor,
         *,
         distances: torch.Tensor | None = None,
+        layer_positions: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         validate: bool = True,
     ) -> torch.Tensor:
@@ -134,11 +135,14 @@ class Transformer(nn.Module):
         distances: optional integer (G, 2, >=T) distance tables (``randpos.positions.
                    randomized_distances``), G = 1 (shared) or num_layers (one per layer); read
                    only by encodings with ``uses_distances`` (relative, ALiBi), ignored otherwise.
+        layer_positions: optional integer (num_layers, B or 1, T): the positions the attention
+                   hooks (rotate, bias) of each layer see instead of ``positions``; the
+                   reference's per-layer redraw for RoPE. ``positions`` still feeds ``embed``.
         generator: source of the dropout masks in training mode (None: torch's global RNG).
         validate:  range-check tokens, positions and distances (one device sync per check);
                    shape and dtype checks are always done (they are free).
         """
-        self._check_inputs(tokens, positions, distances, validate)
+        self._check_inputs(tokens, positions, distances, layer_positions, validate)
         if not self.pe.uses_distances:
             distances = None
         h = self.embedding(tokens) * math.sqrt(self.config.width)  # (B, T, D)
@@ -146,7 +150,8 @@ class Transformer(nn.Module):
             # dropout on embeddings only with an absolute encoding, as in the reference
             h = dropout(self.pe.embed(h, positions), self.config.dropout, self.training, generator)
         for index, layer in enumerate(self.layers):
-            h = layer(h, positions, self.pe, index, distances, generator)
+            seen = positions if layer_positions is None else layer_positions[index]
+            h = layer(h, seen, self.pe, index, distances, generator)
         return self.head(h)  # (B, T, C)
 
     def _check_inputs(
@@ -154,6 +159,7 @@ class Transformer(nn.Module):
         tokens: torch.Tensor,
         positions: torch.Tensor,
         distances: torch.Tensor | None,
+        layer_positions: torch.Tensor | None,
         validate: bool,
     ) -> None:
         if not isinstance(tokens, torch.Tensor) or not isinstance(positions, torch.Tensor):
@@ -174,6 +180,23 @@ class Transformer(nn.Module):
         for name, t in (("tokens", tokens), ("positions", positions)):
             if not _is_integer(t):
                 raise ValueError(f"{name} must be an integer tensor (ids/positions), got {t.dtype}")
+        if layer_positions is not None:
+            n = self.config.num_layers
+            if (
+                not isinstance(layer_positions, torch.Tensor)
+                or layer_positions.dim() != 3
+                or layer_positions.shape[0] != n
+                or layer_positions.shape[1] not in (1, tokens.shape[0])
+                or layer_positions.shape[2] != tokens.shape[1]
+            ):
+                got = getattr(layer_positions, "shape", None)
+                got = tuple(got) if got is not None else type(layer_positions).__name__
+                raise ValueError(
+                    f"layer_positions must be a tensor of shape (num_layers={n}, B or 1, T)"
+                    f" matching tokens {tuple(tokens.shape)}, got {got}"
+                )
+            if not _is_integer(layer_positions):
+                raise ValueError(f"layer_positions must be integer, got {layer_positions.dtype}")
         use_distances = distances is not None and self.pe.uses_distances
         if use_distances:
             if not isinstance(distances, torch.Tensor):
@@ -182,9 +205,11 @@ class Transformer(nn.Module):
         if not validate:
             return
         # one sync for both range checks
-        lo_t, hi_t, lo_p, hi_p = torch.stack(
-            [tokens.min(), tokens.max(), positions.min(), positions.max()]
-        ).tolist()
+        all_positions = [positions.min(), positions.max()]
+        if layer_positions is not None:
+            all_positions += [layer_positions.min(), layer_positions.max()]
+        lo_t, hi_t, *bounds = torch.stack([tokens.min(), tokens.max(), *all_positions]).tolist()
+        lo_p, hi_p = min(bounds), max(bounds)
         if lo_t < 0 or hi_t >= self.config.vocab_size:
             raise ValueError(
                 f"tokens must lie in [0, vocab_size={self.config.vocab_size}),"
