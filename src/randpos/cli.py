@@ -344,6 +344,13 @@ def print_summaries(summaries: list[dict]) -> None:
     console.print(table)
 
 
+# ----------------------------------------------------------------------------- sweeps
+# `sweep`, `sweep-status` and `report` live with their implementation (randpos.sweep).
+from randpos.sweep import register_commands as _register_sweep_commands  # noqa: E402
+
+_register_sweep_commands(app)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="randpos")
 

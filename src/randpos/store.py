@@ -30,11 +30,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from randpos.config import RUNTIME_FIELDS
+
+if TYPE_CHECKING:  # pandas is imported where frames are built: the CLI starts faster
+    import pandas as pd
 
 STORE_VERSION = 1
 
@@ -515,6 +516,8 @@ class ResultsStore:
 
     def runs(self, sweep: str | None = None, status: str | None = None) -> pd.DataFrame:
         """One row per run: config fields as columns, then accuracies, status and timings."""
+        import pandas as pd
+
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
         query = "SELECT r.* FROM runs r"
@@ -558,6 +561,8 @@ class ResultsStore:
 
     def per_length(self, sweep: str | None = None) -> pd.DataFrame:
         """Long format: run_id, length, accuracy, then the run's config fields (done runs)."""
+        import pandas as pd
+
         query = "SELECT p.run_id, p.length, p.accuracy, r.config FROM per_length p "
         query += "JOIN runs r ON r.run_id = p.run_id"
         args: list[Any] = []
