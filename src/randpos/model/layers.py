@@ -41,18 +41,26 @@ class Linear(nn.Linear):
 
 
 def dropout(
-    x: torch.Tensor, p: float, training: bool, generator: torch.Generator | None = None
+    x: torch.Tensor,
+    p: float,
+    training: bool,
+    generator: torch.Generator | None = None,
+    *,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Inverted dropout whose mask comes from ``generator``.
+    """Inverted dropout whose mask comes from ``noise`` or else from ``generator``.
 
-    Eval mode (or p == 0) is the identity. In training mode with ``generator=None`` this falls
-    back to ``F.dropout`` (torch's global RNG), for callers that do not manage generators.
-    The mask is drawn on the generator's device and moved, so a CPU generator also works for a
-    CUDA model (at the cost of a copy).
+    Eval mode (or p == 0) is the identity. ``noise`` holds uniform [0, 1) draws of ``x``'s shape
+    (the element is kept where noise >= p): callers that cannot hand a generator down (vmap over
+    an ensemble) draw it themselves. Without noise, the mask is drawn from ``generator`` on its
+    device and moved, so a CPU generator also works for a CUDA model (at the cost of a copy).
+    With neither, this falls back to ``F.dropout`` (torch's global RNG).
     """
     if not training or p == 0.0:
         return x
-    if generator is None:
+    if noise is None and generator is None:
         return F.dropout(x, p, training=True)
-    keep = torch.rand(x.shape, generator=generator, device=generator.device) >= p
+    if noise is None:
+        noise = torch.rand(x.shape, generator=generator, device=generator.device)
+    keep = noise >= p
     return x * keep.to(device=x.device, dtype=x.dtype) / (1.0 - p)

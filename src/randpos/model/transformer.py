@@ -8,7 +8,11 @@ G = number of distance tables (1 or num_layers).
     logits = Linear(h)                      on every position, (B, T, C)
 
 Randomness is explicit (DESIGN §4): ``Transformer(config, generator=g)`` initializes from ``g``
-and ``forward(..., generator=g)`` draws every dropout mask from ``g``. The forward has no
+and ``forward(..., generator=g)`` draws every dropout mask from ``g``, in one call
+(:meth:`Transformer.draw_dropout_noise`, S = :attr:`Transformer.dropout_sites` uniform (B, T, D)
+slices, one per dropout site in forward order). Passing that tensor as ``dropout_noise`` instead
+gives the same masks, which is how a vmapped ensemble (``randpos.ensemble``) reproduces each
+model's single-run dropout exactly: generators cannot cross vmap, tensors can. The forward has no
 data-dependent Python control flow, no in-place ops on activations and no ``.item()`` beyond the
 optional input validation (``validate=False`` skips the checks that need a device sync), so it
 stays friendly to ``torch.func`` (functional_call + vmap) and ``torch.compile``.
@@ -58,6 +62,13 @@ def _is_integer(t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
+def _slice(noise: torch.Tensor | None, start: int, count: int) -> torch.Tensor | None:
+    """Sites start..start+count-1 of (S, B, T, D) noise; a single site drops the leading axis."""
+    if noise is None:
+        return None
+    return noise[start] if count == 1 else noise[start : start + count]
+
+
 class EncoderLayer(nn.Module):
     """Post-LN block: h = LN(h + Dropout(Attn(h))); h = LN(h + Dropout(FFN(h)))."""
 
@@ -79,12 +90,16 @@ class EncoderLayer(nn.Module):
         pe: PositionalEncoding,
         layer: int,
         distances: torch.Tensor | None,
-        generator: torch.Generator | None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``noise``: optional (2, B, T, D) uniform draws for the two dropout masks, in order."""
+        n_attn, n_ff = (None, None) if noise is None else (noise[0], noise[1])
         a = self.attention(h, positions, pe, layer, distances)
-        h = self.attention_norm(h + dropout(a, self.dropout, self.training, generator))
+        a = dropout(a, self.dropout, self.training, generator, noise=n_attn)
+        h = self.attention_norm(h + a)
         f = self.ff_out(torch.relu(self.ff_in(h)))
-        return self.ff_norm(h + dropout(f, self.dropout, self.training, generator))
+        return self.ff_norm(h + dropout(f, self.dropout, self.training, generator, noise=n_ff))
 
 
 class Transformer(nn.Module):
@@ -114,6 +129,22 @@ class Transformer(nn.Module):
         self.pe.reset_parameters(generator)
 
     @property
+    def dropout_sites(self) -> int:
+        """Dropout applications per training forward: the embedding (absolute PEs only), then
+        each layer's attention output and feed-forward output."""
+        return int(self.pe.has_embed) + 2 * self.config.num_layers
+
+    def draw_dropout_noise(
+        self, batch_size: int, length: int, generator: torch.Generator
+    ) -> torch.Tensor | None:
+        """Every dropout draw of one training forward, on the generator's device:
+        (S, B, T, D) uniform [0, 1), or None when dropout is off (nothing is drawn then)."""
+        if self.config.dropout == 0.0:
+            return None
+        shape = (self.dropout_sites, batch_size, length, self.config.width)
+        return torch.rand(shape, generator=generator, device=generator.device)
+
+    @property
     def uses_distances(self) -> bool:
         """Whether ``forward``'s ``distances`` argument is read (the distance reading)."""
         return self.pe.uses_distances
@@ -126,6 +157,7 @@ class Transformer(nn.Module):
         distances: torch.Tensor | None = None,
         layer_positions: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        dropout_noise: torch.Tensor | None = None,
         validate: bool = True,
     ) -> torch.Tensor:
         """Logits (B, T, C) for every position.
@@ -139,20 +171,45 @@ class Transformer(nn.Module):
                    hooks (rotate, bias) of each layer see instead of ``positions``; the
                    reference's per-layer redraw for RoPE. ``positions`` still feeds ``embed``.
         generator: source of the dropout masks in training mode (None: torch's global RNG).
+        dropout_noise: optional (S, B, T, D) uniform draws replacing ``generator`` as the source
+                   of the masks (see :meth:`draw_dropout_noise`); ignored in eval mode.
         validate:  range-check tokens, positions and distances (one device sync per check);
                    shape and dtype checks are always done (they are free).
         """
         self._check_inputs(tokens, positions, distances, layer_positions, validate)
+        self._check_noise(dropout_noise, tokens)
         if not self.pe.uses_distances:
             distances = None
+        noise = None  # (S, B, T, D): all of this forward's dropout draws
+        if self.training and self.config.dropout > 0.0:
+            noise = dropout_noise
+            if noise is None and generator is not None:
+                noise = self.draw_dropout_noise(tokens.shape[0], tokens.shape[1], generator)
+            if noise is not None:
+                noise = noise.to(tokens.device)
+        site = 0
         h = self.embedding(tokens) * math.sqrt(self.config.width)  # (B, T, D)
         if self.pe.has_embed:
             # dropout on embeddings only with an absolute encoding, as in the reference
-            h = dropout(self.pe.embed(h, positions), self.config.dropout, self.training, generator)
+            h = self.pe.embed(h, positions)
+            h = dropout(h, self.config.dropout, self.training, noise=_slice(noise, site, 1))
+            site += 1
         for index, layer in enumerate(self.layers):
             seen = positions if layer_positions is None else layer_positions[index]
-            h = layer(h, seen, self.pe, index, distances, generator)
+            h = layer(h, seen, self.pe, index, distances, noise=_slice(noise, site, 2))
+            site += 2
         return self.head(h)  # (B, T, C)
+
+    def _check_noise(self, noise: torch.Tensor | None, tokens: torch.Tensor) -> None:
+        if noise is None:
+            return
+        expected = (self.dropout_sites, *tokens.shape, self.config.width)
+        if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != expected:
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(
+                f"dropout_noise must have shape (dropout_sites, B, T, width) = {expected},"
+                f" got {got}"
+            )
 
     def _check_inputs(
         self,
