@@ -254,13 +254,13 @@ def test_every_parameter_gets_a_gradient(pe):
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
 
 
-@pytest.mark.parametrize("attention", ["fast", "math"])
 @pytest.mark.parametrize("pe", PE_NAMES)
-def test_vmap_over_stacked_models(pe, attention):
-    # K models batched with torch.func: the forward has no data-dependent control flow
+def test_vmap_over_stacked_models(pe):
+    # K models batched with torch.func: the forward has no data-dependent control flow.
+    # (On CPU the fast backend runs the explicit path under vmap, so one backend suffices.)
     from torch.func import functional_call, stack_module_state
 
-    models = [model(pe, seed=s, max_position=64, attention=attention).eval() for s in range(3)]
+    models = [model(pe, seed=s, max_position=64, num_layers=2).eval() for s in range(2)]
     params, buffers = stack_module_state(models)
     tokens, positions = inputs(max_position=64)
     distances = randomized_distances(1, T, 64, gen(6)) if pe in DISTANCE_PES else None
