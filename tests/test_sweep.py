@@ -305,6 +305,10 @@ def test_cli_commands(tmp_path):
     dry = runner.invoke(app, ["sweep", "tiny", "--dry-run", "--store", str(store)])
     assert dry.exit_code == 0 and "12 runs" in dry.output and not store.exists()
 
+    missing = runner.invoke(app, ["sweep-status", "t", "--store", str(store)])
+    assert missing.exit_code == 2 and "no results store" in missing.output
+    assert not store.exists()
+
     bad = write_spec(tmp_path / "bad.yaml", grid={**GRID, "pe": ["rop"]})
     out = runner.invoke(app, ["sweep", str(bad), "--store", str(store)])
     assert out.exit_code == 2 and "unknown pe 'rop'" in out.output and not store.exists()

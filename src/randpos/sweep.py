@@ -1027,7 +1027,10 @@ def status_command(name: str | None = None, store: Path | None = None) -> dict[s
     from rich.console import Console
     from rich.table import Table
 
-    results_store = ResultsStore(store or default_store_path())
+    path = Path(store or default_store_path())
+    if not path.is_file():  # a status query must not create an empty store
+        raise FileNotFoundError(f"no results store at {path}")
+    results_store = ResultsStore(path)
     if name is None:
         names = results_store.sweeps()
         if len(names) != 1:
