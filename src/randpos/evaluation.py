@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -44,6 +45,22 @@ def model_inputs(batch: Batch, task: Task) -> torch.Tensor:
     return torch.cat([batch.inputs, blanks], dim=1)
 
 
+class PositionPlan(NamedTuple):
+    """What the model is told about positions for one forward pass.
+
+    positions:       (B, T) or (1, T)
+    distances:       (G, 2, T) distance tables, the reference's reading for relative/ALiBi
+    layer_positions: (num_layers, B or 1, T) per-layer positions for attention-level PEs
+    """
+
+    positions: torch.Tensor
+    distances: torch.Tensor | None = None
+    layer_positions: torch.Tensor | None = None
+
+    def model_kwargs(self) -> dict[str, torch.Tensor | None]:
+        return {"distances": self.distances, "layer_positions": self.layer_positions}
+
+
 def draw_positions(
     config: TrainConfig,
     batch_size: int,
@@ -52,32 +69,42 @@ def draw_positions(
     *,
     mode: str = "random",
     device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Positions (B, T) and, for the distance reading, distance tables (layers|1, 2, T).
+) -> PositionPlan:
+    """Positions for a forward pass of ``batch_size`` sequences of ``length`` tokens.
 
     Plain (non-randomized) runs always use contiguous positions 0..T-1. Randomized runs use the
     given mode: ``random`` (sorted sample from [0, L), the training rule and the reference's
-    evaluation), ``contiguous`` or ``spread`` (evenly spaced over [0, L)).
+    evaluation), ``contiguous`` or ``spread`` (evenly spaced over [0, L)). With
+    ``randomize="distances"`` (the reference's reading) relative/ALiBi get sorted distance
+    tables and, with ``redraw_per_layer``, every layer draws its own tables and its own RoPE
+    positions, as the reference does.
     """
     if not config.randomized or mode == "contiguous":
-        return contiguous_positions(batch_size, length, device=device), None
+        return PositionPlan(contiguous_positions(batch_size, length, device=device))
     L = config.max_position
+    reference = config.randomize == "distances"
     if mode == "spread":
         positions = spread_positions(batch_size, length, L).to(device)
-        distances = None
-        if config.randomize == "distances":
-            # Spread distances: |delta| = d maps to the d-th evenly spaced value (0 at d = 0).
-            table = positions[:1]  # (1, T)
-            distances = torch.stack([table, table], dim=1)  # (1, 2, T)
-        return positions, distances
-    positions = randomized_positions(
-        batch_size, length, L, generator, per_sequence=config.per_sequence_positions
-    )
-    distances = None
-    if config.randomize == "distances":
-        tables = config.num_layers if config.redraw_per_layer else 1
-        distances = randomized_distances(tables, length, L, generator, both_sides=config.both_sides)
-    return positions, distances
+        if not reference:
+            return PositionPlan(positions)
+        # Spread distances: |delta| = d maps to the d-th evenly spaced value (0 at d = 0).
+        table = positions[:1]  # (1, T)
+        return PositionPlan(positions, torch.stack([table, table], dim=1))  # (1, 2, T)
+    per_sequence = config.per_sequence_positions
+    positions = randomized_positions(batch_size, length, L, generator, per_sequence=per_sequence)
+    if not reference:
+        return PositionPlan(positions)
+    tables = config.num_layers if config.redraw_per_layer else 1
+    distances = randomized_distances(tables, length, L, generator, both_sides=config.both_sides)
+    layer_positions = None
+    if config.redraw_per_layer:
+        layer_positions = torch.stack(
+            [
+                randomized_positions(batch_size, length, L, generator, per_sequence=per_sequence)
+                for _ in range(config.num_layers)
+            ]
+        )  # (layers, B, T)
+    return PositionPlan(positions, distances, layer_positions)
 
 
 def masked_correct(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,10 +152,8 @@ def evaluate_length(
     counted = torch.empty(E, dtype=torch.long, device=device)
     for start in range(0, E, chunk):
         stop = min(E, start + chunk)
-        positions, distances = draw_positions(
-            config, stop - start, T, pos_gen, mode=mode, device=device
-        )
-        logits = model(tokens[start:stop], positions, distances=distances)[:, T - k :]
+        plan = draw_positions(config, stop - start, T, pos_gen, mode=mode, device=device)
+        logits = model(tokens[start:stop], plan.positions, **plan.model_kwargs())[:, T - k :]
         part = Batch(batch.inputs[start:stop], batch.targets[start:stop], batch.mask[start:stop])
         correct[start:stop], counted[start:stop] = masked_correct(logits, part)
     sub = config.eval_sub_batch_size

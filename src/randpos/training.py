@@ -174,12 +174,12 @@ class Trainer:
         tokens = model_inputs(batch, self.task)  # (B, T)
         B, T = tokens.shape
         k = batch.targets.shape[1]
-        positions, distances = draw_positions(
+        plan = draw_positions(
             cfg, B, T, self.generators["positions"], mode="random", device=self.device
         )
         self.model.train()
         logits = self.model(
-            tokens, positions, distances=distances, generator=self.generators["dropout"]
+            tokens, plan.positions, generator=self.generators["dropout"], **plan.model_kwargs()
         )[:, T - k :]  # (B, k, C): the blank positions
         loss = F.cross_entropy(logits.reshape(B * k, -1), batch.targets.reshape(B * k))
         self.optimizer.zero_grad(set_to_none=True)
