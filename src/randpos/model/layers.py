@@ -51,8 +51,9 @@ def dropout(
     """Inverted dropout whose mask comes from ``noise`` or else from ``generator``.
 
     Eval mode (or p == 0) is the identity. ``noise`` holds uniform [0, 1) draws of ``x``'s shape
-    (the element is kept where noise >= p): callers that cannot hand a generator down (vmap over
-    an ensemble) draw it themselves. Without noise, the mask is drawn from ``generator`` on its
+    (the element is kept where noise >= p), or that comparison already made (a bool keep mask, a
+    quarter of the memory): callers that cannot hand a generator down (vmap over an ensemble)
+    draw it themselves. Without noise, the mask is drawn from ``generator`` on its
     device and moved, so a CPU generator also works for a CUDA model (at the cost of a copy).
     With neither, this falls back to ``F.dropout`` (torch's global RNG).
     """
@@ -62,5 +63,5 @@ def dropout(
         return F.dropout(x, p, training=True)
     if noise is None:
         noise = torch.rand(x.shape, generator=generator, device=generator.device)
-    keep = noise >= p
+    keep = noise if noise.dtype == torch.bool else noise >= p
     return x * keep.to(device=x.device, dtype=x.dtype) / (1.0 - p)

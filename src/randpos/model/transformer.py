@@ -172,7 +172,8 @@ class Transformer(nn.Module):
                    reference's per-layer redraw for RoPE. ``positions`` still feeds ``embed``.
         generator: source of the dropout masks in training mode (None: torch's global RNG).
         dropout_noise: optional (S, B, T, D) uniform draws replacing ``generator`` as the source
-                   of the masks (see :meth:`draw_dropout_noise`); ignored in eval mode.
+                   of the masks (see :meth:`draw_dropout_noise`), or the bool keep masks
+                   ``noise >= dropout``; ignored in eval mode.
         validate:  range-check tokens, positions and distances (one device sync per check);
                    shape and dtype checks are always done (they are free).
         """
