@@ -108,9 +108,11 @@ def draw_positions(
 
 
 def masked_correct(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence counts of correct masked positions and of masked positions: (B,), (B,)."""
-    correct = (logits.argmax(dim=-1) == batch.targets) & batch.mask  # (B, k)
-    return correct.sum(dim=1), batch.mask.sum(dim=1)
+    """Per-sequence counts of correct masked positions and of masked positions: (..., B), (B,).
+
+    ``logits`` is (B, k, C), or (M, B, k, C) for M models scored on the same batch."""
+    correct = (logits.argmax(dim=-1) == batch.targets) & batch.mask  # (..., B, k)
+    return correct.sum(dim=-1), batch.mask.sum(dim=-1)
 
 
 def batch_accuracy(logits: torch.Tensor, batch: Batch) -> float:
@@ -141,25 +143,65 @@ def evaluate_length(
     model: torch.nn.Module, config: TrainConfig, task: Task, length: int, *, mode: str, device
 ) -> float:
     """Accuracy at one length: eval_batch_size sequences, mean over sub-batches."""
+
+    def forward(tokens: torch.Tensor, plan: PositionPlan) -> torch.Tensor:
+        return model(tokens, plan.positions, **plan.model_kwargs()).unsqueeze(0)  # (1, E', T, C)
+
+    return evaluate_length_batched(forward, 1, config, task, length, mode=mode, device=device)[0]
+
+
+def evaluate_length_batched(
+    forward: Callable[[torch.Tensor, PositionPlan], torch.Tensor],
+    copies: int,
+    config: TrainConfig,
+    task: Task,
+    length: int,
+    *,
+    mode: str,
+    device,
+) -> list[float]:
+    """Accuracies at one length of ``copies`` models scored on the same sequences and positions.
+
+    ``forward(tokens (E', T), plan)`` returns logits (copies, E', T, C) (an ensemble,
+    :mod:`randpos.ensemble`). Positions are drawn per chunk of the single-model size whatever
+    ``copies`` is, so every model gets exactly the numbers a lone evaluation gives; a chunk is
+    split further for the forward to keep ``copies`` models within the memory budget.
+    """
     data_gen = make_generator(config.eval_seed, f"eval-data/{length}", device)
     pos_gen = make_generator(config.eval_seed, f"eval-positions/{length}", device)
     batch = task.sample(config.eval_batch_size, length, data_gen)
     tokens = model_inputs(batch, task)  # (E, T)
     E, T = tokens.shape
     k = batch.targets.shape[1]
-    chunk = max(1, min(E, ATTENTION_ELEMENT_BUDGET // (config.num_heads * T * T)))
-    correct = torch.empty(E, dtype=torch.long, device=device)
+    scores = config.num_heads * T * T  # attention-score elements per sequence and model
+    chunk = max(1, min(E, ATTENTION_ELEMENT_BUDGET // scores))
+    piece = max(1, min(chunk, ATTENTION_ELEMENT_BUDGET // (copies * scores)))
+    correct = torch.empty(copies, E, dtype=torch.long, device=device)
     counted = torch.empty(E, dtype=torch.long, device=device)
     for start in range(0, E, chunk):
         stop = min(E, start + chunk)
         plan = draw_positions(config, stop - start, T, pos_gen, mode=mode, device=device)
-        logits = model(tokens[start:stop], plan.positions, **plan.model_kwargs())[:, T - k :]
-        part = Batch(batch.inputs[start:stop], batch.targets[start:stop], batch.mask[start:stop])
-        correct[start:stop], counted[start:stop] = masked_correct(logits, part)
+        for lo in range(start, stop, piece):
+            hi = min(stop, lo + piece)
+            logits = forward(tokens[lo:hi], slice_plan(plan, lo - start, hi - start))
+            part = Batch(batch.inputs[lo:hi], batch.targets[lo:hi], batch.mask[lo:hi])
+            correct[:, lo:hi], counted[lo:hi] = masked_correct(logits[:, :, T - k :], part)
     sub = config.eval_sub_batch_size
-    # (S, sub): pool tokens within each sub-batch, then average the sub-batch accuracies.
-    sub_acc = correct.view(-1, sub).sum(1).double() / counted.view(-1, sub).sum(1).clamp(min=1)
-    return sub_acc.mean().item()
+    # (copies, S, sub): pool tokens within each sub-batch, then average the sub-batch accuracies.
+    hits = correct.view(copies, -1, sub).sum(-1).double()
+    sub_acc = hits / counted.view(-1, sub).sum(1).clamp(min=1)  # (copies, S)
+    return sub_acc.mean(-1).tolist()
+
+
+def slice_plan(plan: PositionPlan, lo: int, hi: int) -> PositionPlan:
+    """Rows lo..hi-1 of a plan's batch axis (shared rows, batch size 1, stay as they are)."""
+    if lo == 0 and hi >= plan.positions.shape[0]:
+        return plan
+
+    def rows(t: torch.Tensor | None, axis: int) -> torch.Tensor | None:
+        return t if t is None or t.shape[axis] == 1 else t.narrow(axis, lo, hi - lo)
+
+    return PositionPlan(rows(plan.positions, 0), plan.distances, rows(plan.layer_positions, 1))
 
 
 def evaluate(
