@@ -8,6 +8,7 @@ message naming the field, the value and what is allowed (DESIGN §4.1).
 from __future__ import annotations
 
 import difflib
+import functools
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -183,14 +184,10 @@ class TrainConfig:
     # ---------------------------------------------------------------- derived quantities
     def sequence_length(self, n: int) -> int:
         """Model sequence length T for a requested task length n (inputs + blanks)."""
-        from randpos.tasks import get_task
-
-        task = get_task(self.task)
-        n_in = task.input_length(n)
-        return n_in + task.output_length(n_in)
+        return _sequence_length(self.task, n)
 
     def longest_sequence(self) -> int:
-        return max(self.sequence_length(n) for n in range(1, self.eval_max_length + 1))
+        return _longest_sequence(self.task, self.eval_max_length)
 
     def model_max_position(self) -> int:
         """Positions the PE must cover: L when randomized, else the longest evaluated sequence."""
@@ -215,6 +212,19 @@ class TrainConfig:
         )
 
 
+def _sequence_length(task_name: str, n: int) -> int:
+    from randpos.tasks import get_task
+
+    task = get_task(task_name)
+    n_in = task.input_length(n)
+    return n_in + task.output_length(n_in)
+
+
+@functools.cache
+def _longest_sequence(task_name: str, max_length: int) -> int:
+    return max(_sequence_length(task_name, n) for n in range(1, max_length + 1))
+
+
 # Fields that never change a run's numbers; left out of the run id.
 RUNTIME_FIELDS = frozenset({"device", "threads", "log_every", "checkpoint_every"})
 
@@ -232,9 +242,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
 def _field_type(name: str) -> Any:
-    hints = typing.get_type_hints(TrainConfig)
-    return hints[name]
+    return _field_types()[name]
 
 
 def _coerce(name: str, value: Any) -> Any:
