@@ -20,6 +20,7 @@ CURRICULA = ("uniform", "fixed")
 RANDOMIZE_MODES = ("positions", "distances")
 EVAL_POSITION_MODES = ("random", "contiguous", "spread")
 ATTENTION_BACKENDS = ("fast", "math")
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -77,12 +78,17 @@ class TrainConfig:
     ff_width: int = 256
     dropout: float = 0.1
     attention: str = "fast"
+    # "bf16": autocast the forward pass to bfloat16 (CUDA only). It changes the numbers beyond
+    # float noise, so unlike `compile` it is part of the run id.
+    precision: str = "fp32"
 
     # Run-time knobs (do not change results beyond float noise; excluded from the run id).
     device: str = "auto"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     log_every: int = 100
     checkpoint_every: int = 1000
+    # torch.compile the training and evaluation steps (randpos.ensemble, docs/performance.md)
+    compile: bool = False
 
     # ---------------------------------------------------------------- construction / checks
     @classmethod
@@ -129,6 +135,7 @@ class TrainConfig:
         _choice("eval_positions", self.eval_positions, EVAL_POSITION_MODES)
         _choice("curriculum", self.curriculum, CURRICULA)
         _choice("attention", self.attention, ATTENTION_BACKENDS)
+        _choice("precision", self.precision, PRECISIONS)
         for name in (
             "steps",
             "batch_size",
@@ -226,7 +233,7 @@ def _longest_sequence(task_name: str, max_length: int) -> int:
 
 
 # Fields that never change a run's numbers; left out of the run id.
-RUNTIME_FIELDS = frozenset({"device", "threads", "log_every", "checkpoint_every"})
+RUNTIME_FIELDS = frozenset({"device", "threads", "log_every", "checkpoint_every", "compile"})
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -301,6 +308,7 @@ __all__ = [
     "ATTENTION_BACKENDS",
     "CURRICULA",
     "EVAL_POSITION_MODES",
+    "PRECISIONS",
     "RANDOMIZE_MODES",
     "RUNTIME_FIELDS",
     "ConfigError",

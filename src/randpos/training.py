@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import randpos
+from randpos.compile import autocast, check_precision
 from randpos.config import RUNTIME_FIELDS, ConfigError, TrainConfig
 from randpos.evaluation import EvalResult, batch_accuracy, draw_positions, evaluate, model_inputs
 from randpos.model import Transformer
@@ -142,6 +143,10 @@ class Trainer:
         config.validate()
         self.config = config
         self.device = resolve_device(config.device)
+        try:
+            check_precision(config.precision, self.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if config.threads:
             torch.set_num_threads(config.threads)
         self.task = get_task(config.task)
@@ -178,10 +183,11 @@ class Trainer:
             cfg, B, T, self.generators["positions"], mode="random", device=self.device
         )
         self.model.train()
-        logits = self.model(
-            tokens, plan.positions, generator=self.generators["dropout"], **plan.model_kwargs()
-        )[:, T - k :]  # (B, k, C): the blank positions
-        loss = F.cross_entropy(logits.reshape(B * k, -1), batch.targets.reshape(B * k))
+        with autocast(self.device, cfg.precision):
+            logits = self.model(
+                tokens, plan.positions, generator=self.generators["dropout"], **plan.model_kwargs()
+            )[:, T - k :]  # (B, k, C): the blank positions
+            loss = F.cross_entropy(logits.reshape(B * k, -1), batch.targets.reshape(B * k))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -205,7 +211,9 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        saved = {k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS}
+        # fields added after a checkpoint was written take their defaults
+        saved = result_fields(TrainConfig())
+        saved.update({k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS})
         if saved != result_fields(self.config):
             diff = sorted(k for k in saved if saved.get(k) != result_fields(self.config).get(k))
             raise ConfigError(
@@ -286,14 +294,15 @@ class Trainer:
                 if stop:  # the final checkpoint is on disk; a resume re-runs evaluation
                     raise TrainingInterrupted(self.step, None)
 
-            return evaluate(
-                self.model,
-                cfg,
-                lengths=lengths,
-                mode=mode,
-                device=self.device,
-                on_length=on_length,
-            )
+            with autocast(self.device, cfg.precision):
+                return evaluate(
+                    self.model,
+                    cfg,
+                    lengths=lengths,
+                    mode=mode,
+                    device=self.device,
+                    on_length=on_length,
+                )
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -314,6 +323,22 @@ def train(
     means the run is complete). ``store`` (a :class:`randpos.store.ResultsStore`) records the run.
     """
     config.validate()
+    if config.compile:
+        # the compiled path is the ensemble's (one model is an ensemble of one)
+        from randpos.ensemble import train_ensemble
+
+        (outcome,) = train_ensemble(
+            [config],
+            None if out_dir is None else [out_dir],
+            store=store,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            sweep=sweep,
+        )
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
     rid = run_id(config)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:

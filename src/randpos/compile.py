@@ -1,0 +1,79 @@
+"""Compiled execution and mixed precision, kept in one place (docs/performance.md).
+
+* :func:`maybe_compile` wraps a function in ``torch.compile(dynamic=True)``: the sequence length
+  (and the chunk size at evaluation) is a symbolic dimension, so training on lengths 1..N and
+  evaluating 1..M compiles a handful of graphs, not one per length. Size 1 is always specialized
+  by torch (a length-1 output, a batch chunk of one), which costs at most one more graph each.
+* :class:`CompileCounter` is a backend wrapper that counts graph compilations (tests assert
+  "no recompilation per length" with it; it needs nothing private from torch).
+* :func:`autocast` is bf16 autocast on CUDA, a no-op for fp32. bf16 on CPU is refused: CPU
+  autocast is slower than fp32 for these small matrices and would only change the numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from randpos.config import PRECISIONS
+
+
+class CompileCounter:
+    """A ``torch.compile`` backend that counts the graphs it is handed, then delegates."""
+
+    def __init__(self, backend: str | Callable = "inductor") -> None:
+        self.backend = backend
+        self.graphs = 0
+
+    def __call__(self, graph_module: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        self.graphs += 1
+        if callable(self.backend):
+            return self.backend(graph_module, example_inputs)
+        from torch._dynamo.backends.registry import lookup_backend
+
+        return lookup_backend(self.backend)(graph_module, example_inputs)
+
+
+def maybe_compile(
+    fn: Callable,
+    enabled: bool,
+    *,
+    device: torch.device | str = "cpu",
+    backend: str | Callable = "inductor",
+    cuda_graphs: bool = False,
+) -> Callable:
+    """``fn`` itself, or compiled with a dynamic length axis.
+
+    ``cuda_graphs`` (CUDA only) asks inductor to replay the kernels as CUDA graphs
+    (``mode="reduce-overhead"``); it records one graph per distinct shape, which is why it is
+    off by default (unmeasured here: no GPU was available, see docs/performance.md).
+    """
+    if not enabled:
+        return fn
+    options: dict[str, Any] = {"dynamic": True, "backend": backend}
+    if cuda_graphs and torch.device(device).type == "cuda" and backend == "inductor":
+        options["mode"] = "reduce-overhead"
+    return torch.compile(fn, **options)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """``ValueError`` for an unknown precision or bf16 off CUDA."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type != "cuda":
+        raise ValueError(
+            f"precision='bf16' needs a CUDA device (got {device}); use precision='fp32' on CPU"
+        )
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the forward pass on CUDA; nothing for fp32."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+__all__ = ["PRECISIONS", "CompileCounter", "autocast", "check_precision", "maybe_compile"]
