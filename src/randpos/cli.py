@@ -31,13 +31,13 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # The main job (README, first command): a plain PE against its randomized form on the same
 # task and budget. Chosen by measurement on a 2-core CPU (docs/demo.md).
 DEMO = {
-    "task": "reverse_string",
+    "task": "even_pairs",
     "pe": "rope",
-    "steps": 600,
+    "steps": 1500,
     "batch_size": 64,
     "max_train_length": 20,
-    "eval_max_length": 60,
-    "eval_batch_size": 128,
+    "eval_max_length": 100,
+    "eval_batch_size": 256,
     "learning_rate": 1e-3,
     "max_position": 256,
 }
@@ -235,17 +235,15 @@ def evaluate(
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a saved model on lengths 1..M with a chosen position mode."""
-    from randpos.training import Trainer, atomic_write_text, load_model
+    from randpos.training import atomic_write_text, evaluate_with_progress, load_model
 
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist")
     model, cfg = load_model(run_dir, device or "auto")
     changes = {"eval_max_length": eval_max_length, "eval_positions": eval_positions}
     cfg = cfg.replace(**{k: v for k, v in changes.items() if v is not None})
-    trainer = Trainer.__new__(Trainer)  # reuse the evaluation loop around the loaded model
-    trainer.config, trainer.model, trainer.device = cfg, model, next(model.parameters()).device
-    trainer.step = cfg.steps
-    result = trainer.evaluate(progress=not quiet)
+    device = next(model.parameters()).device
+    result = evaluate_with_progress(model, cfg, device, progress=not quiet, step=cfg.steps)
     record = {
         "run_dir": str(run_dir),
         "eval_positions": cfg.eval_positions if cfg.randomized else "contiguous",

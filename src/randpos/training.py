@@ -283,26 +283,44 @@ class Trainer:
     def evaluate(
         self, *, progress: bool = True, mode: str | None = None, lengths=None, stop=None
     ) -> EvalResult:
-        cfg = self.config
-        total = len(list(lengths)) if lengths is not None else cfg.eval_max_length
-        with ProgressReporter("eval", total, enabled=progress, every=max(1, total // 10)) as bar:
-            done = [0]
+        return evaluate_with_progress(
+            self.model,
+            self.config,
+            self.device,
+            progress=progress,
+            mode=mode,
+            lengths=lengths,
+            stop=stop,
+            step=self.step,
+        )
 
-            def on_length(n: int, acc: float) -> None:
-                done[0] += 1
-                bar.update(done[0], f"length {n}: {acc:.3f}")
-                if stop:  # the final checkpoint is on disk; a resume re-runs evaluation
-                    raise TrainingInterrupted(self.step, None)
 
-            with autocast(self.device, cfg.precision):
-                return evaluate(
-                    self.model,
-                    cfg,
-                    lengths=lengths,
-                    mode=mode,
-                    device=self.device,
-                    on_length=on_length,
-                )
+def evaluate_with_progress(
+    model: Transformer,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    progress: bool = True,
+    mode: str | None = None,
+    lengths=None,
+    stop: StopFlag | None = None,
+    step: int = 0,
+) -> EvalResult:
+    """:func:`randpos.evaluation.evaluate` with a progress display and a stop check per length."""
+    lengths = list(lengths) if lengths is not None else None
+    total = len(lengths) if lengths is not None else config.eval_max_length
+    with ProgressReporter("eval", total, enabled=progress, every=max(1, total // 10)) as bar:
+        done = [0]
+
+        def on_length(n: int, acc: float) -> None:
+            done[0] += 1
+            bar.update(done[0], f"length {n}: {acc:.3f}")
+            if stop:  # the final checkpoint is on disk; a resume re-runs evaluation
+                raise TrainingInterrupted(step, None)
+
+        return evaluate(
+            model, config, lengths=lengths, mode=mode, device=device, on_length=on_length
+        )
 
 
 # ----------------------------------------------------------------------------- entry point
