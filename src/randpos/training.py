@@ -318,9 +318,10 @@ def evaluate_with_progress(
             if stop:  # the final checkpoint is on disk; a resume re-runs evaluation
                 raise TrainingInterrupted(step, None)
 
-        return evaluate(
-            model, config, lengths=lengths, mode=mode, device=device, on_length=on_length
-        )
+        with autocast(device, config.precision):
+            return evaluate(
+                model, config, lengths=lengths, mode=mode, device=device, on_length=on_length
+            )
 
 
 # ----------------------------------------------------------------------------- entry point
