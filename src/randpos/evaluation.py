@@ -20,12 +20,7 @@ from typing import NamedTuple
 import torch
 
 from randpos.config import TrainConfig
-from randpos.positions import (
-    contiguous_positions,
-    randomized_distances,
-    randomized_positions,
-    spread_positions,
-)
+from randpos.positions import contiguous_positions, sample_distances, sample_positions
 from randpos.seeding import make_generator
 from randpos.tasks import Batch, Task, get_task
 
@@ -82,29 +77,35 @@ def draw_positions(
     if not config.randomized or mode == "contiguous":
         return PositionPlan(contiguous_positions(batch_size, length, device=device))
     L = config.max_position
-    reference = config.randomize == "distances"
-    if mode == "spread":
-        positions = spread_positions(batch_size, length, L).to(device)
-        if not reference:
-            return PositionPlan(positions)
-        # Spread distances: |delta| = d maps to the d-th evenly spaced value (0 at d = 0).
-        table = positions[:1]  # (1, T)
-        return PositionPlan(positions, torch.stack([table, table], dim=1))  # (1, 2, T)
-    per_sequence = config.per_sequence_positions
-    positions = randomized_positions(batch_size, length, L, generator, per_sequence=per_sequence)
-    if not reference:
-        return PositionPlan(positions)
-    tables = config.num_layers if config.redraw_per_layer else 1
-    distances = randomized_distances(tables, length, L, generator, both_sides=config.both_sides)
+
+    def positions() -> torch.Tensor:  # (B, T)
+        return sample_positions(
+            mode,
+            batch_size,
+            length,
+            L,
+            generator,
+            per_sequence=config.per_sequence_positions,
+            device=device,
+        )
+
+    shared = positions()
+    if config.randomize != "distances":
+        return PositionPlan(shared)
+    redraw = config.redraw_per_layer and mode == "random"
+    distances = sample_distances(
+        mode,
+        config.num_layers if redraw else 1,
+        length,
+        L,
+        generator,
+        both_sides=config.both_sides,
+        device=device,
+    )  # (G, 2, T)
     layer_positions = None
-    if config.redraw_per_layer:
-        layer_positions = torch.stack(
-            [
-                randomized_positions(batch_size, length, L, generator, per_sequence=per_sequence)
-                for _ in range(config.num_layers)
-            ]
-        )  # (layers, B, T)
-    return PositionPlan(positions, distances, layer_positions)
+    if redraw:
+        layer_positions = torch.stack([positions() for _ in range(config.num_layers)])
+    return PositionPlan(shared, distances, layer_positions)
 
 
 def masked_correct(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
