@@ -1,9 +1,10 @@
 """Compiled execution and mixed precision, kept in one place (docs/performance.md).
 
-* :func:`maybe_compile` wraps a function in ``torch.compile(dynamic=True)``: the sequence length
-  (and the chunk size at evaluation) is a symbolic dimension, so training on lengths 1..N and
-  evaluating 1..M compiles a handful of graphs, not one per length. Size 1 is always specialized
-  by torch (a length-1 output, a batch chunk of one), which costs at most one more graph each.
+* :func:`maybe_compile` wraps a function in ``torch.compile``; callers mark the sequence length
+  (and the chunk size at evaluation) as a symbolic dimension (:func:`mark_dynamic`), so training
+  on lengths 1..N and evaluating 1..M compiles a handful of graphs, not one per length. Size 1
+  is always specialized by torch (a length-1 output, a batch chunk of one), which costs at most
+  one more graph each.
 * :class:`CompileCounter` is a backend wrapper that counts graph compilations (tests assert
   "no recompilation per length" with it; it needs nothing private from torch).
 * :func:`autocast` is bf16 autocast on CUDA, a no-op for fp32. bf16 on CPU is refused: CPU
@@ -45,18 +46,36 @@ def maybe_compile(
     backend: str | Callable = "inductor",
     cuda_graphs: bool = False,
 ) -> Callable:
-    """``fn`` itself, or compiled with a dynamic length axis.
+    """``fn`` itself, or ``torch.compile(fn)``.
 
-    ``cuda_graphs`` (CUDA only) asks inductor to replay the kernels as CUDA graphs
+    Lengths are made symbolic by the caller with :func:`mark_dynamic` (only those axes:
+    ``dynamic=True`` would also make the weights' shapes symbolic, which vmap's batching rules
+    cannot take); torch's automatic dynamic shapes covers any other axis that varies, after one
+    recompile. ``cuda_graphs`` (CUDA only) asks inductor to replay the kernels as CUDA graphs
     (``mode="reduce-overhead"``); it records one graph per distinct shape, which is why it is
     off by default (unmeasured here: no GPU was available, see docs/performance.md).
     """
     if not enabled:
         return fn
-    options: dict[str, Any] = {"dynamic": True, "backend": backend}
+    options: dict[str, Any] = {"backend": backend}
     if cuda_graphs and torch.device(device).type == "cuda" and backend == "inductor":
         options["mode"] = "reduce-overhead"
     return torch.compile(fn, **options)
+
+
+def mark_dynamic(tensor: torch.Tensor | None, *dims: int) -> None:
+    """Tell ``torch.compile`` that these axes vary between calls (a hint, never an error)."""
+    if tensor is None:
+        return
+    mark = getattr(torch._dynamo, "maybe_mark_dynamic", None)  # torch >= 2.2; else automatic
+    if mark is None:
+        return
+    for dim in dims:
+        # torch specializes sizes 0 and 1; the encodings also slice T - 1 rows, so a length of 2
+        # would be specialized inside the compiler, after the guards were written (seen with
+        # inductor, torch 2.13): leave it static from the start (one extra graph, correct guards)
+        if tensor.shape[dim] > 2:
+            mark(tensor, dim)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -76,4 +95,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-__all__ = ["PRECISIONS", "CompileCounter", "autocast", "check_precision", "maybe_compile"]
+__all__ = [
+    "PRECISIONS",
+    "CompileCounter",
+    "autocast",
+    "check_precision",
+    "mark_dynamic",
+    "maybe_compile",
+]
