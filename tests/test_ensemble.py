@@ -124,12 +124,13 @@ def test_dropout_noise_reproduces_the_generator_masks(pe):
         ),
     ],
 )
-def test_ensemble_equals_separate_runs(changes):
+@pytest.mark.parametrize("execution", ["vmap", "loop"])
+def test_ensemble_equals_separate_runs(changes, execution):
     configs = members(**changes)
     singles = [Trainer(c) for c in configs]
     for single in singles:
         single.fit(progress=False)
-    ensemble = EnsembleTrainer(configs)
+    ensemble = EnsembleTrainer(configs, execution=execution)
     ensemble.fit(progress=False)
     for single, model, trainer in zip(singles, ensemble.models(), ensemble.trainers, strict=True):
         assert_same_training(single, model, trainer.history)
@@ -146,7 +147,7 @@ def test_divergent_member_fails_alone():
     singles = [Trainer(c) for c in configs]
     for i in (0, 2):
         singles[i].fit(progress=False)
-    ensemble = EnsembleTrainer(configs)
+    ensemble = EnsembleTrainer(configs, execution="vmap")
     with torch.no_grad():
         ensemble.params["head.bias"][1] = float("nan")  # member 1 diverges at its first step
     ensemble.fit(progress=False)

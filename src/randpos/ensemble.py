@@ -9,7 +9,8 @@ Runs are *compatible* when their configs differ only in ``seed`` and ``learning_
 ``curriculum_seed``, so every model trains on the same length n at every step (that is what the
 separate curriculum seed exists for). Their weights are stacked along a leading model axis
 (``torch.func.stack_module_state``) and one ``vmap`` of ``functional_call`` runs all K forward
-passes as batched matrix products. Everything else stays per model:
+passes as batched matrix products (or the members run one by one on views of the stacked
+weights, see below). Everything else stays per model:
 
 * data, positions and dropout come from each model's own ``data`` / ``positions`` / ``dropout``
   generators, consumed exactly as :class:`randpos.training.Trainer` consumes them: a generator
@@ -25,9 +26,11 @@ checks losses per step and final weights with dropout on). Each model keeps a re
 (its model, optimizer, generators, history): checkpoints are written in the single-run format,
 one per run directory, and the run files and summary are the ones ``training.train`` writes.
 
-``compile=True`` (``TrainConfig.compile``) runs the forward/backward and the optimizer update
-through ``torch.compile(dynamic=True)`` (:mod:`randpos.compile`); see docs/performance.md for
-what pays where, and :func:`best_strategy` for the default way to run many models on a device.
+How the members run is the ``execution`` (:data:`EXECUTIONS`): vmapped (CUDA's default), one
+after another sharing the batched optimizer step (CPU's default, where vmapped attention is
+slow), or compiled (``compile=True`` / ``TrainConfig.compile``: one graph with symbolic lengths
+per member function, :mod:`randpos.compile`). docs/performance.md has the measurements and
+:func:`best_strategy` the default way to run many models on a device.
 """
 
 from __future__ import annotations
@@ -123,6 +126,29 @@ def _check_compatible(configs: Sequence[TrainConfig]) -> None:
         )
 
 
+#: How an ensemble runs its members (docs/performance.md has the measurements):
+#: "vmap": one vmapped eager pass for all members (batched kernels; the CUDA default);
+#: "loop": the members one after another in eager mode, sharing the batched optimizer step
+#:   (the CPU default: vmapped attention must use explicit math on CPU, slower than the fused
+#:   kernel a single model gets);
+#: "compiled": "loop" with the member function compiled once, lengths symbolic;
+#: "batched": "vmap" compiled as a whole, one graph per distinct length (a long run's
+#:   compile cost is amortized; evaluation then runs as "vmap", never compiled per length).
+EXECUTIONS = ("vmap", "loop", "compiled", "batched")
+
+
+def _execution(compile, execution, config: TrainConfig, device: torch.device) -> str:
+    if execution is not None:
+        if execution not in EXECUTIONS:
+            raise ValueError(f"unknown execution {execution!r}; valid: {', '.join(EXECUTIONS)}")
+        return execution
+    if compile is None:
+        compile = config.compile
+    if compile:
+        return "compiled"
+    return "vmap" if device.type == "cuda" else "loop"
+
+
 def _row(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
     return None if t is None else t[i]
 
@@ -147,17 +173,20 @@ class EnsembleTrainer:
         self,
         configs: Sequence[TrainConfig],
         *,
-        compile: bool | str | None = None,
+        compile: bool | None = None,
+        execution: str | None = None,
         cuda_graphs: bool = False,
         attention: str | None = None,
         backend: str | Callable = "inductor",
     ) -> None:
-        """``compile`` defaults to the configs' ``compile`` field; ``backend`` is the
-        ``torch.compile`` backend (tests pass a :class:`randpos.compile.CompileCounter`).
-        ``attention`` overrides the attention backend inside the batched forward: by default
-        "math" on CPU (torch's CPU fused kernel has no vmap rule and would loop over models)
-        and the configs' choice on CUDA (its fused kernels batch under vmap). Both backends
-        give the same numbers."""
+        """``execution`` is one of :data:`EXECUTIONS`; by default "compiled" when ``compile``
+        (default: the configs' field) is true, else "vmap" on CUDA and "loop" on CPU.
+        ``backend`` is the ``torch.compile`` backend (tests pass a
+        :class:`randpos.compile.CompileCounter`).
+        ``attention`` overrides the attention backend: by default "math" for vmapped execution
+        on CPU (torch's fused CPU kernel has no vmap rule and would loop over the members),
+        else the configs' choice (CUDA's fused kernels batch under vmap). Both backends give
+        the same numbers."""
         configs = list(configs)
         for config in configs:
             config.validate()
@@ -169,45 +198,53 @@ class EnsembleTrainer:
         self.device = first.device
         self.task = first.task
         self.size = len(configs)
-        self.compiled = self.config.compile if compile is None else bool(compile)
         self.cuda_graphs = cuda_graphs
         self.step = 0
         self.train_seconds = 0.0
         self.failed: dict[int, FloatingPointError] = {}  # model index -> why it stopped
 
-        kernel = attention or ("math" if self.device.type == "cpu" else self.config.attention)
+        self.execution = _execution(compile, execution, self.config, self.device)
+        self.compiled = self.execution in ("compiled", "batched")
+        # Evaluation never compiles per length: "batched" evaluates like "vmap".
+        self.eval_execution = {"batched": "vmap"}.get(self.execution, self.execution)
+        if self.eval_execution == "vmap" and self.device.type == "cpu":
+            self.eval_execution = "loop"  # see EXECUTIONS: vmapped attention is slow on CPU
+
         # Stateless copies on the meta device: functional_call supplies the stacked weights.
+        # Under vmap on CPU the attention runs as explicit math: torch's fused CPU kernel has
+        # no batching rule and would loop over the members (same numbers either way).
+        def kernel(vmapped: bool) -> str:
+            if attention:
+                return attention
+            return "math" if vmapped and self.device.type == "cpu" else self.config.attention
+
         self._train_base = copy.deepcopy(first.model).to("meta").train()
         self._eval_base = copy.deepcopy(first.model).to("meta").eval()
-        for base in (self._train_base, self._eval_base):
+        for base, vmapped in (
+            (self._train_base, self.execution in ("vmap", "batched")),
+            (self._eval_base, self.eval_execution == "vmap"),
+        ):
             for layer in base.layers:
-                layer.attention.backend = kernel
+                layer.attention.backend = kernel(vmapped)
         self._buffers = {name: b for name, b in first.model.named_buffers()}  # shared constants
         self.names = [name for name, _ in first.model.named_parameters()]
         self._dropout = self.config.dropout
         self._load_from_trainers()
         self._lrs = torch.tensor([c.learning_rate for c in configs], dtype=torch.float64)
 
-        # Execution (docs/performance.md). vmap's batching rules specialize on every size, so a
-        # compiled vmap recompiles for each new length; the compiled path therefore compiles the
-        # per-model function once with symbolic lengths and loops over the members ("looped"),
-        # and only the opt-in "batched" mode compiles the whole vmapped step per length.
-        if compile is None:
-            compile = self.config.compile
-        if compile not in (False, True, "looped", "batched"):
-            raise ValueError(f"compile must be False, True, 'looped' or 'batched', got {compile!r}")
-        self.execution = {False: "eager", True: "looped"}.get(compile, compile)
-        self.compiled = self.execution != "eager"
         options = dict(device=self.device, cuda_graphs=cuda_graphs, backend=backend)
+        looped = self.execution == "compiled"
+        self._member_loss_fn = maybe_compile(self._member_loss, looped, **options)
+        self._member_logits_fn = maybe_compile(self._member_logits, looped, **options)
+        self._forward = {
+            "vmap": self._forward_batched,
+            "batched": maybe_compile(self._forward_batched, True, **options),
+            "loop": self._forward_looped,
+            "compiled": self._forward_looped,
+        }[self.execution]
         if self.execution == "batched":
             _raise_recompile_limit(4 * self.config.longest_sequence())
-            self._forward = maybe_compile(self._forward_batched, True, **options)
-            self._eval = maybe_compile(self._eval_batched, True, **options)
-        else:
-            self._member_loss_fn = maybe_compile(self._member_loss, self.compiled, **options)
-            self._member_logits_fn = maybe_compile(self._member_logits, self.compiled, **options)
-            self._forward = self._forward_looped if self.compiled else self._forward_batched
-            self._eval = self._eval_looped if self.compiled else self._eval_batched
+        self._eval = self._eval_batched if self.eval_execution == "vmap" else self._eval_looped
         self._update = maybe_compile(self._adam_update, self.compiled, **options)
 
     # --------------------------------------------------------------------- stacked state
@@ -319,15 +356,16 @@ class EnsembleTrainer:
             return vmap(self._member_loss, in_dims=in_dims)(*args)
 
     def _forward_looped(self, params, tokens, targets, plan, noise):
-        """Same contract as :meth:`_forward_batched`; one compiled graph (symbolic lengths)
-        called per member on views of the stacked weights."""
+        """Same contract as :meth:`_forward_batched`, member by member on views of the
+        stacked weights (compiled: one graph with symbolic lengths serves every member)."""
         losses, logits = [], []
         with autocast(self.device, self.config.precision):
             for i in range(self.size):
                 member = [tokens[i], targets[i], plan.positions[i]]
                 member += [_row(plan.distances, i), _row(plan.layer_positions, i), _row(noise, i)]
-                for t, dim in zip(member, (1, 1, 1, 2, 2, 2), strict=True):
-                    mark_dynamic(t, dim)  # the length axis of each input
+                if self.compiled:
+                    for t, dim in zip(member, (1, 1, 1, 2, 2, 2), strict=True):
+                        mark_dynamic(t, dim)  # the length axis of each input
                 loss, logit = self._member_loss_fn({n: p[i] for n, p in params.items()}, *member)
                 losses.append(loss)
                 logits.append(logit)
@@ -369,14 +407,15 @@ class EnsembleTrainer:
             return vmap(self._member_logits, in_dims=in_dims)(params, *args)
 
     def _eval_looped(self, params, tokens, plan):
-        """Same contract as :meth:`_eval_batched`, one compiled graph looped over members."""
-        for t, dims in (
-            (tokens, (0, 1)),
-            (plan.positions, (0, 1)),
-            (plan.distances, (2,)),
-            (plan.layer_positions, (1, 2)),
-        ):
-            mark_dynamic(t, *dims)  # chunk size and length vary
+        """Same contract as :meth:`_eval_batched`, member by member."""
+        if self.compiled:
+            for t, dims in (
+                (tokens, (0, 1)),
+                (plan.positions, (0, 1)),
+                (plan.distances, (2,)),
+                (plan.layer_positions, (1, 2)),
+            ):
+                mark_dynamic(t, *dims)  # chunk size and length vary
         args = (tokens, plan.positions, plan.distances, plan.layer_positions)
         with autocast(self.device, self.config.precision):
             return torch.stack(
@@ -732,6 +771,7 @@ def CPU_STRATEGY(cores: int) -> Strategy:  # noqa: N802 - a named policy, docume
 
 
 __all__ = [
+    "EXECUTIONS",
     "VARYING_FIELDS",
     "EnsembleTrainer",
     "Strategy",

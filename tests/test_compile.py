@@ -1,0 +1,149 @@
+"""Compiled execution: same numbers as eager, and no recompilation per length.
+
+The default run uses torch.compile's ``aot_eager`` backend (dynamo + AOT autograd, the layers
+where graphs, guards and shape specialization happen) to stay fast; the ``slow`` tests repeat
+the checks with inductor, the backend ``compile=True`` uses.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from randpos.compile import CompileCounter
+from randpos.config import ConfigError, TrainConfig
+from randpos.ensemble import EnsembleTrainer
+from randpos.training import Trainer, train
+
+TINY = dict(
+    task="reverse_string",
+    steps=6,
+    batch_size=8,
+    max_train_length=5,
+    eval_max_length=8,
+    eval_batch_size=32,
+    eval_sub_batch_size=16,
+    num_layers=2,
+    width=16,
+    num_heads=2,
+    ff_width=32,
+    log_every=1,
+    device="cpu",
+)
+RELATIVE = dict(pe="relative", randomized=True, max_position=64, randomize="distances")
+
+
+def members(**changes) -> list[TrainConfig]:
+    return [
+        TrainConfig.from_dict(TINY, seed=s, learning_rate=lr, **changes)
+        for s, lr in [(0, 1e-3), (1, 3e-3)]
+    ]
+
+
+@pytest.fixture(autouse=True)
+def private_inductor_cache(tmp_path, monkeypatch):
+    """A fresh inductor cache per test: no artifacts shared with other processes or runs."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def assert_compiled_matches_eager(backend, execution="compiled", **changes) -> CompileCounter:
+    configs = members(**changes)
+    eager = EnsembleTrainer(configs, execution="loop")
+    eager.fit(progress=False)
+    counter = CompileCounter(backend)
+    compiled = EnsembleTrainer(configs, execution=execution, backend=counter)
+    compiled.fit(progress=False)
+    for a, b in zip(eager.trainers, compiled.trainers, strict=True):
+        torch.testing.assert_close(
+            torch.tensor([r["loss"] for r in b.history]),
+            torch.tensor([r["loss"] for r in a.history]),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+    for a, b in zip(eager.models(), compiled.models(), strict=True):
+        for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4, msg=name)
+    lengths = [1, 3, 8]
+    ref = eager.evaluate(progress=False, lengths=lengths)
+    got = compiled.evaluate(progress=False, lengths=lengths)
+    for r, g in zip(ref, got, strict=True):
+        assert g.per_length == pytest.approx(r.per_length, abs=1e-9)
+    return counter
+
+
+def test_compiled_ensemble_equals_eager():
+    assert_compiled_matches_eager("aot_eager", **RELATIVE)
+
+
+def test_no_recompilation_per_length():
+    # Lengths 1..8 in training (T = 2..16) and 1..12 in evaluation (T up to 24).
+    configs = members(
+        pe="rope", randomized=True, max_position=64, max_train_length=8, eval_max_length=12
+    )
+    configs = [c.replace(steps=16) for c in configs]
+    counter = CompileCounter("aot_eager")
+    ensemble = EnsembleTrainer(configs, compile=True, backend=counter)
+    seen = set()
+    while ensemble.step < 16:
+        seen.add(ensemble.train_step()[2])
+    assert len(seen) >= 6  # the curriculum visited most lengths
+    # one graph for every length, one for n = 1 (T = 2 and k = 1 are specialized), one update
+    assert counter.graphs <= 3
+    before = counter.graphs
+    ensemble.evaluate(progress=False)  # lengths 1..12
+    assert counter.graphs - before <= 2  # T = 2 (static) and every longer length
+
+
+@pytest.mark.slow
+def test_batched_mode_equals_eager():
+    # the whole vmapped step compiled (one graph per distinct length)
+    assert_compiled_matches_eager("aot_eager", execution="batched", pe="sincos")
+
+
+def test_bf16_needs_cuda():
+    config = TrainConfig.from_dict(TINY, precision="bf16")
+    with pytest.raises(ConfigError, match="bf16"):
+        Trainer(config)
+    with pytest.raises(ConfigError, match="bf16"):
+        EnsembleTrainer([config])
+
+
+@pytest.mark.slow
+def test_inductor_ensemble_equals_eager_without_recompiling():
+    counter = assert_compiled_matches_eager("inductor", **RELATIVE)
+    # train: generic + n = 1 graph + update; eval: T = 2 + generic
+    assert counter.graphs <= 5
+
+
+@pytest.mark.slow
+def test_train_with_compile_writes_the_same_run(tmp_path):
+    config = members(pe="none", steps=3)[0]
+    eager = train(config, tmp_path / "eager", progress=False)
+    compiled = train(config.replace(compile=True), tmp_path / "compiled", progress=False)
+    assert compiled["run_id"] == eager["run_id"]  # compile is a run-time field
+    assert compiled["per_length"] == pytest.approx(eager["per_length"], abs=1e-9)
+    assert compiled["final_loss"] == pytest.approx(eager["final_loss"], rel=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_ensemble_matches_trainer_and_bf16_runs():
+    configs = [c.replace(device="cuda") for c in members(**RELATIVE)]
+    singles = [Trainer(c) for c in configs]
+    for s in singles:
+        s.fit(progress=False)
+    ensemble = EnsembleTrainer(configs, compile=True)
+    ensemble.fit(progress=False)
+    for s, t in zip(singles, ensemble.trainers, strict=True):
+        torch.testing.assert_close(
+            torch.tensor([r["loss"] for r in t.history]),
+            torch.tensor([r["loss"] for r in s.history]),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+    half = EnsembleTrainer([c.replace(precision="bf16") for c in configs], compile=True)
+    half.fit(progress=False)
+    assert all(r.per_length for r in half.evaluate(progress=False, lengths=[1, 8]))
