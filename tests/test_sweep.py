@@ -200,7 +200,13 @@ KILLABLE = textwrap.dedent(
 
 def _count(path, status):
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as conn:
-        return conn.execute("SELECT COUNT(*) FROM runs WHERE status = ?", (status,)).fetchone()[0]
+        try:
+            query = "SELECT COUNT(*) FROM runs WHERE status = ?"
+            return conn.execute(query, (status,)).fetchone()[0]
+        except sqlite3.OperationalError as exc:  # polled before the schema was committed
+            if "no such table" in str(exc):
+                return 0
+            raise
 
 
 def test_sigkill_mid_sweep_then_resume_loses_and_duplicates_nothing(tmp_path):
