@@ -149,6 +149,13 @@ def _execution(compile, execution, config: TrainConfig, device: torch.device) ->
     return "vmap" if device.type == "cuda" else "loop"
 
 
+def _grad(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Gradients of ``loss`` w.r.t. ``inputs``; zeros for a weight the loss does not use (no
+    encoder weight is ever unused; this only keeps a new encoding from crashing the step)."""
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)]
+
+
 def _row(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
     return None if t is None else t[i]
 
@@ -236,12 +243,11 @@ class EnsembleTrainer:
         looped = self.execution == "compiled"
         self._member_loss_fn = maybe_compile(self._member_loss, looped, **options)
         self._member_logits_fn = maybe_compile(self._member_logits, looped, **options)
-        self._forward = {
-            "vmap": self._forward_batched,
-            "batched": maybe_compile(self._forward_batched, True, **options),
-            "loop": self._forward_looped,
-            "compiled": self._forward_looped,
-        }[self.execution]
+        self._forward = self._forward_batched
+        if self.execution == "batched":
+            self._forward = maybe_compile(self._forward_batched, True, **options)
+        looped_grads = self.execution in ("loop", "compiled")
+        self._grads = self._forward_looped_grads if looped_grads else self._forward_batched_grads
         if self.execution == "batched":
             _raise_recompile_limit(4 * self.config.longest_sequence())
         self._eval = self._eval_batched if self.eval_execution == "vmap" else self._eval_looped
@@ -355,10 +361,19 @@ class EnsembleTrainer:
         with autocast(self.device, self.config.precision):
             return vmap(self._member_loss, in_dims=in_dims)(*args)
 
-    def _forward_looped(self, params, tokens, targets, plan, noise):
-        """Same contract as :meth:`_forward_batched`, member by member on views of the
-        stacked weights (compiled: one graph with symbolic lengths serves every member)."""
-        losses, logits = [], []
+    def _forward_batched_grads(self, params, tokens, targets, plan, noise):
+        """Losses (K,), logits (K, B, k, C) and per-name gradients (K, ...) of the vmapped pass:
+        model i's loss depends only on its own slice, so d(sum of losses) is every model's own
+        gradient; the backward runs outside vmap, on the flattened batch."""
+        losses, logits = self._forward(params, tokens, targets, plan, noise)
+        grads = _grad(losses.sum(), [params[k] for k in self.names])
+        return losses, logits, grads
+
+    def _forward_looped_grads(self, params, tokens, targets, plan, noise):
+        """Same contract, member by member on views of the stacked weights (compiled: one
+        graph with symbolic lengths serves every member). Each member's backward runs right
+        after its forward, so only one member's activations are alive at a time."""
+        losses, logits, grads = [], [], []
         with autocast(self.device, self.config.precision):
             for i in range(self.size):
                 member = [tokens[i], targets[i], plan.positions[i]]
@@ -366,10 +381,14 @@ class EnsembleTrainer:
                 if self.compiled:
                     for t, dim in zip(member, (1, 1, 1, 2, 2, 2), strict=True):
                         mark_dynamic(t, dim)  # the length axis of each input
-                loss, logit = self._member_loss_fn({n: p[i] for n, p in params.items()}, *member)
-                losses.append(loss)
-                logits.append(logit)
-        return torch.stack(losses), torch.stack(logits)
+                views = [params[k][i] for k in self.names]  # gradients w.r.t. these: (...)
+                weights = dict(zip(self.names, views, strict=True))
+                loss, logit = self._member_loss_fn(weights, *member)
+                grads.append(_grad(loss, views))
+                losses.append(loss.detach())
+                logits.append(logit.detach())
+        stacked = [torch.stack(g) for g in zip(*grads, strict=True)]  # per name: (K, ...)
+        return torch.stack(losses), torch.stack(logits), stacked
 
     def _adam_update(
         self,
@@ -464,9 +483,8 @@ class EnsembleTrainer:
     def train_step(self) -> tuple[list[float], list[float], int]:
         """One step of every model; returns per-model losses and batch accuracies, and n."""
         n, tokens, batches, targets, plan, noise = self.draw_batch()
-        losses, logits = self._forward(self.params, tokens, targets, plan, noise)
+        losses, logits, grads = self._grads(self.params, tokens, targets, plan, noise)
         names = self.names
-        grads = torch.autograd.grad(losses.sum(), [self.params[k] for k in names])
         self.step += 1
         cfg = self.config
         # python floats in float64, as torch.optim.Adam computes them, then one device tensor
@@ -475,7 +493,7 @@ class EnsembleTrainer:
         with torch.no_grad():
             self._update(
                 [self.params[k] for k in names],
-                list(grads),
+                grads,
                 [self.exp_avg[k] for k in names],
                 [self.exp_avg_sq[k] for k in names],
                 step_size,
@@ -713,20 +731,33 @@ def _heartbeat(store, rids: list[str], every_s: float = 10.0):
     return beat
 
 
+def ensemble_run(
+    configs: Sequence[dict[str, Any]], out_dirs: Sequence[str | Path], resume: bool
+) -> list[dict[str, Any] | BaseException]:
+    """The ensemble counterpart of the sweep's per-run function: resolved config dicts and run
+    directories in, one outcome per run out (its summary, or the exception that ended it)."""
+    return train_ensemble(
+        [TrainConfig.from_dict(c) for c in configs], out_dirs, resume=resume, progress=False
+    )
+
+
 # ----------------------------------------------------------------------------- strategy
 @dataclass(frozen=True)
 class Strategy:
-    """How to run many independent models on one device (see docs/performance.md).
+    """How to run many independent models on one device (docs/performance.md).
 
-    kind: "ensemble" (vmapped groups of up to ``ensemble_size`` in one process) or "processes"
-    (``workers`` processes, one Trainer each, ``threads`` intra-op threads per process).
+    kind: "ensemble": groups of up to ``ensemble_size`` compatible runs
+          (:func:`group_compatible`), each group one :func:`train_ensemble` call with the given
+          ``execution``, ``workers`` such calls at a time (one per GPU);
+          "processes": ``workers`` processes, one run (a plain Trainer) each.
+    threads: torch intra-op threads per process (0: torch's default).
     """
 
     kind: str
-    ensemble_size: int
     workers: int
     threads: int
-    compile: bool
+    ensemble_size: int
+    execution: str | None
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -734,12 +765,16 @@ class Strategy:
 
 
 def best_strategy(device: str | torch.device = "auto") -> Strategy:
-    """The measured-fastest way to run many models of the paper's configuration on ``device``.
+    """The default way to run many models of the paper's configuration on ``device``.
 
-    The choice comes from benchmarks/throughput.py (docs/performance.md has the numbers):
-    on CUDA one process runs compiled ensembles (one model barely occupies a GPU; batching K
-    models multiplies the useful work per kernel); on CPU the choice is a measured one
-    recorded in :data:`CPU_STRATEGY`.
+    CPU (measured, benchmarks/throughput.py, docs/performance.md): one process per core, one
+    thread each, a plain Trainer per run. One model's step already keeps a core busy; batching
+    models in one process buys nothing there (vmapped attention even loses the fused kernel),
+    and intra-op threads scale worse than processes (badly so on a shared machine).
+
+    CUDA (not measured: no GPU was available when this was written): vmapped ensembles of 32
+    runs per GPU. A single small model leaves a GPU mostly idle (its step is a few hundred
+    tiny kernels); K members batched under vmap do K times the work per kernel.
     """
     from randpos.seeding import resolve_device
 
@@ -747,26 +782,19 @@ def best_strategy(device: str | torch.device = "auto") -> Strategy:
     if dev.type == "cuda":
         return Strategy(
             kind="ensemble",
-            ensemble_size=32,
-            workers=1,
+            workers=max(1, torch.cuda.device_count()),
             threads=0,
-            compile=True,
-            reason="GPU: a single small model cannot fill the device; batched models can "
-            "(unmeasured here, see docs/performance.md)",
+            ensemble_size=32,
+            execution="vmap",
+            reason="GPU: batching members multiplies the work per kernel (unmeasured here)",
         )
-    cores = os.cpu_count() or 1
-    return CPU_STRATEGY(cores)
-
-
-def CPU_STRATEGY(cores: int) -> Strategy:  # noqa: N802 - a named policy, documented
-    """CPU default (measured on a 2-core VM, docs/performance.md)."""
     return Strategy(
-        kind="ensemble",
-        ensemble_size=8,
-        workers=1,
-        threads=cores,
-        compile=False,
-        reason="placeholder until measured",
+        kind="processes",
+        workers=max(1, os.cpu_count() or 1),
+        threads=1,
+        ensemble_size=1,
+        execution=None,
+        reason="CPU: processes x 1 thread measured fastest (docs/performance.md)",
     )
 
 
@@ -777,6 +805,7 @@ __all__ = [
     "Strategy",
     "best_strategy",
     "ensemble_key",
+    "ensemble_run",
     "group_compatible",
     "train_ensemble",
 ]
