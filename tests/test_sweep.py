@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -209,6 +210,10 @@ def _count(path, status):
             raise
 
 
+def _mid_run_checkpoints(root: Path) -> list[Path]:
+    return [p for p in root.glob("**/checkpoint.json") if not (p.parent / "summary.json").exists()]
+
+
 def test_sigkill_mid_sweep_then_resume_loses_and_duplicates_nothing(tmp_path):
     path = write_spec(tmp_path / "s.yaml", grid={**GRID, "randomized": [False]})  # 8 runs
     store_path = tmp_path / "r.sqlite"
@@ -220,7 +225,8 @@ def test_sigkill_mid_sweep_then_resume_loses_and_duplicates_nothing(tmp_path):
     try:
         while time.monotonic() < deadline:
             if store_path.exists() and _count(store_path, "done") >= 2:
-                if _count(store_path, "running") >= 1:
+                # kill while a run is mid-way: running, with a checkpoint and no summary yet
+                if _count(store_path, "running") >= 1 and _mid_run_checkpoints(tmp_path):
                     break
             assert leader.poll() is None, leader.stderr.read().decode()[-2000:]
             time.sleep(0.05)
