@@ -9,27 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import TINY_BASE
 
 from randpos.compile import CompileCounter
 from randpos.config import ConfigError, TrainConfig
 from randpos.ensemble import EnsembleTrainer
 from randpos.training import Trainer, train
 
-TINY = dict(
-    task="reverse_string",
-    steps=6,
-    batch_size=8,
-    max_train_length=5,
-    eval_max_length=8,
-    eval_batch_size=32,
-    eval_sub_batch_size=16,
-    num_layers=2,
-    width=16,
-    num_heads=2,
-    ff_width=32,
-    log_every=1,
-    device="cpu",
-)
+TINY = dict(TINY_BASE, steps=6, batch_size=8, log_every=1)
 RELATIVE = dict(pe="relative", randomized=True, max_position=64, randomize="distances")
 
 

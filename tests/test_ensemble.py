@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny import TINY_BASE
 
 from randpos.config import ConfigError, TrainConfig
 from randpos.ensemble import (
@@ -18,23 +19,7 @@ from randpos.ensemble import (
 from randpos.model import ModelConfig, Transformer
 from randpos.training import CHECKPOINT, Trainer, TrainingInterrupted, train
 
-TINY = dict(
-    task="reverse_string",
-    steps=6,
-    batch_size=8,
-    max_train_length=5,
-    eval_max_length=8,
-    eval_batch_size=32,
-    eval_sub_batch_size=16,
-    num_layers=2,
-    width=16,
-    num_heads=2,
-    ff_width=32,
-    dropout=0.1,
-    log_every=1,
-    checkpoint_every=3,
-    device="cpu",
-)
+TINY = dict(TINY_BASE, steps=6, batch_size=8, dropout=0.1, log_every=1, checkpoint_every=3)
 MEMBERS = [(0, 1e-3), (1, 3e-3), (2, 5e-4)]  # (seed, learning rate): K = 3
 
 

@@ -7,28 +7,20 @@ import math
 
 import pytest
 import torch
+from tiny import TINY_BASE
 
 from randpos.config import ConfigError, TrainConfig
 from randpos.evaluation import mean_over
 from randpos.training import CHECKPOINT, StopFlag, Trainer, TrainingInterrupted, train
 
 TINY = dict(
-    task="reverse_string",
+    TINY_BASE,
     pe="rope",
     steps=24,
     batch_size=16,
-    max_train_length=5,
-    eval_max_length=8,
-    eval_batch_size=32,
-    eval_sub_batch_size=16,
-    num_layers=2,
-    width=16,
-    num_heads=2,
-    ff_width=32,
     learning_rate=3e-3,
     log_every=4,
     checkpoint_every=8,
-    device="cpu",
 )
 
 
