@@ -41,6 +41,23 @@ STORE_VERSION = 1
 
 STATUSES = ("running", "done", "failed")
 
+# The bookkeeping and result columns of a run that `ResultsStore.runs` adds beside its config
+# fields (and its timings, as time_* columns).
+RUN_COLUMNS = (
+    "id_accuracy",
+    "ood_accuracy",
+    "status",
+    "error",
+    "attempts",
+    "started_at",
+    "finished_at",
+    "heartbeat_at",
+    "host",
+    "pid",
+    "code_version",
+    "out_dir",
+)
+
 # Config fields that do not change a run's numbers: left out of the run id, so that moving a run
 # to another device or logging more often still finds the same result.
 NON_RESULT_FIELDS = frozenset(
@@ -536,20 +553,7 @@ class ResultsStore:
             raw = dict(zip(columns, row, strict=True))
             record: dict[str, Any] = {"run_id": raw["run_id"]}
             record.update(json.loads(raw["config"]) if raw["config"] else {})
-            for key in (
-                "id_accuracy",
-                "ood_accuracy",
-                "status",
-                "error",
-                "attempts",
-                "started_at",
-                "finished_at",
-                "heartbeat_at",
-                "host",
-                "pid",
-                "code_version",
-                "out_dir",
-            ):
+            for key in RUN_COLUMNS:
                 record[key] = raw[key]
             for key, value in (json.loads(raw["timings"]) if raw["timings"] else {}).items():
                 record[f"time_{key}"] = value
@@ -612,6 +616,7 @@ def _jsonable(value: Any) -> Any:
 
 __all__ = [
     "NON_RESULT_FIELDS",
+    "RUN_COLUMNS",
     "STALE_AFTER_S",
     "STORE_VERSION",
     "ResultsStore",

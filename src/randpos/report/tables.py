@@ -192,31 +192,16 @@ def describe_protocol(done: pd.DataFrame) -> dict:
         unseen = "N+1..M of each run (N in {}, M in {})".format(n or "?", m or "?")
     rand = done[done["randomized"]]
     max_pos = sorted(rand["max_position"].unique().tolist()) if "max_position" in rand else []
-    from randpos.store import NON_RESULT_FIELDS
+    from randpos.store import NON_RESULT_FIELDS, RUN_COLUMNS
 
+    not_config = {"run_id", "max_position", *RUN_COLUMNS}
     config_columns = [
         c
         for c in done.columns
         if c not in AXES
         and c not in NON_RESULT_FIELDS
         and not c.startswith("time_")
-        and c
-        not in {
-            "run_id",
-            "id_accuracy",
-            "ood_accuracy",
-            "status",
-            "error",
-            "attempts",
-            "started_at",
-            "finished_at",
-            "heartbeat_at",
-            "host",
-            "pid",
-            "code_version",
-            "out_dir",
-            "max_position",
-        }
+        and c not in not_config
     ]
     varying = {}
     for column in config_columns:
