@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from randpos.config import ConfigError, TrainConfig, load_yaml
+from randpos.config import CONFIG_DIR, ConfigError, TrainConfig, find_preset, load_yaml
 
 app = typer.Typer(
     add_completion=False,
@@ -26,7 +26,6 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 # The main job (README, first command): a plain PE against its randomized form on the same
 # task and budget. Chosen by measurement on a 2-core CPU (docs/demo.md): at this budget the
@@ -72,20 +71,6 @@ def cli_errors(func):
     return wrapper
 
 
-def resolve_preset(name_or_path: str) -> Path:
-    """A YAML path, or the name of a preset in configs/ (e.g. ``quick``, ``paper``)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    preset = CONFIG_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
-    raise ConfigError(
-        f"config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(names)}"
-    )
-
-
 def parse_sets(items: list[str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items or []:
@@ -102,7 +87,7 @@ def build_config(
     """Defaults < base < preset file < --set FIELD=VALUE < explicit options."""
     data: dict[str, Any] = dict(base or {})
     if preset:
-        data.update(load_yaml(resolve_preset(preset)))
+        data.update(load_yaml(find_preset(preset)))
     data.update(parse_sets(sets))
     data.update({k: v for k, v in options.items() if v is not None})
     return TrainConfig.from_dict(data)

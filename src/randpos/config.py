@@ -236,6 +236,28 @@ def _longest_sequence(task_name: str, max_length: int) -> int:
 RUNTIME_FIELDS = frozenset({"device", "threads", "log_every", "checkpoint_every", "compile"})
 
 
+# The repository's presets (configs/*.yaml, configs/sweeps/*.yaml).
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def find_preset(
+    name_or_path: str | Path, *, sub: str = "", kind: str = "config", near: Path | None = None
+) -> Path:
+    """A YAML file: a path (also relative to ``near``), or a preset name looked up in
+    ``./configs/<sub>`` and then in the repository's ``configs/<sub>``."""
+    folders = [Path.cwd() / "configs" / sub, CONFIG_DIR / sub]
+    candidates = [Path(name_or_path)] + ([near / name_or_path] if near is not None else [])
+    candidates += [folder / f"{name_or_path}.yaml" for folder in folders]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    names = sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.yaml")})
+    raise ConfigError(
+        f"{kind} {str(name_or_path)!r} is neither a file nor a preset; "
+        f"presets: {', '.join(names) or '(none)'}"
+    )
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -313,5 +335,7 @@ __all__ = [
     "RUNTIME_FIELDS",
     "ConfigError",
     "TrainConfig",
+    "CONFIG_DIR",
+    "find_preset",
     "load_yaml",
 ]

@@ -47,11 +47,10 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from randpos.config import ConfigError, find_preset
 from randpos.store import STALE_AFTER_S, ResultsStore, config_hash, default_store_path
 
 SWEEP_KEYS = ("name", "description", "preset", "base", "grid", "exclude", "include")
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-SWEEP_DIR = CONFIG_DIR / "sweeps"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 
@@ -94,18 +93,10 @@ def resolve_config(data: dict[str, Any]) -> dict[str, Any]:
 
 def find_spec(name_or_path: str | os.PathLike) -> Path:
     """A sweep file path, or the name of a preset in ``configs/sweeps/``."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    for folder in (Path.cwd() / "configs" / "sweeps", SWEEP_DIR):
-        candidate = folder / f"{name_or_path}.yaml"
-        if candidate.is_file():
-            return candidate
-    presets = sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")) if SWEEP_DIR.is_dir() else []
-    raise SweepError(
-        f"sweep {str(name_or_path)!r} is neither a file nor a preset; "
-        f"presets: {', '.join(presets) or '(none)'}"
-    )
+    try:
+        return find_preset(name_or_path, sub="sweeps", kind="sweep")
+    except ConfigError as exc:
+        raise SweepError(str(exc)) from None
 
 
 def load_spec(name_or_path: str | os.PathLike) -> SweepSpec:
@@ -196,21 +187,14 @@ def _load_preset(preset: Any, source: str | None) -> dict:
     where = f"{source}: " if source else ""
     if not isinstance(preset, str) or not preset:
         raise SweepError(f"{where}'preset' must be a config name or path, got {preset!r}")
-    candidates = [Path(preset)]
-    if source:
-        candidates.append(Path(source).parent / preset)
-    candidates += [Path.cwd() / "configs" / f"{preset}.yaml", CONFIG_DIR / f"{preset}.yaml"]
-    for path in candidates:
-        if path.is_file():
-            data = yaml.safe_load(path.read_text()) or {}
-            if not isinstance(data, dict):
-                raise SweepError(f"{where}preset {path} is not a mapping of config fields")
-            return data
-    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
-    raise SweepError(
-        f"{where}preset {preset!r} is neither a file nor a config in configs/; "
-        f"presets: {', '.join(names) or '(none)'}"
-    )
+    try:
+        path = find_preset(preset, kind="preset", near=Path(source).parent if source else None)
+    except ConfigError as exc:
+        raise SweepError(f"{where}{exc}") from None
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise SweepError(f"{where}preset {path} is not a mapping of config fields")
+    return data
 
 
 def _matches(config: dict, rule: dict) -> bool:
