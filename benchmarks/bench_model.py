@@ -19,39 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import socket
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from machine import machine_info  # benchmarks/machine.py (the script's own folder)
 
 from randpos.encodings import PE_NAMES, get_encoding
 from randpos.model import ModelConfig, Transformer
 from randpos.positions import contiguous_positions, randomized_distances, randomized_positions
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine_info() -> dict:
-    info = {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    try:
-        info["load_average"] = os.getloadavg()
-    except OSError:
-        pass
-    return info
 
 
 def sync(device: torch.device) -> None:

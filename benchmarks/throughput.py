@@ -28,8 +28,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import load_average, machine_info  # benchmarks/machine.py (the script's own folder)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,28 +64,6 @@ REFERENCE = {
 
 
 # ----------------------------------------------------------------------------- helpers
-def machine_info() -> dict:
-    info = {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    info["load_average_start"] = load_average()
-    return info
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -572,6 +549,7 @@ def main() -> None:
     TrainConfig.from_dict(config)  # fail early on a bad setting
     base = {"config": config, "steps": steps, "warmup": warmup}
     info = machine_info()
+    info["load_average_start"] = info["load_average"]
     print(f"device {device}, torch {torch.__version__}, load {info['load_average_start']}")
     measurements: list[dict] = []
 
