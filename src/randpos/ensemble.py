@@ -66,6 +66,7 @@ from randpos.training import (
     Trainer,
     TrainingInterrupted,
     atomic_write_text,
+    heartbeat,
     load_checkpoint,
     make_summary,
     prepare_out_dir,
@@ -685,7 +686,7 @@ def _train_members(configs, outs, states, *, store, progress, sweep, compile):
                 checkpoints=checkpoints,
                 stop=stop,
                 progress=progress,
-                on_log=_heartbeat(store, rids),
+                on_log=heartbeat(store, rids),
             )
             eval_started = time.perf_counter()
             results = ensemble.evaluate(progress=progress, stop=stop)
@@ -715,20 +716,6 @@ def _train_members(configs, outs, states, *, store, progress, sweep, compile):
             store.finish_run(rid, summary, result.per_length, summary["timings"])
         outcomes.append(summary)
     return outcomes
-
-
-def _heartbeat(store, rids: list[str], every_s: float = 10.0):
-    if store is None:
-        return None
-    last = [0.0]
-
-    def beat(index: int, record: dict) -> None:
-        now = time.monotonic()
-        if now - last[0] >= every_s:
-            last[0] = now
-            store.heartbeat(rids)
-
-    return beat
 
 
 def ensemble_run(

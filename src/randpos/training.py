@@ -395,17 +395,20 @@ def train(
     return summary
 
 
-def heartbeat(store, rid: str, every_s: float = 10.0):
-    """A log callback telling the store (at most every ``every_s``) that the run is alive."""
+def heartbeat(store, rids: str | list[str], every_s: float = 10.0):
+    """A log callback telling the store (at most every ``every_s``) that the runs are alive.
+
+    It ignores its arguments, so it serves both the single-run and the ensemble log callbacks.
+    """
     if store is None:
         return None
     last = [0.0]
 
-    def beat(record: dict) -> None:
+    def beat(*_record) -> None:
         now = time.monotonic()
         if now - last[0] >= every_s:
             last[0] = now
-            store.heartbeat(rid)
+            store.heartbeat(rids)
 
     return beat
 
