@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import math
 import os
 import signal
 import sqlite3
@@ -15,10 +17,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from randpos.config import ensemble_key
 from randpos.store import ResultsStore, config_hash
 from randpos.sweep import (
     LocalExecutor,
     SweepError,
+    default_ensemble_size,
+    execute,
     expand,
     fake_run,
     load_spec,
@@ -134,7 +139,7 @@ def test_sweep_runs_everything_once_and_is_idempotent(tmp_path):
     assert (tmp_path / "sweeps" / "t" / frame["run_id"].iloc[0] / "summary.json").is_file()
 
     class Unused:  # a second run must not even start an executor
-        def start(self, run_fn):
+        def start(self, run_fn, group_fn=None):
             raise AssertionError("nothing should run")
 
     second = run_sweep(spec(), store, Unused(), run_fn=fake_run, progress=False)
@@ -192,8 +197,8 @@ KILLABLE = textwrap.dedent(
     """
     import functools, sys
     from randpos import sweep
-    spec, store, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-    sweep.run_sweep(spec, store, sweep.LocalExecutor(2), progress=False,
+    spec, store, seconds, k = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+    sweep.run_sweep(spec, store, sweep.LocalExecutor(2), progress=False, ensemble_size=k,
                     run_fn=functools.partial(sweep.fake_run, seconds=seconds))
     """
 )
@@ -210,23 +215,36 @@ def _count(path, status):
             raise
 
 
-def _mid_run_checkpoints(root: Path) -> list[Path]:
-    return [p for p in root.glob("**/checkpoint.json") if not (p.parent / "summary.json").exists()]
+def _mid_run(root: Path, most_done: float = math.inf) -> set[str]:
+    """Run ids with a checkpoint, no summary yet and at most ``most_done`` seconds trained."""
+    found = set()
+    for path in root.glob("**/checkpoint.json"):
+        if (path.parent / "summary.json").exists():
+            continue
+        try:
+            done = json.loads(path.read_text())["seconds_done"]
+        except (OSError, ValueError):
+            continue
+        if done <= most_done:
+            found.add(path.parent.name)
+    return found
 
 
-def test_sigkill_mid_sweep_then_resume_loses_and_duplicates_nothing(tmp_path):
+@pytest.mark.parametrize("k", [1, 2], ids=["single-runs", "groups-of-2"])
+def test_sigkill_mid_sweep_then_resume_loses_and_duplicates_nothing(tmp_path, k):
     path = write_spec(tmp_path / "s.yaml", grid={**GRID, "randomized": [False]})  # 8 runs
     store_path = tmp_path / "r.sqlite"
     leader = subprocess.Popen(
-        [sys.executable, "-c", KILLABLE, str(path), str(store_path), "1.5"],
+        [sys.executable, "-c", KILLABLE, str(path), str(store_path), "1.5", str(k)],
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 90
     try:
         while time.monotonic() < deadline:
             if store_path.exists() and _count(store_path, "done") >= 2:
-                # kill while a run is mid-way: running, with a checkpoint and no summary yet
-                if _count(store_path, "running") >= 1 and _mid_run_checkpoints(tmp_path):
+                # kill while a run is mid-way: running, with a checkpoint and more than the
+                # orphaned workers' 0.5 s to live left to train (1.5 s in all)
+                if _count(store_path, "running") >= 1 and _mid_run(tmp_path, most_done=0.5):
                     break
             assert leader.poll() is None, leader.stderr.read().decode()[-2000:]
             time.sleep(0.05)
@@ -236,8 +254,11 @@ def test_sigkill_mid_sweep_then_resume_loses_and_duplicates_nothing(tmp_path):
     finally:
         leader.kill()
         leader.wait()
-    killed_running = _count(store_path, "running")
-    assert killed_running >= 1 and _count(store_path, "done") < 8
+    killed_running, done_before = _count(store_path, "running"), _count(store_path, "done")
+    assert killed_running >= 1 and done_before < 8
+    time.sleep(1.0)  # the orphaned workers notice (every 0.5 s) and exit
+    cut = _mid_run(tmp_path)
+    assert cut  # runs stopped mid-way, their checkpoints on disk
 
     store = ResultsStore(store_path)
     result = run_sweep(
@@ -245,22 +266,23 @@ def test_sigkill_mid_sweep_then_resume_loses_and_duplicates_nothing(tmp_path):
         store,
         LocalExecutor(2),
         progress=False,
+        ensemble_size=k,
         run_fn=functools.partial(fake_run, seconds=1.5),
     )
     assert result.done == 8 and result.failed == 0
-    assert result.executed + result.skipped + result.recovered == 8
+    assert result.skipped == done_before
+    assert result.executed + result.recovered == 8 - done_before
     frame = store.runs(sweep="t")
     assert len(frame) == 8 and set(frame["status"]) == {"done"}
-    # Runs cut by the kill ran a second time (resuming their checkpoints); no other run did.
-    assert (frame["attempts"] == 2).sum() == killed_running - result.recovered
+    # Runs cut by the kill were taken a second time (recorded from their summary, or resumed
+    # from their checkpoint); no other run was.
+    assert (frame["attempts"] == 2).sum() == killed_running
     assert set(frame["attempts"]) <= {1, 2}
     long = store.per_length(sweep="t")
     assert len(long) == 8 * 20 and not long.duplicated(["run_id", "length"]).any()
     assert set(long.groupby("run_id").size()) == {20}
-    resumed = [
-        store.get_run(rid)["summary"]["resumed"] for rid in frame[frame["attempts"] == 2].run_id
-    ]
-    assert any(resumed)  # at least one picked up its checkpoint rather than starting over
+    # those stopped mid-way picked up their checkpoints rather than starting over
+    assert all(store.get_run(rid)["summary"]["resumed"] for rid in cut)
 
 
 def test_interrupted_run_is_released_not_failed(tmp_path):
@@ -269,7 +291,7 @@ def test_interrupted_run_is_released_not_failed(tmp_path):
     class Interrupting:
         describe = "test"
 
-        def start(self, run_fn):
+        def start(self, run_fn, group_fn=None):
             return 1
 
         def submit(self, job):
@@ -288,6 +310,133 @@ def test_interrupted_run_is_released_not_failed(tmp_path):
     assert result.done == 16 and set(store.runs()["status"]) == {"done"}
 
 
+# ------------------------------------------------------------------------------ ensembles
+class InlineExecutor:
+    """Runs each job in this process when polled, and remembers the jobs it was given."""
+
+    describe = "inline"
+
+    def __init__(self, capacity: int = 2, gpus: int = 0) -> None:
+        self.capacity, self.gpus = capacity, gpus
+        self.jobs, self.pending = [], []
+
+    def start(self, run_fn, group_fn=None):
+        self.run_fn, self.group_fn = run_fn, group_fn
+        return self.capacity
+
+    def submit(self, job):
+        self.jobs.append(job)
+        self.pending.append(job)
+
+    def poll(self, timeout):
+        outcomes = []
+        while self.pending:
+            outcomes.extend(execute(self.pending.pop(0), self.run_fn, self.group_fn))
+        return outcomes
+
+    def close(self, cancel=False):
+        pass
+
+
+LR_GRID = {**GRID, "learning_rate": [1e-3, 5e-4]}  # 32 runs, 8 classes of 4 compatible runs
+
+
+def inline_sweep(store, grid=LR_GRID, executor=None, **options):
+    """The test sweep over ``grid`` on an InlineExecutor; returns the result and the executor."""
+    executor = executor or InlineExecutor()
+    return run_sweep(spec(grid=grid), store, executor, progress=False, **options), executor
+
+
+def test_compatible_runs_are_grouped_into_ensemble_jobs(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    result, executor = inline_sweep(store, run_fn=fake_run, ensemble_size=3)
+    assert (result.total, result.done, result.executed, result.failed) == (32, 32, 32, 0)
+    assert sorted(len(job.run_ids) for job in executor.jobs) == [1] * 8 + [3] * 8
+    seen = [rid for job in executor.jobs for rid in job.run_ids]
+    assert sorted(seen) == sorted(expand(spec(grid=LR_GRID)))  # each run once
+    for job in executor.jobs:
+        assert len({ensemble_key(c) for c in job.configs}) == 1  # only seed / lr differ
+        assert [config_hash(c) for c in job.configs] == job.run_ids
+    assert set(store.runs(sweep="t")["status"]) == {"done"}
+    # a second pass has nothing left to group
+    again, _ = inline_sweep(store, run_fn=fake_run, ensemble_size=3)
+    assert (again.skipped, again.executed) == (32, 0)
+
+
+def test_ensemble_size_defaults_by_device(tmp_path):
+    assert default_ensemble_size(0) == 1  # CPU: separate processes (measured faster)
+    assert default_ensemble_size(1) == 32  # GPU: best_strategy's ensemble size
+    assert default_ensemble_size(2, [{"device": "auto"}, {"device": "cpu"}]) == 1
+    for gpus, largest in ((0, 1), (1, 4)):
+        store = ResultsStore(tmp_path / f"gpus{gpus}" / "r.sqlite")  # own run dirs too
+        _, executor = inline_sweep(store, executor=InlineExecutor(gpus=gpus), run_fn=fake_run)
+        assert max(len(job.run_ids) for job in executor.jobs) == largest
+    with pytest.raises(SweepError, match="ensemble size must be an integer >= 1"):
+        inline_sweep(tmp_path / "x.sqlite", ensemble_size=0)
+
+
+def test_a_failing_member_fails_alone_and_an_interrupted_group_is_released(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    grid = {"task": ["parity_check"], "pe": ["rope"], "seed": [0, 1, 2]}
+
+    def group(configs, out_dirs, resume):  # member seed=1 diverges
+        return [
+            FloatingPointError("loss became nan at step 3")
+            if c["seed"] == 1
+            else fake_run(c, d, resume)
+            for c, d in zip(configs, out_dirs, strict=True)
+        ]
+
+    result, _ = inline_sweep(store, grid, group_fn=group, ensemble_size=3)
+    assert (result.done, result.failed) == (2, 1)
+    (error,) = result.failed_runs.values()
+    assert error.startswith("FloatingPointError: loss became nan at step 3")
+    failed = store.runs(status="failed")
+    assert list(failed["seed"]) == [1]
+
+    class TrainingInterrupted(Exception):  # what a signal raises in the trainer (by name)
+        pass
+
+    def interrupted(configs, out_dirs, resume):
+        raise TrainingInterrupted("interrupted at step 2")
+
+    store2 = ResultsStore(tmp_path / "second" / "r.sqlite")  # its own run dirs
+    cut, _ = inline_sweep(store2, grid, group_fn=interrupted, ensemble_size=3)
+    assert (cut.done, cut.failed) == (0, 0)
+    assert len(store2.runs(status="running")) == 3  # released: stale, resumed next time
+    assert all(store2.is_stale(rid) for rid in store2.runs()["run_id"])
+    resumed, _ = inline_sweep(store2, grid, run_fn=fake_run)
+    assert resumed.done == 3
+
+
+def test_a_sweep_trains_real_ensembles_equal_to_separate_runs(tmp_path):
+    """The default group function: compatible runs of a sweep train as one ensemble (one
+    EnsembleTrainer, its CPU execution) and give the numbers separate runs give."""
+    from tiny import TINY_BASE
+
+    from randpos.config import TrainConfig
+    from randpos.training import train
+
+    base = dict(
+        TINY_BASE, steps=4, batch_size=8, log_every=2, pe="rope", randomized=True, max_position=64
+    )
+    grid = {"seed": [0, 1], "learning_rate": [1e-3, 3e-3]}
+    sweep_spec = parse_spec({"name": "e", "base": base, "grid": grid})
+    store = ResultsStore(tmp_path / "r.sqlite")
+    executor = InlineExecutor()
+    result = run_sweep(sweep_spec, store, executor, ensemble_size=4, progress=False)
+    assert (result.done, result.failed) == (4, 0)
+    assert [len(job.run_ids) for job in executor.jobs] == [4]
+    for rid, config in expand(sweep_spec).items():
+        summary = store.get_run(rid)["summary"]
+        assert summary["timings"]["ensemble_size"] == 4
+        alone = train(TrainConfig.from_dict(config), tmp_path / "alone" / rid, progress=False)
+        assert summary["run_id"] == alone["run_id"] == rid
+        assert summary["per_length"] == pytest.approx(alone["per_length"], abs=1e-9)
+        assert summary["final_loss"] == pytest.approx(alone["final_loss"], rel=1e-5)
+        assert (tmp_path / "sweeps" / "e" / rid / "model.safetensors").is_file()
+
+
 @pytest.mark.ray
 def test_ray_executor_on_a_local_instance(tmp_path):
     pytest.importorskip("ray")
@@ -296,8 +445,8 @@ def test_ray_executor_on_a_local_instance(tmp_path):
     small = spec(grid={"task": ["parity_check"], "pe": ["none", "rope"], "seed": [0, 1]})
     store = ResultsStore(tmp_path / "r.sqlite")
     executor = RayExecutor(num_cpus=2)
-    result = run_sweep(small, store, executor, run_fn=fake_run, progress=False)
-    assert (result.done, result.executed, result.failed) == (4, 4, 0)
+    result = run_sweep(small, store, executor, run_fn=fake_run, ensemble_size=2, progress=False)
+    assert (result.done, result.executed, result.failed) == (4, 4, 0)  # in 2 jobs of 2
     assert set(store.runs(sweep="t")["status"]) == {"done"}
     assert len(store.per_length(sweep="t")) == 4 * 20
     assert not executor.started_ray  # the instance it started is shut down again
@@ -338,12 +487,16 @@ def test_cli_commands(tmp_path):
             str(store),
             "-j",
             "2",
+            "-k",
+            "2",
             "-q",
             "--run-fn",
             "randpos.sweep:fake_run",
         ],
     )
     assert ok.exit_code == 0, ok.output
+    zero = runner.invoke(app, ["sweep", str(good), "--store", str(store), "-k", "0"])
+    assert zero.exit_code == 2 and "ensemble-size" in zero.output
     status = runner.invoke(app, ["sweep-status", "t", "--store", str(store)])
     assert status.exit_code == 0 and "2/2 done" in status.output
     report = runner.invoke(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -236,6 +237,19 @@ def _longest_sequence(task_name: str, max_length: int) -> int:
 RUNTIME_FIELDS = frozenset({"device", "threads", "log_every", "checkpoint_every", "compile"})
 
 
+# The fields in which runs that train together as one ensemble may differ (randpos.ensemble).
+ENSEMBLE_VARYING_FIELDS = ("seed", "learning_rate")
+
+
+def ensemble_key(config: TrainConfig | dict[str, Any]) -> str:
+    """Configs (or resolved config dicts) with equal keys can train as one ensemble: everything
+    but seed and learning rate agrees, run-time fields included (the members share a device, a
+    log and a checkpoint schedule). Torch-free, so the sweep leader can group runs."""
+    data = config.to_dict() if isinstance(config, TrainConfig) else config
+    same = {k: v for k, v in data.items() if k not in ENSEMBLE_VARYING_FIELDS}
+    return json.dumps(same, sort_keys=True, default=str)
+
+
 # The repository's presets (configs/*.yaml, configs/sweeps/*.yaml).
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -329,6 +343,7 @@ def _positive(name: str, value: int) -> None:
 __all__ = [
     "ATTENTION_BACKENDS",
     "CURRICULA",
+    "ENSEMBLE_VARYING_FIELDS",
     "EVAL_POSITION_MODES",
     "PRECISIONS",
     "RANDOMIZE_MODES",
@@ -336,6 +351,7 @@ __all__ = [
     "ConfigError",
     "TrainConfig",
     "CONFIG_DIR",
+    "ensemble_key",
     "find_preset",
     "load_yaml",
 ]

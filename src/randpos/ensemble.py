@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from randpos.compile import autocast, mark_dynamic, maybe_compile
-from randpos.config import ConfigError, TrainConfig
+from randpos.config import ENSEMBLE_VARYING_FIELDS, ConfigError, TrainConfig, ensemble_key
 from randpos.evaluation import (
     EvalResult,
     PositionPlan,
@@ -75,17 +75,10 @@ from randpos.training import (
 )
 
 #: The config fields in which the members of one ensemble may differ.
-VARYING_FIELDS = ("seed", "learning_rate")
+VARYING_FIELDS = ENSEMBLE_VARYING_FIELDS
 
 
 # ----------------------------------------------------------------------------- grouping
-def ensemble_key(config: TrainConfig) -> str:
-    """Configs with equal keys can train as one ensemble: everything but seed and learning rate
-    (run-time fields included: they must share a device, a log and a checkpoint schedule)."""
-    data = {k: v for k, v in config.to_dict().items() if k not in VARYING_FIELDS}
-    return json.dumps(data, sort_keys=True, default=str)
-
-
 def group_compatible(
     configs: Sequence[TrainConfig], max_size: int | None = None
 ) -> list[list[int]]:
@@ -729,6 +722,9 @@ def ensemble_run(
 
 
 # ----------------------------------------------------------------------------- strategy
+#: Runs per ensemble on one GPU (best_strategy; reasoned, not measured: docs/performance.md).
+GPU_ENSEMBLE_SIZE = 32
+
 @dataclass(frozen=True)
 class Strategy:
     """How to run many independent models on one device (docs/performance.md).
@@ -771,7 +767,7 @@ def best_strategy(device: str | torch.device = "auto") -> Strategy:
             kind="ensemble",
             workers=max(1, torch.cuda.device_count()),
             threads=0,
-            ensemble_size=32,
+            ensemble_size=GPU_ENSEMBLE_SIZE,
             execution="vmap",
             reason="GPU: batching members multiplies the work per kernel (unmeasured here)",
         )
@@ -787,6 +783,7 @@ def best_strategy(device: str | torch.device = "auto") -> Strategy:
 
 __all__ = [
     "EXECUTIONS",
+    "GPU_ENSEMBLE_SIZE",
     "VARYING_FIELDS",
     "EnsembleTrainer",
     "Strategy",

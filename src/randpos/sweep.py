@@ -18,9 +18,16 @@ A sweep file (YAML; presets in ``configs/sweeps/``)::
 Each run is identified by the hash of its resolved config (:func:`randpos.store.config_hash`),
 so a sweep is idempotent: re-running it skips finished runs, re-runs runs whose owner died
 (resuming from their checkpoint in ``<runs_dir>/<run_id>/``) and retries failed runs only with
-``retry_failed``. The sweep process (the leader) is the only one that writes to the store;
-workers train and return their summary. That keeps the store on the leader's disk, so a Ray
-cluster needs no shared filesystem for results (only for resuming checkpoints across nodes).
+``retry_failed``.
+
+Runs that differ only in seed and learning rate can train together as one ensemble (K models
+stepped as one batched computation, :mod:`randpos.ensemble`): the leader groups them into jobs
+of up to ``ensemble_size`` runs, by default 32 on GPUs and 1 on CPUs (where separate
+single-thread processes are faster; docs/performance.md).
+
+The sweep process (the leader) is the only one that writes to the store; workers train and
+return their summaries. That keeps the store on the leader's disk, so a Ray cluster needs no
+shared filesystem for results (only for resuming checkpoints across nodes).
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from randpos.config import ConfigError, find_preset
+from randpos.config import ConfigError, ensemble_key, find_preset
 from randpos.store import STALE_AFTER_S, ResultsStore, config_hash, default_store_path
 
 SWEEP_KEYS = ("name", "description", "preset", "base", "grid", "exclude", "include")
@@ -55,6 +62,8 @@ SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 
 RunFn = Callable[[dict, Path, bool], dict]  # (resolved config, run dir, resume) -> summary
+# (resolved configs, run dirs, resume) -> per run: its summary, or the exception that ended it
+GroupFn = Callable[[list[dict], list[Path], bool], list]
 
 
 class SweepError(ValueError):
@@ -249,6 +258,33 @@ def train_run(config: dict, out_dir: Path, resume: bool) -> dict:
     return train(TrainConfig.from_dict(config), out_dir, resume=resume, progress=False)
 
 
+def train_group(configs: list[dict], out_dirs: list[Path], resume: bool) -> list:
+    """The default group function: compatible runs trained as one ensemble
+    (:func:`randpos.ensemble.ensemble_run`); one summary or exception per run."""
+    from randpos.ensemble import ensemble_run
+
+    return ensemble_run(configs, out_dirs, resume)
+
+
+class EachRun:
+    """A group function that runs the members one after another with a run function: what a
+    sweep with a custom ``run_fn`` (tests, demos) does with a group. Picklable for workers."""
+
+    def __init__(self, run_fn: RunFn) -> None:
+        self.run_fn = run_fn
+
+    def __call__(self, configs: list[dict], out_dirs: list[Path], resume: bool) -> list:
+        outcomes: list = []
+        for config, out_dir in zip(configs, out_dirs, strict=True):
+            try:
+                outcomes.append(self.run_fn(config, Path(out_dir), resume))
+            except Exception as exc:
+                if _interrupted(exc):
+                    raise  # a signal stops the whole job; unstarted members are released
+                outcomes.append(exc)
+        return outcomes
+
+
 def fake_run(
     config: dict,
     out_dir: Path,
@@ -333,9 +369,11 @@ def load_run_fn(spec: str | None) -> RunFn:
 # ================================================================================ worker side
 @dataclass
 class Job:
-    run_id: str
-    config: dict
-    out_dir: str
+    """Runs that one worker trains in one go: a single run, or an ensemble of compatible runs."""
+
+    run_ids: list[str]
+    configs: list[dict]
+    out_dirs: list[str]
     resume: bool
 
 
@@ -370,16 +408,40 @@ def _init_worker(parent_pid: int, threads: int, gpu_queue) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def execute(job: Job, run_fn: RunFn, threads: int | None = None, gpu: int | None = None) -> Outcome:
-    """Run one job in this process and report its outcome (never raises for run errors)."""
+def _interrupted(exc: BaseException) -> bool:
+    # by name: the sweep module does not import torch (randpos.training)
+    return type(exc).__name__ == "TrainingInterrupted"
+
+
+def _error_text(exc: BaseException, with_traceback: bool) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    if with_traceback and exc.__traceback__ is not None:
+        text += "\n" + "".join(traceback.format_tb(exc.__traceback__)[-3:])
+    return text
+
+
+def execute(
+    job: Job,
+    run_fn: RunFn,
+    group_fn: GroupFn | None = None,
+    threads: int | None = None,
+    gpu: int | None = None,
+) -> list[Outcome]:
+    """Run one job in this process; one outcome per run (never raises for run errors).
+
+    A job of one run goes to ``run_fn``, a larger one to ``group_fn`` (default: the members
+    one after another through ``run_fn``)."""
     threads = threads if threads is not None else _WORKER.get("threads")
     gpu = gpu if gpu is not None else _WORKER.get("gpu")
-    config = dict(job.config)
-    # Run-time fields only (excluded from the run id): place the run and size its threads.
-    if gpu is not None and str(config.get("device", "auto")) in ("auto", "cuda"):
-        config["device"] = f"cuda:{gpu}"
-    if threads and "threads" in config and not config["threads"]:
-        config["threads"] = threads
+    configs = []
+    for job_config in job.configs:
+        config = dict(job_config)
+        # Run-time fields only (excluded from the run id): place the run and size its threads.
+        if gpu is not None and str(config.get("device", "auto")) in ("auto", "cuda"):
+            config["device"] = f"cuda:{gpu}"
+        if threads and "threads" in config and not config["threads"]:
+            config["threads"] = threads
+        configs.append(config)
     if threads:
         try:
             import torch
@@ -389,15 +451,40 @@ def execute(job: Job, run_fn: RunFn, threads: int | None = None, gpu: int | None
             pass
     started = time.perf_counter()
     try:
-        summary = run_fn(config, Path(job.out_dir), job.resume)
+        if len(configs) == 1:
+            results = [run_fn(configs[0], Path(job.out_dirs[0]), job.resume)]
+        else:
+            group = group_fn or EachRun(run_fn)
+            results = list(group(configs, [Path(d) for d in job.out_dirs], job.resume))
+            if len(results) != len(configs):
+                raise RuntimeError(
+                    f"group function returned {len(results)} outcomes for {len(configs)} runs"
+                )
     except Exception as exc:
         seconds = time.perf_counter() - started
-        if type(exc).__name__ == "TrainingInterrupted":
-            return Outcome(job.run_id, False, error=str(exc), interrupted=True, seconds=seconds)
-        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        tb = traceback.format_exc(limit=-3)
-        return Outcome(job.run_id, False, error=f"{text}\n{tb}", seconds=seconds)
-    return Outcome(job.run_id, True, summary=_plain(summary), seconds=time.perf_counter() - started)
+        if _interrupted(exc):
+            return [
+                Outcome(rid, False, error=str(exc), interrupted=True, seconds=seconds)
+                for rid in job.run_ids
+            ]
+        text = _error_text(exc, with_traceback=True)
+        return [Outcome(rid, False, error=text, seconds=seconds) for rid in job.run_ids]
+    seconds = time.perf_counter() - started
+    outcomes = []
+    for rid, result in zip(job.run_ids, results, strict=True):
+        if isinstance(result, BaseException):
+            outcomes.append(
+                Outcome(
+                    rid,
+                    False,
+                    error=_error_text(result, with_traceback=True),
+                    interrupted=_interrupted(result),
+                    seconds=seconds,
+                )
+            )
+        else:
+            outcomes.append(Outcome(rid, True, summary=_plain(result), seconds=seconds))
+    return outcomes
 
 
 def _plain(summary: dict) -> dict:
@@ -416,7 +503,8 @@ class LocalExecutor:
         self.requested = workers
         self.device = device
         self.pool = None
-        self.futures: dict[Any, str] = {}
+        self.futures: dict[Any, list[str]] = {}  # future -> the job's run ids
+        self.gpus = 0
 
     def _gpus(self) -> int:
         if self.device == "cpu":
@@ -428,13 +516,13 @@ class LocalExecutor:
         except ImportError:  # pragma: no cover
             return 0
 
-    def start(self, run_fn: RunFn) -> int:
+    def start(self, run_fn: RunFn, group_fn: GroupFn | None = None) -> int:
         import concurrent.futures
         import multiprocessing
 
-        self.run_fn = run_fn
+        self.run_fn, self.group_fn = run_fn, group_fn
         ctx = multiprocessing.get_context("spawn")  # no forked torch/CUDA/SQLite state
-        gpus = self._gpus()
+        gpus = self.gpus = self._gpus()
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         cores = cores or 1
         if gpus:
@@ -461,7 +549,8 @@ class LocalExecutor:
         return self.capacity
 
     def submit(self, job: Job) -> None:
-        self.futures[self.pool.submit(execute, job, self.run_fn)] = job.run_id
+        future = self.pool.submit(execute, job, self.run_fn, self.group_fn)
+        self.futures[future] = job.run_ids
 
     def poll(self, timeout: float) -> list[Outcome]:
         import concurrent.futures
@@ -474,11 +563,12 @@ class LocalExecutor:
         )
         outcomes = []
         for future in done:
-            run_id = self.futures.pop(future)
+            run_ids = self.futures.pop(future)
             try:
-                outcomes.append(future.result())
+                outcomes.extend(future.result())
             except Exception as exc:  # the worker process died (BrokenProcessPool, OOM kill)
-                outcomes.append(Outcome(run_id, False, error=f"{type(exc).__name__}: {exc}"))
+                error = f"{type(exc).__name__}: {exc}"
+                outcomes.extend(Outcome(rid, False, error=error) for rid in run_ids)
         return outcomes
 
     def close(self, cancel: bool = False) -> None:
@@ -512,14 +602,15 @@ class RayExecutor:
         self.num_cpus = num_cpus
         self.gpus_per_run = gpus_per_run
         self.init_kwargs = init_kwargs or {}
-        self.refs: dict[Any, str] = {}
+        self.refs: dict[Any, list[str]] = {}  # object ref -> the job's run ids
         self.started_ray = False
+        self.gpus = 0
         if importlib.util.find_spec("ray") is None:
             raise SweepError(
                 "the ray executor needs Ray: pip install -e '.[ray]' (or pip install ray)"
             )
 
-    def start(self, run_fn: RunFn) -> int:
+    def start(self, run_fn: RunFn, group_fn: GroupFn | None = None) -> int:
         try:
             import ray
         except ImportError:
@@ -543,8 +634,9 @@ class RayExecutor:
         if self.gpus_per_run:
             options["num_gpus"] = self.gpus_per_run
         self.remote = ray.remote(_ray_execute).options(**options)
-        self.run_fn_ref = ray.put(run_fn)
+        self.fns_ref = ray.put((run_fn, group_fn))
         if self.gpus_per_run:
+            self.gpus = gpus
             self.capacity = max(1, int(gpus / self.gpus_per_run))
         else:
             self.capacity = max(1, int(resources.get("CPU", 1)))
@@ -553,7 +645,7 @@ class RayExecutor:
         return self.capacity
 
     def submit(self, job: Job) -> None:
-        self.refs[self.remote.remote(job, self.run_fn_ref)] = job.run_id
+        self.refs[self.remote.remote(job, self.fns_ref)] = job.run_ids
 
     def poll(self, timeout: float) -> list[Outcome]:
         if not self.refs:
@@ -565,11 +657,12 @@ class RayExecutor:
             ready, _ = ray.wait(list(self.refs), num_returns=len(self.refs), timeout=0)
         outcomes = []
         for ref in ready:
-            run_id = self.refs.pop(ref)
+            run_ids = self.refs.pop(ref)
             try:
-                outcomes.append(ray.get(ref))
+                outcomes.extend(ray.get(ref))
             except Exception as exc:  # the task's worker died or Ray lost the node
-                outcomes.append(Outcome(run_id, False, error=f"{type(exc).__name__}: {exc}"))
+                error = f"{type(exc).__name__}: {exc}"
+                outcomes.extend(Outcome(rid, False, error=error) for rid in run_ids)
         return outcomes
 
     def close(self, cancel: bool = False) -> None:
@@ -585,11 +678,11 @@ class RayExecutor:
             self.started_ray = False
 
 
-def _ray_execute(job: Job, run_fn: RunFn) -> Outcome:
+def _ray_execute(job: Job, fns: tuple[RunFn, GroupFn | None]) -> list[Outcome]:
     # Ray already pins the task to its GPU through CUDA_VISIBLE_DEVICES.
-    return execute(
-        job, run_fn, threads=1, gpu=0 if os.environ.get("CUDA_VISIBLE_DEVICES") else None
-    )
+    run_fn, group_fn = fns
+    gpu = 0 if os.environ.get("CUDA_VISIBLE_DEVICES") else None
+    return execute(job, run_fn, group_fn, threads=1, gpu=gpu)
 
 
 def make_executor(
@@ -622,6 +715,8 @@ def run_sweep(
     executor: LocalExecutor | RayExecutor | str | None = None,
     *,
     run_fn: RunFn | None = None,
+    group_fn: GroupFn | None = None,
+    ensemble_size: int | None = None,
     runs_dir: str | os.PathLike | None = None,
     retry_failed: bool = False,
     progress: bool = True,
@@ -629,7 +724,16 @@ def run_sweep(
     poll_interval: float = 0.5,
     heartbeat_every: float = 10.0,
 ) -> SweepResult:
-    """Run every unfinished run of a sweep; returns counts. Safe to interrupt and re-run."""
+    """Run every unfinished run of a sweep; returns counts. Safe to interrupt and re-run.
+
+    ``ensemble_size``: up to this many compatible runs (:func:`randpos.config.ensemble_key`:
+    they differ only in seed and learning rate) form one job, trained by ``group_fn`` (default
+    :func:`train_group`, one ensemble; with a custom ``run_fn`` and no ``group_fn``, the members
+    one after another through ``run_fn``). ``None`` picks by device once the executor started:
+    :func:`default_ensemble_size`.
+    """
+    if ensemble_size is not None and (isinstance(ensemble_size, bool) or ensemble_size < 1):
+        raise SweepError(f"ensemble size must be an integer >= 1, got {ensemble_size!r}")
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     plan = expand(spec)  # validates everything before the store is touched
@@ -637,6 +741,8 @@ def run_sweep(
         store = ResultsStore(store if store is not None else default_store_path())
     if executor is None or isinstance(executor, str):
         executor = make_executor(executor or "local")
+    if group_fn is None:
+        group_fn = train_group if run_fn is None else EachRun(run_fn)
     run_fn = run_fn or train_run
     runs_dir = Path(runs_dir) if runs_dir else store.path.parent / "sweeps" / spec.name
 
@@ -654,7 +760,8 @@ def run_sweep(
             queue.append(rid)
     store.register_sweep(spec.name, spec.to_dict(), plan)
     waiting: set[str] = set()  # owned by another live process: watched until done or stale
-    in_flight: dict[str, float] = {}  # run id -> start time
+    in_flight: dict[str, int] = {}  # run id -> number of the job it is part of
+    jobs = 0
     durations: list[float] = []
     view = _SweepProgress(spec.name, result, enabled=progress)
 
@@ -666,35 +773,49 @@ def run_sweep(
         )
         return result
 
-    capacity = executor.start(run_fn)
+    capacity = executor.start(run_fn, group_fn)  # in jobs
+    if ensemble_size is None:
+        ensemble_size = default_ensemble_size(getattr(executor, "gpus", 0), plan.values())
+    keys = {rid: ensemble_key(plan[rid]) for rid in queue}
     view.message(
         f"sweep {spec.name}: {len(plan)} runs, {result.done} done, {len(queue)} to run on "
-        f"{executor.describe}; store {store.path}, run dirs {runs_dir}"
+        f"{executor.describe}"
+        + (f", ensembles of up to {ensemble_size} runs" if ensemble_size > 1 else "")
+        + f"; store {store.path}, run dirs {runs_dir}"
     )
     last_beat = last_check = time.monotonic()
     try:
         with view:
             while queue or in_flight or waiting:
-                while queue and len(in_flight) < capacity:
-                    rid = queue.pop(0)
-                    state = _claim(
-                        store,
-                        rid,
-                        plan[rid],
-                        spec.name,
-                        runs_dir,
-                        retry_failed,
-                        stale_after,
-                        result,
-                        view,
+                while queue and len(set(in_flight.values())) < capacity:
+                    claimed = []
+                    for rid in _take_group(queue, keys, ensemble_size):
+                        state = _claim(
+                            store,
+                            rid,
+                            plan[rid],
+                            spec.name,
+                            runs_dir,
+                            retry_failed,
+                            stale_after,
+                            result,
+                            view,
+                        )
+                        if state == "claimed":
+                            claimed.append(rid)
+                        elif state == "busy":
+                            waiting.add(rid)
+                    if not claimed:
+                        continue
+                    jobs += 1
+                    out_dirs = [runs_dir / rid for rid in claimed]
+                    resume = any(d.is_dir() and any(d.iterdir()) for d in out_dirs)
+                    for rid in claimed:
+                        in_flight[rid] = jobs  # first: released if submit fails
+                    job = Job(
+                        claimed, [plan[r] for r in claimed], [str(d) for d in out_dirs], resume
                     )
-                    if state == "claimed":
-                        out_dir = runs_dir / rid
-                        resume = out_dir.is_dir() and any(out_dir.iterdir())
-                        in_flight[rid] = time.monotonic()  # first: released if submit fails
-                        executor.submit(Job(rid, plan[rid], str(out_dir), resume))
-                    elif state == "busy":
-                        waiting.add(rid)
+                    executor.submit(job)
                 for outcome in executor.poll(poll_interval):
                     in_flight.pop(outcome.run_id, None)
                     _record(store, outcome, result, view)
@@ -718,7 +839,9 @@ def run_sweep(
                         elif status != "running" or store.is_stale(rid, stale_after):
                             waiting.discard(rid)
                             queue.append(rid)
-                view.update(len(in_flight), len(waiting), len(queue), durations, capacity)
+                            keys[rid] = ensemble_key(plan[rid])
+                slots = capacity * ensemble_size  # runs training at once
+                view.update(len(in_flight), len(waiting), len(queue), durations, slots)
     except BaseException:
         # Ctrl-C / SIGTERM / an error in the leader: stop the workers (they checkpoint on
         # SIGTERM) and release our claims so the next invocation takes them over at once.
@@ -733,6 +856,31 @@ def run_sweep(
         f"{result.executed} trained now"
     )
     return result
+
+
+def default_ensemble_size(gpus: int, configs: Iterable[dict] = ()) -> int:
+    """Runs per job when the sweep is not told: one on CPUs (separate single-thread processes
+    are fastest there), the ensemble size of :func:`randpos.ensemble.best_strategy` on GPUs,
+    unless the runs are pinned to the CPU."""
+    if not gpus or any(str(c.get("device", "auto")) == "cpu" for c in configs):
+        return 1
+    from randpos.ensemble import GPU_ENSEMBLE_SIZE
+
+    return GPU_ENSEMBLE_SIZE
+
+
+def _take_group(queue: list[str], keys: dict[str, str], size: int) -> list[str]:
+    """Pop the queue's first run and up to ``size - 1`` later runs it can ensemble with."""
+    first = queue.pop(0)
+    group = [first]
+    if size > 1:
+        i = 0
+        while i < len(queue) and len(group) < size:
+            if keys[queue[i]] == keys[first]:
+                group.append(queue.pop(i))
+            else:
+                i += 1
+    return group
 
 
 def _claim(store, rid, config, sweep, runs_dir, retry_failed, stale_after, result, view) -> str:
@@ -968,6 +1116,7 @@ def sweep_command(
     run_fn: str | None = None,
     dry_run: bool = False,
     quiet: bool = False,
+    ensemble_size: int | None = None,
 ) -> SweepResult | None:
     """Body of ``randpos sweep``; errors raise SweepError/ValueError (one line each)."""
     loaded = load_spec(spec)
@@ -997,6 +1146,7 @@ def sweep_command(
             results_store,
             ex,
             run_fn=fn,
+            ensemble_size=ensemble_size,
             runs_dir=runs_dir,
             retry_failed=retry_failed,
             progress=not quiet,
@@ -1080,7 +1230,17 @@ def sweep_cli(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", "-j", help="Concurrent runs (default: cores, or GPUs)."),
+        typer.Option("--workers", "-j", help="Concurrent jobs (default: cores, or GPUs)."),
+    ] = None,
+    ensemble_size: Annotated[
+        int | None,
+        typer.Option(
+            "--ensemble-size",
+            "-k",
+            min=1,
+            help="Train up to K runs that differ only in seed and learning rate as one "
+            "ensemble job (default: 32 on GPUs, 1 on CPUs).",
+        ),
     ] = None,
     runs_dir: Annotated[
         Path | None,
@@ -1109,6 +1269,7 @@ def sweep_cli(
         run_fn=run_fn,
         dry_run=dry_run,
         quiet=quiet,
+        ensemble_size=ensemble_size,
     )
     if result is not None and result.failed:
         raise typer.Exit(1)
@@ -1150,6 +1311,7 @@ def register_commands(app: typer.Typer) -> None:
 
 
 __all__ = [
+    "EachRun",
     "Job",
     "LocalExecutor",
     "Outcome",
@@ -1157,6 +1319,7 @@ __all__ = [
     "SweepError",
     "SweepResult",
     "SweepSpec",
+    "default_ensemble_size",
     "expand",
     "fake_run",
     "load_spec",
@@ -1167,5 +1330,6 @@ __all__ = [
     "sweep_status_cli",
     "run_sweep",
     "sweep_status",
+    "train_group",
     "train_run",
 ]
