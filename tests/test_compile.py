@@ -134,3 +134,52 @@ def test_cuda_ensemble_matches_trainer_and_bf16_runs():
     half = EnsembleTrainer([c.replace(precision="bf16") for c in configs], compile=True)
     half.fit(progress=False)
     assert all(r.per_length for r in half.evaluate(progress=False, lengths=[1, 8]))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_replay_gives_the_eager_numbers():
+    """Compiled members replayed as CUDA graphs (static output buffers, one recording per
+    length) train and evaluate like the eager vmapped ensemble."""
+    configs = [c.replace(device="cuda") for c in members(**RELATIVE)]
+    eager = EnsembleTrainer(configs, execution="vmap")
+    eager.fit(progress=False)
+    counter = CompileCounter("inductor")
+    graphed = EnsembleTrainer(configs, execution="compiled", cuda_graphs=True, backend=counter)
+    graphed.fit(progress=False)
+    for a, b in zip(eager.trainers, graphed.trainers, strict=True):
+        torch.testing.assert_close(
+            torch.tensor([r["loss"] for r in b.history]),
+            torch.tensor([r["loss"] for r in a.history]),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+    lengths = [1, 3, 8]
+    ref = eager.evaluate(progress=False, lengths=lengths)
+    got = graphed.evaluate(progress=False, lengths=lengths)
+    for r, g in zip(ref, got, strict=True):
+        assert g.per_length == pytest.approx(r.per_length, abs=0.02)
+
+
+def test_compile_counter_hands_mode_and_options_to_its_backend():
+    seen = []
+
+    def backend(graph_module, example_inputs, **kwargs):
+        seen.append(kwargs)
+        return graph_module.forward
+
+    counter = CompileCounter(backend)
+    fn = torch.compile(lambda x: x * 2 + 1, backend=counter, mode="reduce-overhead")
+    assert torch.equal(fn(torch.ones(3)), torch.full((3,), 3.0))
+    assert counter.graphs == 1 and seen == [{"mode": "reduce-overhead"}]
+
+
+@pytest.mark.slow
+def test_counted_inductor_takes_a_mode():
+    """reduce-overhead (CUDA graphs) through the counter: inductor gets the mode's config
+    patches; on CPU the graphs simply run without CUDA graphs."""
+    counter = CompileCounter("inductor")
+    fn = torch.compile(lambda x: torch.relu(x) * 3, backend=counter, mode="reduce-overhead")
+    x = torch.randn(5)
+    torch.testing.assert_close(fn(x), torch.relu(x) * 3)
+    assert counter.graphs == 1

@@ -93,12 +93,13 @@ def test_fast_path_equals_math_path(pe, with_distances, causal):
     math_ = model(pe, attention="math", causal=causal).eval()
     tokens, positions = inputs()
     distances = randomized_distances(5, T, 2048, gen(1)) if with_distances else None
-    torch.testing.assert_close(
-        fast(tokens, positions, distances=distances),
-        math_(tokens, positions, distances=distances),
-        rtol=1e-4,
-        atol=1e-5,
-    )
+    with torch.no_grad():  # with a gradient on CPU "fast" takes the explicit path itself
+        torch.testing.assert_close(
+            fast(tokens, positions, distances=distances),
+            math_(tokens, positions, distances=distances),
+            rtol=1e-4,
+            atol=1e-5,
+        )
 
 
 def test_attend_backends_agree_with_broadcast_bias():
@@ -110,6 +111,25 @@ def test_attend_backends_agree_with_broadcast_bias():
             attend(q, k, v, bias, causal=causal, backend="fast"),
             attend(q, k, v, bias, causal=causal, backend="math"),
         )
+
+
+def test_fast_backend_routes_cpu_training_to_the_explicit_path(monkeypatch):
+    from randpos.model import attention
+
+    q = torch.randn(2, 4, 6, 8, requires_grad=True)
+    assert attention._prefer_math_on_cpu(q, None)  # a gradient through a short sequence
+    with torch.no_grad():
+        assert not attention._prefer_math_on_cpu(q, None)  # evaluation keeps SDPA
+    assert not attention._prefer_math_on_cpu(q.detach(), None)
+    monkeypatch.setattr(attention, "MATH_TRAINING_MAX_LOGITS", 2 * 4 * 6 * 6 - 1)
+    assert not attention._prefer_math_on_cpu(q, None)  # too long: the fused kernel saves memory
+    bias = torch.zeros(1, 4, 6, 6, requires_grad=True)
+    assert attention._prefer_math_on_cpu(q.detach(), bias)  # SDPA's CPU kernel: no mask grad
+    # and the two give the same gradients where SDPA is used
+    k, v = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
+    (grad_fast,) = torch.autograd.grad(attend(q, k, v, backend="fast").sum(), q)
+    (grad_math,) = torch.autograd.grad(attend(q, k, v, backend="math").sum(), q)
+    torch.testing.assert_close(grad_fast, grad_math)
 
 
 def test_causal_outputs_ignore_later_tokens():

@@ -29,13 +29,24 @@ class CompileCounter:
         self.backend = backend
         self.graphs = 0
 
-    def __call__(self, graph_module: torch.fx.GraphModule, example_inputs: list) -> Callable:
+    def __call__(
+        self, graph_module: torch.fx.GraphModule, example_inputs: list, **kwargs: Any
+    ) -> Callable:
+        """``kwargs``: the ``mode`` / ``options`` torch.compile hands a custom backend."""
         self.graphs += 1
         if callable(self.backend):
-            return self.backend(graph_module, example_inputs)
+            return self.backend(graph_module, example_inputs, **kwargs)
+        if self.backend == "inductor" and kwargs:
+            # what torch.compile(mode=...) does for inductor: the mode as config patches
+            from torch._inductor import list_mode_options
+            from torch._inductor.compile_fx import compile_fx
+
+            patches = dict(list_mode_options(kwargs["mode"])) if kwargs.get("mode") else {}
+            patches.update(kwargs.get("options") or {})
+            return compile_fx(graph_module, example_inputs, config_patches=patches)
         from torch._dynamo.backends.registry import lookup_backend
 
-        return lookup_backend(self.backend)(graph_module, example_inputs)
+        return lookup_backend(self.backend)(graph_module, example_inputs, **kwargs)
 
 
 def maybe_compile(
@@ -58,7 +69,10 @@ def maybe_compile(
     if not enabled:
         return fn
     options: dict[str, Any] = {"backend": backend}
-    if cuda_graphs and torch.device(device).type == "cuda" and backend == "inductor":
+    inductor = backend == "inductor" or (
+        isinstance(backend, CompileCounter) and backend.backend == "inductor"
+    )
+    if cuda_graphs and torch.device(device).type == "cuda" and inductor:
         options["mode"] = "reduce-overhead"
     return torch.compile(fn, **options)
 

@@ -206,6 +206,9 @@ class EnsembleTrainer:
 
         self.execution = _execution(compile, execution, self.config, self.device)
         self.compiled = self.execution in ("compiled", "batched")
+        # CUDA graphs replay into static output buffers, overwritten by the next replay: the
+        # member loop then marks a step per member and copies out what it keeps.
+        self._graphed = cuda_graphs and self.compiled and self.device.type == "cuda"
         # Evaluation never compiles per length: "batched" evaluates like "vmap".
         self.eval_execution = {"batched": "vmap"}.get(self.execution, self.execution)
         if self.eval_execution == "vmap" and self.device.type == "cpu":
@@ -377,10 +380,11 @@ class EnsembleTrainer:
                         mark_dynamic(t, dim)  # the length axis of each input
                 views = [params[k][i] for k in self.names]  # gradients w.r.t. these: (...)
                 weights = dict(zip(self.names, views, strict=True))
+                self._mark_graph_step()
                 loss, logit = self._member_loss_fn(weights, *member)
-                grads.append(_grad(loss, views))
-                losses.append(loss.detach())
-                logits.append(logit.detach())
+                grads.append([self._kept(g) for g in _grad(loss, views)])
+                losses.append(self._kept(loss.detach()))
+                logits.append(self._kept(logit.detach()))
         stacked = [torch.stack(g) for g in zip(*grads, strict=True)]  # per name: (K, ...)
         return torch.stack(losses), torch.stack(logits), stacked
 
@@ -430,13 +434,21 @@ class EnsembleTrainer:
             ):
                 mark_dynamic(t, *dims)  # chunk size and length vary
         args = (tokens, plan.positions, plan.distances, plan.layer_positions)
+        logits = []
         with autocast(self.device, self.config.precision):
-            return torch.stack(
-                [
-                    self._member_logits_fn({n: p[i] for n, p in params.items()}, *args)
-                    for i in range(self.size)
-                ]
-            )
+            for i in range(self.size):
+                self._mark_graph_step()
+                weights = {n: p[i] for n, p in params.items()}
+                logits.append(self._kept(self._member_logits_fn(weights, *args)))
+        return torch.stack(logits)
+
+    def _mark_graph_step(self) -> None:
+        if self._graphed:
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def _kept(self, t: torch.Tensor) -> torch.Tensor:
+        """``t``, copied out of the CUDA graph's static buffer when graphs are replayed."""
+        return t.clone() if self._graphed else t
 
     # --------------------------------------------------------------------- one step
     def draw_batch(self) -> tuple[int, torch.Tensor, Any, torch.Tensor, Any, torch.Tensor | None]:
@@ -724,6 +736,7 @@ def ensemble_run(
 # ----------------------------------------------------------------------------- strategy
 #: Runs per ensemble on one GPU (best_strategy; reasoned, not measured: docs/performance.md).
 GPU_ENSEMBLE_SIZE = 32
+
 
 @dataclass(frozen=True)
 class Strategy:
