@@ -5,7 +5,9 @@ reverse_string, PE none unless --pe) it measures, each in a fresh subprocess (cl
 a private inductor cache so compile times are real):
 
 * ``trainer``: the plain single-model eager loop (randpos.training.Trainer), the baseline;
-* ``ensemble``: K models as one vmapped step (randpos.ensemble), eager and compiled;
+* ``ensemble``: K models as one vmapped step (randpos.ensemble), eager and compiled, and on
+  CUDA compiled with CUDA graphs (inductor's ``reduce-overhead``: one graph recorded per
+  training length, so its warm-up first visits every length 1..N);
 * ``processes``: P processes x 1 thread, each an independent Trainer (CPU only);
 * ``eval``: evaluation seconds per model at a few lengths (512 sequences each), extrapolated
   to 1..M by a fit in T (a + b T + c T^2), for one Trainer and for an ensemble;
@@ -156,7 +158,12 @@ def worker_train(spec: dict) -> dict:
 
         k = 1
     else:
-        ensemble = EnsembleTrainer(configs, execution=spec["execution"], backend=counter)
+        ensemble = EnsembleTrainer(
+            configs,
+            execution=spec["execution"],
+            backend=counter,
+            cuda_graphs=spec.get("cuda_graphs", False),
+        )
         device = ensemble.device
         data_device = ensemble.trainers[0].generators["data"].device
 
@@ -506,6 +513,12 @@ def main() -> None:
     parser.add_argument("--eval-k", type=int, default=4, help="ensemble size for eval timing")
     parser.add_argument("--e2e-steps", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="skip the compiled + CUDA graphs rows (CUDA only)",
+    )
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -599,6 +612,20 @@ def main() -> None:
                     "k": k,
                     "execution": execution,
                     "threads": ensemble_threads,
+                },
+            )
+        if cuda and args.cuda_graphs and "compiled" in executions:
+            # a CUDA graph is recorded per distinct length: warm up on every length first
+            record(
+                f"ensemble K={k} compiled + CUDA graphs",
+                {
+                    **base,
+                    "kind": "ensemble",
+                    "k": k,
+                    "execution": "compiled",
+                    "cuda_graphs": True,
+                    "threads": ensemble_threads,
+                    "warmup": max(warmup, 3 * args.max_train_length),
                 },
             )
     for p in processes:
