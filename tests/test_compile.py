@@ -36,19 +36,23 @@ def private_inductor_cache(tmp_path, monkeypatch):
     torch._dynamo.reset()
 
 
-def assert_compiled_matches_eager(backend, execution="compiled", **changes) -> CompileCounter:
+def assert_compiled_matches_eager(
+    backend, execution="compiled", *, cuda_graphs=False, tol=1e-5, eval_tol=1e-9, **changes
+) -> CompileCounter:
     configs = members(**changes)
     eager = EnsembleTrainer(configs, execution="loop")
     eager.fit(progress=False)
     counter = CompileCounter(backend)
-    compiled = EnsembleTrainer(configs, execution=execution, backend=counter)
+    compiled = EnsembleTrainer(
+        configs, execution=execution, backend=counter, cuda_graphs=cuda_graphs
+    )
     compiled.fit(progress=False)
     for a, b in zip(eager.trainers, compiled.trainers, strict=True):
         torch.testing.assert_close(
             torch.tensor([r["loss"] for r in b.history]),
             torch.tensor([r["loss"] for r in a.history]),
-            rtol=1e-5,
-            atol=1e-5,
+            rtol=tol,
+            atol=tol,
         )
     for a, b in zip(eager.models(), compiled.models(), strict=True):
         for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
@@ -57,7 +61,7 @@ def assert_compiled_matches_eager(backend, execution="compiled", **changes) -> C
     ref = eager.evaluate(progress=False, lengths=lengths)
     got = compiled.evaluate(progress=False, lengths=lengths)
     for r, g in zip(ref, got, strict=True):
-        assert g.per_length == pytest.approx(r.per_length, abs=1e-9)
+        assert g.per_length == pytest.approx(r.per_length, abs=eval_tol)
     return counter
 
 
@@ -140,25 +144,9 @@ def test_cuda_ensemble_matches_trainer_and_bf16_runs():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graphs_replay_gives_the_eager_numbers():
     """Compiled members replayed as CUDA graphs (static output buffers, one recording per
-    length) train and evaluate like the eager vmapped ensemble."""
-    configs = [c.replace(device="cuda") for c in members(**RELATIVE)]
-    eager = EnsembleTrainer(configs, execution="vmap")
-    eager.fit(progress=False)
-    counter = CompileCounter("inductor")
-    graphed = EnsembleTrainer(configs, execution="compiled", cuda_graphs=True, backend=counter)
-    graphed.fit(progress=False)
-    for a, b in zip(eager.trainers, graphed.trainers, strict=True):
-        torch.testing.assert_close(
-            torch.tensor([r["loss"] for r in b.history]),
-            torch.tensor([r["loss"] for r in a.history]),
-            rtol=1e-4,
-            atol=1e-4,
-        )
-    lengths = [1, 3, 8]
-    ref = eager.evaluate(progress=False, lengths=lengths)
-    got = graphed.evaluate(progress=False, lengths=lengths)
-    for r, g in zip(ref, got, strict=True):
-        assert g.per_length == pytest.approx(r.per_length, abs=0.02)
+    length) train and evaluate like the eager ensemble."""
+    cuda = dict(RELATIVE, device="cuda")
+    assert_compiled_matches_eager("inductor", cuda_graphs=True, tol=1e-4, eval_tol=0.02, **cuda)
 
 
 def test_compile_counter_hands_mode_and_options_to_its_backend():

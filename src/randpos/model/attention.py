@@ -43,8 +43,9 @@ def _prefer_math_on_cpu(q: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """CPU cases where SDPA does not help:
 
     * a gradient through a short sequence: for this model's narrow heads (d = 8) the CPU flash
-      kernel's backward is slower than the explicit product (training step 16-27% faster at
-      n = 20..40, B = 128, docs/performance.md); in evaluation SDPA stays, it is faster there;
+      kernel's backward is slower than the explicit product (a training step at n = 20..40,
+      B = 128 was 16-27% faster with 2 threads, ~7% with 1; docs/encodings.md); evaluation
+      keeps SDPA, which is faster there;
     * a gradient for attn_mask, which the CPU flash kernel does not have (SDPA would pick its
       math kernel anyway);
     * vmap, for which SDPA's CPU kernel has no batching rule (it would loop, or fail when the
