@@ -413,11 +413,26 @@ def _interrupted(exc: BaseException) -> bool:
     return type(exc).__name__ == "TrainingInterrupted"
 
 
-def _error_text(exc: BaseException, with_traceback: bool) -> str:
+def _error_text(exc: BaseException) -> str:
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    if with_traceback and exc.__traceback__ is not None:
+    if exc.__traceback__ is not None:
         text += "\n" + "".join(traceback.format_tb(exc.__traceback__)[-3:])
     return text
+
+
+def _outcome(run_id: str, result: dict | BaseException, seconds: float) -> Outcome:
+    """A run's outcome from its summary or from the exception that ended it."""
+    if not isinstance(result, BaseException):
+        return Outcome(run_id, True, summary=_plain(result), seconds=seconds)
+    if _interrupted(result):
+        return Outcome(run_id, False, error=str(result), interrupted=True, seconds=seconds)
+    return Outcome(run_id, False, error=_error_text(result), seconds=seconds)
+
+
+def _lost(run_ids: list[str], exc: BaseException) -> list[Outcome]:
+    """Failed outcomes for a job whose worker died (the pool or Ray lost it)."""
+    error = f"{type(exc).__name__}: {exc}"
+    return [Outcome(rid, False, error=error) for rid in run_ids]
 
 
 def execute(
@@ -460,31 +475,12 @@ def execute(
                 raise RuntimeError(
                     f"group function returned {len(results)} outcomes for {len(configs)} runs"
                 )
-    except Exception as exc:
-        seconds = time.perf_counter() - started
-        if _interrupted(exc):
-            return [
-                Outcome(rid, False, error=str(exc), interrupted=True, seconds=seconds)
-                for rid in job.run_ids
-            ]
-        text = _error_text(exc, with_traceback=True)
-        return [Outcome(rid, False, error=text, seconds=seconds) for rid in job.run_ids]
+    except Exception as exc:  # the whole job ended: every run shares its fate
+        results = [exc] * len(job.run_ids)
     seconds = time.perf_counter() - started
-    outcomes = []
-    for rid, result in zip(job.run_ids, results, strict=True):
-        if isinstance(result, BaseException):
-            outcomes.append(
-                Outcome(
-                    rid,
-                    False,
-                    error=_error_text(result, with_traceback=True),
-                    interrupted=_interrupted(result),
-                    seconds=seconds,
-                )
-            )
-        else:
-            outcomes.append(Outcome(rid, True, summary=_plain(result), seconds=seconds))
-    return outcomes
+    return [
+        _outcome(rid, result, seconds) for rid, result in zip(job.run_ids, results, strict=True)
+    ]
 
 
 def _plain(summary: dict) -> dict:
@@ -567,8 +563,7 @@ class LocalExecutor:
             try:
                 outcomes.extend(future.result())
             except Exception as exc:  # the worker process died (BrokenProcessPool, OOM kill)
-                error = f"{type(exc).__name__}: {exc}"
-                outcomes.extend(Outcome(rid, False, error=error) for rid in run_ids)
+                outcomes.extend(_lost(run_ids, exc))
         return outcomes
 
     def close(self, cancel: bool = False) -> None:
@@ -661,8 +656,7 @@ class RayExecutor:
             try:
                 outcomes.extend(ray.get(ref))
             except Exception as exc:  # the task's worker died or Ray lost the node
-                error = f"{type(exc).__name__}: {exc}"
-                outcomes.extend(Outcome(rid, False, error=error) for rid in run_ids)
+                outcomes.extend(_lost(run_ids, exc))
         return outcomes
 
     def close(self, cancel: bool = False) -> None:
@@ -776,7 +770,7 @@ def run_sweep(
     capacity = executor.start(run_fn, group_fn)  # in jobs
     if ensemble_size is None:
         ensemble_size = default_ensemble_size(getattr(executor, "gpus", 0), plan.values())
-    keys = {rid: ensemble_key(plan[rid]) for rid in queue}
+    keys = {rid: ensemble_key(config) for rid, config in plan.items()}
     view.message(
         f"sweep {spec.name}: {len(plan)} runs, {result.done} done, {len(queue)} to run on "
         f"{executor.describe}"
@@ -839,7 +833,6 @@ def run_sweep(
                         elif status != "running" or store.is_stale(rid, stale_after):
                             waiting.discard(rid)
                             queue.append(rid)
-                            keys[rid] = ensemble_key(plan[rid])
                 slots = capacity * ensemble_size  # runs training at once
                 view.update(len(in_flight), len(waiting), len(queue), durations, slots)
     except BaseException:
