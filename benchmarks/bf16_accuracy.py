@@ -1,6 +1,6 @@
 """What bf16 autocast does to accuracy (and speed): the same runs trained in fp32 and in bf16.
 
-For each task, K seeds train as one ensemble per precision (randpos.ensemble.train_ensemble:
+For each task, K seeds train as one ensemble per precision (randpos.training.train_runs:
 same data, positions and dropout streams in both precisions, so the only difference is the
 arithmetic); each run is scored on every length 1..M. Reported per task and precision: mean
 in-distribution (1..N) and unseen (N+1..M) accuracy over seeds, the per-seed bf16 - fp32
@@ -41,8 +41,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from randpos.config import TrainConfig
-    from randpos.ensemble import train_ensemble
     from randpos.seeding import resolve_device
+    from randpos.training import train_runs
 
     if "bf16" in args.precisions and resolve_device(args.device).type != "cuda":
         parser.error("bf16 autocast needs a CUDA device; on a CPU run --precisions fp32")
@@ -68,7 +68,7 @@ def main() -> None:
                 for seed in range(args.seeds)
             ]
             started = time.perf_counter()
-            outcomes = train_ensemble(configs, progress=sys.stderr.isatty())
+            outcomes = train_runs(configs, progress=sys.stderr.isatty())
             wall = time.perf_counter() - started
             runs = [o for o in outcomes if isinstance(o, dict)]
             failed = [f"{type(o).__name__}: {o}" for o in outcomes if not isinstance(o, dict)]

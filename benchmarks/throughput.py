@@ -4,7 +4,8 @@ At the paper's configuration (default model 5 x 64, B = 128, lengths uniform in 
 reverse_string, PE none unless --pe) it measures, each in a fresh subprocess (clean peak memory,
 a private inductor cache so compile times are real):
 
-* ``trainer``: the plain single-model eager loop (randpos.training.Trainer), the baseline;
+* ``trainer``: the plain single-model eager loop (randpos.trainer.Trainer with one member,
+  loop execution), the baseline;
 * ``ensemble``: K models as one vmapped step (randpos.ensemble), eager and compiled, and on
   CUDA compiled with CUDA graphs (inductor's ``reduce-overhead``: one graph recorded per
   training length, so its warm-up first visits every length 1..N);
@@ -143,7 +144,6 @@ def timed_steps(step, device, warmup: int, steps: int, graphs=lambda: 0) -> dict
 
 def worker_train(spec: dict) -> dict:
     from randpos.compile import CompileCounter
-    from randpos.ensemble import EnsembleTrainer
     from randpos.training import Trainer
 
     configs = make_configs(spec)
@@ -151,21 +151,21 @@ def worker_train(spec: dict) -> dict:
     if spec["kind"] == "trainer":
         trainer = Trainer(configs[0])
         device = trainer.device
-        data_device = trainer.generators["data"].device
+        data_device = trainer.members[0].generators["data"].device
 
         def step():
             return trainer.train_step()[2]
 
         k = 1
     else:
-        ensemble = EnsembleTrainer(
+        ensemble = Trainer(
             configs,
             execution=spec["execution"],
             backend=counter,
             cuda_graphs=spec.get("cuda_graphs", False),
         )
         device = ensemble.device
-        data_device = ensemble.trainers[0].generators["data"].device
+        data_device = ensemble.members[0].generators["data"].device
 
         def step():
             return ensemble.train_step()[2]
@@ -239,7 +239,6 @@ def worker_processes(spec: dict) -> dict:
 
 def worker_eval(spec: dict) -> dict:
     from randpos.compile import CompileCounter
-    from randpos.ensemble import EnsembleTrainer
     from randpos.training import Trainer
 
     configs = make_configs(spec)
@@ -253,7 +252,7 @@ def worker_eval(spec: dict) -> dict:
             trainer.evaluate(progress=False, lengths=[n])
 
     else:
-        ensemble = EnsembleTrainer(configs, execution=spec["execution"], backend=counter)
+        ensemble = Trainer(configs, execution=spec["execution"], backend=counter)
         device, k = ensemble.device, ensemble.size
 
         def evaluate(n: int) -> None:

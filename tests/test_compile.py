@@ -13,7 +13,6 @@ from tiny import TINY_BASE
 
 from randpos.compile import CompileCounter
 from randpos.config import ConfigError, TrainConfig
-from randpos.ensemble import EnsembleTrainer
 from randpos.training import Trainer, train
 
 TINY = dict(TINY_BASE, steps=6, batch_size=8, log_every=1)
@@ -40,14 +39,12 @@ def assert_compiled_matches_eager(
     backend, execution="compiled", *, cuda_graphs=False, tol=1e-5, eval_tol=1e-9, **changes
 ) -> CompileCounter:
     configs = members(**changes)
-    eager = EnsembleTrainer(configs, execution="loop")
+    eager = Trainer(configs, execution="loop")
     eager.fit(progress=False)
     counter = CompileCounter(backend)
-    compiled = EnsembleTrainer(
-        configs, execution=execution, backend=counter, cuda_graphs=cuda_graphs
-    )
+    compiled = Trainer(configs, execution=execution, backend=counter, cuda_graphs=cuda_graphs)
     compiled.fit(progress=False)
-    for a, b in zip(eager.trainers, compiled.trainers, strict=True):
+    for a, b in zip(eager.members, compiled.members, strict=True):
         torch.testing.assert_close(
             torch.tensor([r["loss"] for r in b.history]),
             torch.tensor([r["loss"] for r in a.history]),
@@ -76,7 +73,7 @@ def test_no_recompilation_per_length():
     )
     configs = [c.replace(steps=16) for c in configs]
     counter = CompileCounter("aot_eager")
-    ensemble = EnsembleTrainer(configs, compile=True, backend=counter)
+    ensemble = Trainer(configs, compile=True, backend=counter)
     seen = set()
     while ensemble.step < 16:
         seen.add(ensemble.train_step()[2])
@@ -99,7 +96,7 @@ def test_bf16_needs_cuda():
     with pytest.raises(ConfigError, match="bf16"):
         Trainer(config)
     with pytest.raises(ConfigError, match="bf16"):
-        EnsembleTrainer([config])
+        Trainer([config])
 
 
 @pytest.mark.slow
@@ -126,16 +123,16 @@ def test_cuda_ensemble_matches_trainer_and_bf16_runs():
     singles = [Trainer(c) for c in configs]
     for s in singles:
         s.fit(progress=False)
-    ensemble = EnsembleTrainer(configs, compile=True)
+    ensemble = Trainer(configs, compile=True)
     ensemble.fit(progress=False)
-    for s, t in zip(singles, ensemble.trainers, strict=True):
+    for s, t in zip(singles, ensemble.members, strict=True):
         torch.testing.assert_close(
             torch.tensor([r["loss"] for r in t.history]),
             torch.tensor([r["loss"] for r in s.history]),
             rtol=1e-4,
             atol=1e-4,
         )
-    half = EnsembleTrainer([c.replace(precision="bf16") for c in configs], compile=True)
+    half = Trainer([c.replace(precision="bf16") for c in configs], compile=True)
     half.fit(progress=False)
     assert all(r.per_length for r in half.evaluate(progress=False, lengths=[1, 8]))
 

@@ -9,15 +9,9 @@ import torch
 from tiny import TINY_BASE
 
 from randpos.config import ConfigError, TrainConfig
-from randpos.ensemble import (
-    EnsembleTrainer,
-    best_strategy,
-    ensemble_key,
-    group_compatible,
-    train_ensemble,
-)
+from randpos.ensemble import best_strategy, ensemble_key, group_compatible
 from randpos.model import ModelConfig, Transformer
-from randpos.training import CHECKPOINT, Trainer, TrainingInterrupted, train
+from randpos.training import CHECKPOINT, Trainer, TrainingInterrupted, train, train_runs
 
 TINY = dict(TINY_BASE, steps=6, batch_size=8, dropout=0.1, log_every=1, checkpoint_every=3)
 MEMBERS = [(0, 1e-3), (1, 3e-3), (2, 5e-4)]  # (seed, learning rate): K = 3
@@ -70,9 +64,9 @@ def test_group_compatible_groups_and_splits():
 
 def test_incompatible_configs_are_refused():
     with pytest.raises(ConfigError, match="pe"):
-        EnsembleTrainer([tiny(), tiny(pe="rope", seed=1)])
+        Trainer([tiny(), tiny(pe="rope", seed=1)])
     with pytest.raises(ConfigError, match="curriculum_seed"):
-        train_ensemble([tiny(), tiny(curriculum_seed=1)])
+        train_runs([tiny(), tiny(curriculum_seed=1)])
 
 
 # ----------------------------------------------------------------------------- dropout noise
@@ -115,15 +109,15 @@ def test_ensemble_equals_separate_runs(changes, execution):
     singles = [Trainer(c) for c in configs]
     for single in singles:
         single.fit(progress=False)
-    ensemble = EnsembleTrainer(configs, execution=execution)
+    ensemble = Trainer(configs, execution=execution)
     ensemble.fit(progress=False)
-    for single, model, trainer in zip(singles, ensemble.models(), ensemble.trainers, strict=True):
+    for single, model, trainer in zip(singles, ensemble.models(), ensemble.members, strict=True):
         assert_same_training(single, model, trainer.history)
     # evaluation: same sequences and positions, every model scored in one batched pass
     lengths = [1, 4, 8]
     batched = ensemble.evaluate(progress=False, lengths=lengths)
     for single, result in zip(singles, batched, strict=True):
-        alone = single.evaluate(progress=False, lengths=lengths).per_length
+        alone = single.evaluate(progress=False, lengths=lengths)[0].per_length
         assert result.per_length == pytest.approx(alone, abs=1e-9)
 
 
@@ -132,7 +126,7 @@ def test_divergent_member_fails_alone():
     singles = [Trainer(c) for c in configs]
     for i in (0, 2):
         singles[i].fit(progress=False)
-    ensemble = EnsembleTrainer(configs, execution="vmap")
+    ensemble = Trainer(configs, execution="vmap")
     with torch.no_grad():
         ensemble.params["head.bias"][1] = float("nan")  # member 1 diverges at its first step
     ensemble.fit(progress=False)
@@ -140,13 +134,13 @@ def test_divergent_member_fails_alone():
     assert "loss became nan at step 1" in str(ensemble.failed[1])
     models = ensemble.models()
     for i in (0, 2):
-        assert_same_training(singles[i], models[i], ensemble.trainers[i].history)
+        assert_same_training(singles[i], models[i], ensemble.members[i].history)
 
 
 # ----------------------------------------------------------------------------- run files
 def test_train_ensemble_writes_what_train_writes(tmp_path):
     configs = members(pe="rope", steps=4)[:2]
-    outcomes = train_ensemble(configs, [tmp_path / "a", tmp_path / "b"], progress=False)
+    outcomes = train_runs(configs, [tmp_path / "a", tmp_path / "b"], progress=False)
     alone = train(configs[0], tmp_path / "alone", progress=False)
     first = outcomes[0]
     assert isinstance(first, dict)
@@ -160,14 +154,14 @@ def test_train_ensemble_writes_what_train_writes(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == names
     assert json.loads((tmp_path / "a" / "summary.json").read_text()) == first
     # a finished run resumes as a no-op
-    again = train_ensemble(configs, [tmp_path / "a", tmp_path / "b"], resume=True, progress=False)
+    again = train_runs(configs, [tmp_path / "a", tmp_path / "b"], resume=True, progress=False)
     assert again == outcomes
 
 
 class _StopAt:
     """A stop flag that trips once the ensemble reaches ``step``."""
 
-    def __init__(self, ensemble: EnsembleTrainer, step: int) -> None:
+    def __init__(self, ensemble: Trainer, step: int) -> None:
         self.ensemble, self.step = ensemble, step
 
     def __bool__(self) -> bool:
@@ -176,20 +170,20 @@ class _StopAt:
 
 def test_interrupted_ensemble_resumes_exactly_and_checkpoints_are_single_run_files(tmp_path):
     configs = members(pe="relative", randomized=True, max_position=64, randomize="distances")
-    full = train_ensemble(configs, [tmp_path / f"full{i}" for i in range(3)], progress=False)
+    full = train_runs(configs, [tmp_path / f"full{i}" for i in range(3)], progress=False)
 
     dirs = [tmp_path / f"cut{i}" for i in range(3)]
     for d, c in zip(dirs, configs, strict=True):
         d.mkdir()
         (d / "config.json").write_text(json.dumps(c.to_dict()))
-    ensemble = EnsembleTrainer(configs)
+    ensemble = Trainer(configs)
     with pytest.raises(TrainingInterrupted):
         ensemble.fit(
             checkpoints=[d / CHECKPOINT for d in dirs], stop=_StopAt(ensemble, 2), progress=False
         )
     # member 2 alone through the single-run trainer, members 0 and 1 as an ensemble
     alone = train(configs[2], dirs[2], resume=True, progress=False)
-    resumed = train_ensemble(configs[:2], dirs[:2], resume=True, progress=False)
+    resumed = train_runs(configs[:2], dirs[:2], resume=True, progress=False)
     for got, ref in zip([*resumed, alone], full, strict=True):
         assert got["per_length"] == pytest.approx(ref["per_length"], abs=1e-9)
         assert got["final_loss"] == pytest.approx(ref["final_loss"], rel=1e-5, abs=1e-6)
@@ -201,7 +195,7 @@ def test_train_ensemble_records_runs_in_the_store(tmp_path):
 
     store = ResultsStore(tmp_path / "store.sqlite")
     configs = members(pe="none", steps=2)[:2]
-    outcomes = train_ensemble(
+    outcomes = train_runs(
         configs, [tmp_path / "a", tmp_path / "b"], store=store, progress=False, sweep="s"
     )
     for outcome in outcomes:

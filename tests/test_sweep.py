@@ -411,7 +411,7 @@ def test_a_failing_member_fails_alone_and_an_interrupted_group_is_released(tmp_p
 
 def test_a_sweep_trains_real_ensembles_equal_to_separate_runs(tmp_path):
     """The default group function: compatible runs of a sweep train as one ensemble (one
-    EnsembleTrainer, its CPU execution) and give the numbers separate runs give."""
+    the trainer, its CPU execution) and give the numbers separate runs give."""
     from tiny import TINY_BASE
 
     from randpos.config import TrainConfig

@@ -110,7 +110,7 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, stop_at):
     out.mkdir()
     trainer = Trainer(cfg)
     with pytest.raises(TrainingInterrupted) as info:
-        trainer.fit(checkpoint=out / CHECKPOINT, stop=StopAt(trainer, stop_at), progress=False)
+        trainer.fit(checkpoints=out / CHECKPOINT, stop=StopAt(trainer, stop_at), progress=False)
     assert info.value.step == stop_at
     resumed = train(cfg, out, resume=True, progress=False)
     assert resumed["per_length"] == reference["per_length"]
@@ -139,7 +139,7 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
     out.mkdir()
     trainer = Trainer(tiny())
     with pytest.raises(TrainingInterrupted):
-        trainer.fit(checkpoint=out / CHECKPOINT, stop=StopAt(trainer, 2), progress=False)
+        trainer.fit(checkpoints=out / CHECKPOINT, stop=StopAt(trainer, 2), progress=False)
     with pytest.raises(ConfigError, match="learning_rate"):
         train(tiny(learning_rate=1e-4), out, resume=True, progress=False)
 
@@ -155,8 +155,8 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
 def test_evaluation_data_is_shared_across_models_and_length_subsets():
     cfg = tiny()
     trainer = Trainer(cfg)
-    full = trainer.evaluate(progress=False).per_length
-    part = trainer.evaluate(progress=False, lengths=[3, 7]).per_length
+    full = trainer.evaluate(progress=False)[0].per_length
+    part = trainer.evaluate(progress=False, lengths=[3, 7])[0].per_length
     assert part == {3: full[3], 7: full[7]}
 
 

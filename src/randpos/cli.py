@@ -153,6 +153,9 @@ def list_cmd() -> None:
         )
     console.print(table)
     console.print("positional encodings: " + ", ".join(PE_NAMES))
+    from randpos.workloads import WORKLOADS
+
+    console.print("workloads (--set workload=NAME, or module:Class): " + ", ".join(WORKLOADS))
     if CONFIG_DIR.is_dir():
         console.print("presets: " + ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))))
 
@@ -223,15 +226,17 @@ def evaluate(
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a saved model on lengths 1..M with a chosen position mode."""
-    from randpos.training import atomic_write_text, evaluate_with_progress, load_model
+    from randpos.training import atomic_write_text, evaluate_run
 
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist")
-    model, cfg = load_model(run_dir, device or "auto")
-    changes = {"eval_max_length": eval_max_length, "eval_positions": eval_positions}
-    cfg = cfg.replace(**{k: v for k, v in changes.items() if v is not None})
-    device = next(model.parameters()).device
-    result = evaluate_with_progress(model, cfg, device, progress=not quiet, step=cfg.steps)
+    result, cfg = evaluate_run(
+        run_dir,
+        device=device or "auto",
+        eval_max_length=eval_max_length,
+        eval_positions=eval_positions,
+        progress=not quiet,
+    )
     record = {
         "run_dir": str(run_dir),
         "eval_positions": cfg.eval_positions if cfg.randomized else "contiguous",
@@ -312,7 +317,12 @@ def print_summaries(summaries: list[dict]) -> None:
 
     first = summaries[0]
     n, m = first["max_train_length"], first["eval_max_length"]
-    table = Table(title=f"{first['task']}: accuracy (mean over lengths)")
+    what = first.get("task", first.get("workload"))
+    table = Table(
+        title=f"{what}: accuracy (mean over sizes)"
+        if "task" not in first
+        else f"{what}: accuracy (mean over lengths)"
+    )
     table.add_column("run")
     table.add_column(f"in-distribution 1..{n}", justify="right")
     table.add_column(f"unseen {n + 1}..{m}", justify="right")

@@ -11,7 +11,7 @@ import difflib
 import functools
 import json
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,12 @@ class TrainConfig:
     Defaults follow the reference: the example script's protocol (SPEC §5.1) and the papers'
     settings where the two agree (N = 40, batch 128, clipping 1.0, Adam, uniform curriculum).
     """
+
+    # The kind of model (randpos.workloads): "encoder", the algorithmic tasks on the reference
+    # encoder, or another registered name or module:Class path; ``options`` holds the
+    # workload's own fields (validated by it; ``--set options.NAME=VALUE`` on the CLI).
+    workload: str = "encoder"
+    options: dict[str, Any] = field(default_factory=dict)
 
     # What to learn and how positions are encoded.
     task: str = "reverse_string"
@@ -101,18 +107,18 @@ class TrainConfig:
         """Build from a mapping (YAML, JSON, CLI); unknown fields and bad values raise."""
         merged = dict(data or {})
         merged.update(overrides)
-        known = set(cls.field_names())
+        options = dict(merged.get("options") or {})
+        for key in [k for k in merged if k.startswith("options.")]:
+            options[key.removeprefix("options.")] = merged.pop(key)  # CLI: options.NAME=VALUE
+        if options:
+            merged["options"] = options
+        known = cls.field_names()
         unknown = [k for k in merged if k not in known]
         if unknown:
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError(
-                f"unknown config field(s): {', '.join(hints)}; allowed: {', '.join(sorted(known))}"
-            )
+            raise unknown_fields_error(unknown, known, "config field(s)")
         kwargs = {name: _coerce(name, value) for name, value in merged.items()}
         config = cls(**kwargs)
+        config.options = config.workload_class().normalize_options(config.options)
         config.validate()
         return config
 
@@ -127,16 +133,12 @@ class TrainConfig:
         return asdict(self)
 
     def validate(self) -> None:
-        from randpos.encodings import PE_NAMES
-        from randpos.tasks import TASK_NAMES
-
-        _choice("task", self.task, TASK_NAMES)
-        _choice("pe", self.pe, PE_NAMES)
-        _choice("randomize", self.randomize, RANDOMIZE_MODES)
-        _choice("eval_positions", self.eval_positions, EVAL_POSITION_MODES)
-        _choice("curriculum", self.curriculum, CURRICULA)
-        _choice("attention", self.attention, ATTENTION_BACKENDS)
-        _choice("precision", self.precision, PRECISIONS)
+        """The protocol's checks, then the workload's own (task, encoding, options, ...)."""
+        check_choice("randomize", self.randomize, RANDOMIZE_MODES)
+        check_choice("eval_positions", self.eval_positions, EVAL_POSITION_MODES)
+        check_choice("curriculum", self.curriculum, CURRICULA)
+        check_choice("attention", self.attention, ATTENTION_BACKENDS)
+        check_choice("precision", self.precision, PRECISIONS)
         for name in (
             "steps",
             "batch_size",
@@ -180,14 +182,16 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
-        if self.randomized:
-            longest = self.longest_sequence()
-            if longest > self.max_position:
-                raise ConfigError(
-                    f"max_position (L={self.max_position}) must cover the longest evaluated "
-                    f"sequence ({longest} tokens for {self.task} at length "
-                    f"{self.eval_max_length}); raise max_position or lower eval_max_length"
-                )
+        self.workload_class().validate(self)
+
+    def workload_class(self):
+        """The :class:`randpos.workloads.Workload` subclass this config names."""
+        from randpos.workloads import get_workload
+
+        try:
+            return get_workload(self.workload)
+        except ValueError as exc:
+            raise ConfigError(f"workload: {exc}") from None
 
     # ---------------------------------------------------------------- derived quantities
     def sequence_length(self, n: int) -> int:
@@ -232,6 +236,10 @@ def _sequence_length(task_name: str, n: int) -> int:
 def _longest_sequence(task_name: str, max_length: int) -> int:
     return max(_sequence_length(task_name, n) for n in range(1, max_length + 1))
 
+
+# Fields added after runs were first recorded: left out of the run id while they hold these
+# values, so that every earlier run keeps its id (randpos.store.config_hash).
+HASHED_UNLESS_DEFAULT: dict[str, Any] = {"workload": "encoder", "options": {}}
 
 # Fields that never change a run's numbers; left out of the run id.
 RUNTIME_FIELDS = frozenset({"device", "threads", "log_every", "checkpoint_every", "compile"})
@@ -294,9 +302,26 @@ def _field_type(name: str) -> Any:
     return _field_types()[name]
 
 
+def unknown_fields_error(unknown, known, what: str) -> ConfigError:
+    """The message for ``unknown`` keys: each named, with a close match, then the allowed names."""
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ConfigError(f"unknown {what}: {', '.join(hints)}; allowed: {', '.join(sorted(known))}")
+
+
 def _coerce(name: str, value: Any) -> Any:
-    """Convert CLI/YAML values to the field's type, rejecting what does not fit."""
-    kind = _field_type(name)
+    return coerce_value(name, value, _field_type(name))
+
+
+def coerce_value(name: str, value: Any, kind: Any) -> Any:
+    """Convert a CLI/YAML value to the type ``kind``, rejecting (naming ``name``) what does
+    not fit; used for config fields and for workload options."""
+    if typing.get_origin(kind) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return dict(value)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -330,7 +355,8 @@ def _coerce(name: str, value: Any) -> Any:
     return value  # pragma: no cover
 
 
-def _choice(name: str, value: str, allowed) -> None:
+def check_choice(name: str, value: str, allowed) -> None:
+    """``ConfigError`` naming the field unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(allowed)}")
 
@@ -348,8 +374,11 @@ __all__ = [
     "PRECISIONS",
     "RANDOMIZE_MODES",
     "RUNTIME_FIELDS",
+    "HASHED_UNLESS_DEFAULT",
     "ConfigError",
     "TrainConfig",
+    "check_choice",
+    "coerce_value",
     "CONFIG_DIR",
     "ensemble_key",
     "find_preset",

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def run_label(summary: dict) -> str:
+    if "pe" not in summary:  # a workload without positional encodings to compare
+        return f"{summary.get('workload', 'run')} seed {summary.get('seed')}"
     label = summary["pe"] + (" randomized" if summary.get("randomized") else "")
     if summary.get("randomized") and summary.get("max_position"):
         label += f" (L={summary['max_position']})"
@@ -34,12 +36,13 @@ def plot_runs(summaries: Sequence[dict], path: str | Path, title: str | None = N
             lw=1.4,
             label=f"{run_label(summary)}: unseen {summary['ood_accuracy']:.1%}",
         )
-    ax.set_xlabel("sequence length")
+    ax.set_xlabel("sequence length" if "task" in summaries[0] else "size")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlim(0.5, max(max(int(n) for n in s["per_length"]) for s in summaries) + 0.5)
     first = summaries[0]
-    ax.set_title(title or f"{first['task']} ({first['steps']} steps, seed {first['seed']})")
+    what = first.get("task", first.get("workload"))
+    ax.set_title(title or f"{what} ({first['steps']} steps, seed {first['seed']})")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()

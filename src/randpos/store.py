@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from randpos.config import RUNTIME_FIELDS
+from randpos.config import HASHED_UNLESS_DEFAULT, RUNTIME_FIELDS
 
 if TYPE_CHECKING:  # pandas is imported where frames are built: the CLI starts faster
     import pandas as pd
@@ -132,7 +132,12 @@ def _canonical(value: Any) -> Any:
 
 def config_hash(config: dict) -> str:
     """Stable 16-hex id of a resolved config (sha256 of its canonical JSON)."""
-    kept = {k: v for k, v in config.items() if k not in NON_RESULT_FIELDS}
+    kept = {
+        k: v
+        for k, v in config.items()
+        if k not in NON_RESULT_FIELDS
+        and not (k in HASHED_UNLESS_DEFAULT and v == HASHED_UNLESS_DEFAULT[k])
+    }
     text = json.dumps(_canonical(kept), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -552,7 +557,7 @@ class ResultsStore:
         for row in cur.fetchall():
             raw = dict(zip(columns, row, strict=True))
             record: dict[str, Any] = {"run_id": raw["run_id"]}
-            record.update(json.loads(raw["config"]) if raw["config"] else {})
+            record.update(config_columns(raw["config"]))
             for key in RUN_COLUMNS:
                 record[key] = raw[key]
             for key, value in (json.loads(raw["timings"]) if raw["timings"] else {}).items():
@@ -578,7 +583,7 @@ class ResultsStore:
         configs: dict[str, dict] = {}
         for run_id, length, accuracy, config in self._conn().execute(query, args):
             if run_id not in configs:
-                configs[run_id] = json.loads(config) if config else {}
+                configs[run_id] = config_columns(config)
             records.append(
                 {"run_id": run_id, "length": length, "accuracy": accuracy, **configs[run_id]}
             )
@@ -586,6 +591,15 @@ class ResultsStore:
         if frame.empty:
             frame = pd.DataFrame(columns=["run_id", "length", "accuracy"])
         return frame
+
+
+def config_columns(config_json: str | None) -> dict[str, Any]:
+    """A stored config as frame columns: a workload's ``options`` become ``options.NAME``
+    columns (none when empty), so every column holds a plain value."""
+    config = json.loads(config_json) if config_json else {}
+    options = config.pop("options", None) or {}
+    config.update({f"options.{k}": v for k, v in options.items()})
+    return config
 
 
 def _is_stale(host, pid, heartbeat, now: float, stale_after: float) -> bool:

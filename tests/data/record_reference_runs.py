@@ -1,8 +1,9 @@
 """Record the numbers of short runs, one plain and one randomized per encoding (plus the
 distances reading for relative and ALiBi), so that a change to the training loop can be checked
 against them (tests/test_workload.py). Written with the code of commit 34fe52e (before the
-workload interface), by ``python tests/data/record_reference_runs.py``; re-running it with later
-code must print no differences.
+workload interface), by ``python tests/data/record_reference_runs.py``; ``--check`` re-runs them
+with the code at hand and prints the differences. One intra-op thread, in the recording and in
+the test: CPU reductions split across threads round differently.
 """
 
 import json
@@ -12,6 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tiny import TINY_BASE  # noqa: E402
+
+import torch  # noqa: E402
 
 from randpos.config import TrainConfig  # noqa: E402
 from randpos.training import train  # noqa: E402
@@ -47,6 +50,7 @@ def record(config: dict) -> dict:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)
     records = [record(c) for c in cases()]
     if len(sys.argv) > 1 and sys.argv[1] == "--check":
         old = json.loads(OUT.read_text())

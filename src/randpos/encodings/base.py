@@ -70,6 +70,15 @@ class PositionalEncoding(nn.Module):
     #: True when :meth:`bias` reads the ``distances`` tables (the reference's randomized
     #: relative/ALiBi). Other PEs ignore ``distances``.
     uses_distances: ClassVar[bool] = False
+    #: True for encodings defined only for causal attention (xPos, CoPE): a model with
+    #: ``causal=False`` refuses them with a one-line error naming ``causal``.
+    causal_only: ClassVar[bool] = False
+    #: False for encodings whose positions come from the content (CoPE): no position sampler
+    #: (``randomized``) applies to them.
+    randomizable: ClassVar[bool] = True
+    #: True when the hooks accept non-integer (float) positions, as Random Float Sampling
+    #: draws them; encodings indexing tables by position (learned, T5 buckets) refuse them.
+    float_positions: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -9,6 +9,10 @@
     runs.csv             one row per finished run
     per_length.csv/.parquet  every (run, length, accuracy) with the run's config
     figures/accuracy_<task>.png, figures/table1_heatmap.png
+
+Table 1 holds the paper's workload (``encoder``) only; runs of other workloads get a table and
+a figure each (:mod:`randpos.report.workloads`), and a store without encoder runs a report
+without Table 1.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import base64
 import html
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -31,15 +35,20 @@ from randpos.report.tables import (
     to_latex,
     to_markdown,
 )
+from randpos.report.workloads import CAPTION as WORKLOAD_CAPTION
+from randpos.report.workloads import figure_name, is_encoder, metric_vs_size, workload_tables
+from randpos.report.workloads import to_html as workload_html
+from randpos.report.workloads import to_markdown as workload_markdown
 from randpos.store import ResultsStore, default_store_path
 
 
 @dataclass
 class Report:
-    table: Table1
+    table: Table1 | None  # None when no encoder run is in the store
     runs: pd.DataFrame  # finished runs
     per_length: pd.DataFrame  # long format, finished runs only
     source: str  # "<store path> (sweep NAME)" for the captions
+    workloads: dict[str, pd.DataFrame] = field(default_factory=dict)  # other workloads' tables
 
 
 def build_report(store: ResultsStore, sweep: str | None = None) -> Report:
@@ -51,10 +60,11 @@ def build_report(store: ResultsStore, sweep: str | None = None) -> Report:
     if runs.empty:
         where = f"sweep {sweep!r} of " if sweep else ""
         raise ValueError(f"no finished runs in {where}{store.path}: nothing to report")
-    table = build_table1(runs)
+    encoder = is_encoder(runs)
+    table = build_table1(runs[encoder]) if encoder.any() else None
     per_length = store.per_length(sweep=sweep)
     source = str(store.path) + (f" (sweep {sweep})" if sweep else "")
-    return Report(table, runs, per_length, source)
+    return Report(table, runs, per_length, source, workload_tables(runs[~encoder]))
 
 
 def write_report(
@@ -76,6 +86,22 @@ def write_report(
     paths["per_length_csv"] = _write_frame(report.per_length, out / "per_length.csv")
     paths["per_length_parquet"] = _write_frame(report.per_length, out / "per_length.parquet")
     paths["runs_csv"] = _write_frame(report.runs, out / "runs.csv")
+    figure_paths: dict[str, Path] = {}
+    if t is not None:
+        figure_paths = _write_table1(t, report, out, paths, figures)
+    if figures:
+        for name in report.workloads:
+            runs = report.runs[report.runs["workload"] == name]
+            path = out / "figures" / f"{figure_name(name)}.png"
+            figure_paths[figure_name(name)] = metric_vs_size(report.per_length, runs, path)
+    paths.update({f"figure_{k}": v for k, v in figure_paths.items()})
+    paths["markdown"] = _write_text(out / "report.md", _markdown(report, figure_paths, out))
+    paths["html"] = _write_text(out / "report.html", _html(report, figure_paths))
+    return paths
+
+
+def _write_table1(t: Table1, report: Report, out: Path, paths: dict, figures: bool) -> dict:
+    """Table 1's files (csv, LaTeX, headline) and figures; returns the figures' paths."""
     flat = t.best.copy()
     flat.columns = [f"{pe}{'_randomized' if r else ''}" for r, pe in flat.columns]
     paths["table1_csv"] = _write_frame(flat.reset_index(), out / "table1.csv")
@@ -89,19 +115,17 @@ def write_report(
         from randpos.report.figures import accuracy_vs_length, heatmap
 
         figure_paths["heatmap"] = heatmap(t, out / "figures" / "table1_heatmap.png")
+        encoder_runs = report.runs[is_encoder(report.runs)]
         for _, task in t.best.index:
             figure_paths[f"accuracy_{task}"] = accuracy_vs_length(
-                report.per_length, report.runs, task, out / "figures" / f"accuracy_{task}.png"
+                report.per_length, encoder_runs, task, out / "figures" / f"accuracy_{task}.png"
             )
-    paths.update({f"figure_{k}": v for k, v in figure_paths.items()})
-    paths["markdown"] = _write_text(out / "report.md", _markdown(report, figure_paths, out))
-    paths["html"] = _write_text(out / "report.html", _html(report, figure_paths))
     _write_text(
         out / "headline.json",
         json.dumps({**t.headline, "protocol": t.protocol}, indent=2, default=str),
     )
     paths["headline"] = out / "headline.json"
-    return paths
+    return figure_paths
 
 
 def _open_existing(path) -> ResultsStore:
@@ -149,8 +173,22 @@ def _protocol_lines(report: Report) -> list[str]:
 
 def _markdown(report: Report, figures: dict[str, Path], out: Path) -> str:
     t = report.table
-    parts = [
-        "# Length generalization: plain vs randomized positional encodings",
+    parts = ["# Length generalization: plain vs randomized positional encodings"]
+    if t is not None:
+        parts += _markdown_table1(report)
+    for name, frame in report.workloads.items():
+        parts += ["", f"## Workload {name}", "", WORKLOAD_CAPTION, "", workload_markdown(frame)]
+    if figures:
+        parts += ["", "## Figures", ""]
+        for name, path in figures.items():
+            parts.append(f"![{name}]({path.relative_to(out).as_posix()})")
+            parts.append("")
+    return "\n".join(parts) + "\n"
+
+
+def _markdown_table1(report: Report) -> list[str]:
+    t = report.table
+    return [
         "",
         f"**Headline.** {headline_text(t)}",
         "",
@@ -173,12 +211,6 @@ def _markdown(report: Report, figures: dict[str, Path], out: Path) -> str:
         "",
         "Levels: " + ", ".join(f"{k} = {v}" for k, v in LEVEL_NAMES.items()) + ".",
     ]
-    if figures:
-        parts += ["", "## Figures", ""]
-        for name, path in figures.items():
-            parts.append(f"![{name}]({path.relative_to(out).as_posix()})")
-            parts.append("")
-    return "\n".join(parts) + "\n"
 
 
 _CSS = """
@@ -202,6 +234,29 @@ def _html(report: Report, figures: dict[str, Path]) -> str:
         "<title>randpos report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>Length generalization: plain vs randomized positional encodings</h1>",
+    ]
+    if t is not None:
+        parts += _html_table1(report)
+    for name, frame in report.workloads.items():
+        parts += [f"<h2>Workload {esc(name)}</h2>", f"<p class=caption>{esc(WORKLOAD_CAPTION)}"]
+        parts += ["</p>", workload_html(frame)]
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        for name, path in figures.items():
+            # Inlined, so the one HTML file is the whole report (mail it, attach it to an issue).
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(
+                f"<figure><img alt='{esc(name)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{esc(name)}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _html_table1(report: Report) -> list[str]:
+    t = report.table
+    esc = html.escape
+    return [
         f"<p class=headline>{esc(headline_text(t))}</p>",
         "<h2>Table 1</h2>",
         f"<p class=caption>{esc(t.caption)}</p>",
@@ -214,17 +269,6 @@ def _html(report: Report, figures: dict[str, Path]) -> str:
         *(f"<li>{esc(line[2:])}</li>" for line in _protocol_lines(report)),
         "</ul>",
     ]
-    if figures:
-        parts.append("<h2>Figures</h2>")
-        for name, path in figures.items():
-            # Inlined, so the one HTML file is the whole report (mail it, attach it to an issue).
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            parts.append(
-                f"<figure><img alt='{esc(name)}' src='data:image/png;base64,{data}'>"
-                f"<figcaption>{esc(name)}</figcaption></figure>"
-            )
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
 
 
 def report_command(
@@ -239,11 +283,11 @@ def report_command(
     paths = write_report(store or default_store_path(), out, sweep=sweep, figures=figures)
     console = Console()
     text = Path(paths["markdown"]).read_text()
-    headline = next(line for line in text.splitlines() if line.startswith("**Headline"))
-    console.print(headline.replace("**", ""), highlight=False)
-    console.print(
-        f"report: {paths['markdown']}, {paths['html']}, {paths['latex']}", highlight=False
-    )
+    headline = next((line for line in text.splitlines() if line.startswith("**Headline")), "")
+    if headline:
+        console.print(headline.replace("**", ""), highlight=False)
+    written = [paths[k] for k in ("markdown", "html", "latex") if k in paths]
+    console.print(f"report: {', '.join(str(p) for p in written)}", highlight=False)
     console.print(
         f"raw results: {paths['per_length_csv']}, {paths['per_length_parquet']}", highlight=False
     )

@@ -1,0 +1,142 @@
+"""The report's section for runs of workloads other than the paper's encoder.
+
+Table 1 is the paper's layout (task x encoding) and holds ``encoder`` runs only; every other
+workload gets one table: a row per group of runs that agree on every config field but seed and
+learning rate, with the run count, the best and the mean ± sample std (ddof=1) over the group of
+the unseen-size score (``ood_accuracy``) and the mean in-distribution score, and one figure of
+the per-size metric (mean over each group's runs).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from randpos.config import ENSEMBLE_VARYING_FIELDS, RUNTIME_FIELDS, TrainConfig
+
+DEFAULT = "encoder"
+
+
+def is_encoder(runs: pd.DataFrame) -> pd.Series:
+    """Rows of the paper's workload (stores written before workloads existed have no column)."""
+    if "workload" not in runs:
+        return pd.Series(True, index=runs.index)
+    return runs["workload"].isna() | (runs["workload"] == DEFAULT)
+
+
+def group_columns(runs: pd.DataFrame) -> list[str]:
+    """The config columns that vary between these runs, seed and learning rate aside."""
+    fields = [f for f in TrainConfig.field_names() if f != "options"]
+    fields += sorted(c for c in runs.columns if c.startswith("options."))
+    skip = set(ENSEMBLE_VARYING_FIELDS) | set(RUNTIME_FIELDS)
+    return [
+        f
+        for f in fields
+        if f in runs and f not in skip and runs[f].astype(str).nunique(dropna=False) > 1
+    ]
+
+
+def workload_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per workload name (in order of appearance), its table of run groups."""
+    tables: dict[str, pd.DataFrame] = {}
+    if runs.empty:
+        return tables
+    for name in dict.fromkeys(runs["workload"]):
+        mine = runs[runs["workload"] == name]
+        keys = group_columns(mine)
+        groups = mine.groupby(keys, sort=True, dropna=False) if keys else [((), mine)]
+        rows = []
+        for key, group in groups:
+            key = key if isinstance(key, tuple) else (key,)
+            ood = group["ood_accuracy"].astype(float)
+            rows.append(
+                {
+                    **dict(zip(keys, key, strict=True)),
+                    "runs": len(group),
+                    "best unseen": ood.max(),
+                    "mean unseen": ood.mean(),
+                    "std unseen": ood.std(ddof=1) if len(group) > 1 else np.nan,
+                    "mean in-distribution": group["id_accuracy"].astype(float).mean(),
+                }
+            )
+        tables[name] = pd.DataFrame(rows)
+    return tables
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "" if np.isnan(value) else f"{100 * value:.1f}"
+    return str(value)
+
+
+def _score_columns(frame: pd.DataFrame) -> set[str]:
+    return {c for c in frame.columns if "unseen" in c or "in-distribution" in c}
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    scores = _score_columns(frame)
+    head = [c + (" (%)" if c in scores else "") for c in frame.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def to_html(frame: pd.DataFrame) -> str:
+    scores = _score_columns(frame)
+    head = "".join(f"<th>{html.escape(c + (' (%)' if c in scores else ''))}</th>" for c in frame)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+CAPTION = (
+    "Runs grouped by every config field that varies except seed and learning rate. Unseen: "
+    "mean metric over sizes N+1..M per run; best = max over the group's runs, mean ± sample "
+    "std (ddof=1) over them; in-distribution: mean over sizes 1..N."
+)
+
+
+def figure_name(workload: str) -> str:
+    return "workload_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", workload)
+
+
+def metric_vs_size(per_length: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
+    """The per-size metric of a workload's run groups (mean over each group's runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = group_columns(runs)
+    label_of = {
+        rid: ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)) or "all runs"
+        for rid, *values in runs[["run_id", *keys]].itertuples(index=False)
+    }
+    rows = per_length[per_length["run_id"].isin(label_of)].copy()
+    rows["group"] = rows["run_id"].map(label_of)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    n_train = int(runs["max_train_length"].max())
+    ax.axvspan(0.5, n_train + 0.5, color="0.92", label=f"training sizes 1..{n_train}")
+    for group, frame in rows.groupby("group", sort=True):
+        mean = frame.groupby("length")["accuracy"].mean()
+        ax.plot(mean.index, mean.to_numpy(), lw=1.4, label=group)
+    ax.set_xlabel("size")
+    ax.set_ylabel("metric")
+    ax.set_title(f"{runs['workload'].iloc[0]}: metric per size (mean over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["is_encoder", "metric_vs_size", "workload_tables"]

@@ -1,0 +1,187 @@
+"""A run's directory and its files, shared by every workload: atomic writes, the output
+directory rules, checkpoints, the stop flag set by SIGINT/SIGTERM, the summary and the run files.
+
+Every file of a run is written to a temporary name and renamed into place, so an interruption
+(even ``kill -9``) never leaves a half-written file; ``summary.json`` is written last, and its
+presence means the run finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import randpos
+from randpos.config import ConfigError, TrainConfig
+
+CHECKPOINT_VERSION = 1
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+RUN_FILES = (
+    CHECKPOINT,
+    SUMMARY,
+    "model.safetensors",
+    "per_length.csv",
+    "accuracy.png",
+    "history.jsonl",
+    "config.json",
+)
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a signal stopped training; the checkpoint on disk resumes it."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        where = f"; checkpoint saved to {checkpoint}" if checkpoint else ""
+        super().__init__(f"interrupted at step {step}{where}; continue with --resume")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+def run_id(config: TrainConfig) -> str:
+    from randpos.store import config_hash
+
+    return config_hash(config.to_dict())
+
+
+# ----------------------------------------------------------------------------- file helpers
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output path {out_dir} exists and is not a directory")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
+        raise ConfigError(
+            f"output directory {out_dir} already exists; pass --resume to continue the run in it "
+            "or --overwrite to replace it"
+        )
+    if overwrite and out_dir.exists():
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # any unreadable or truncated file
+        raise ConfigError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise ConfigError(f"{path} is not a randpos checkpoint (version {CHECKPOINT_VERSION})")
+    return state
+
+
+# ----------------------------------------------------------------------------- signals
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals can only be handled in the main thread
+            return
+
+        def handler(signum, frame):
+            if self.signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C stops at once
+            self.signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------- summary, files
+def make_summary(trainer, index: int, result, rid: str, eval_seconds: float) -> dict[str, Any]:
+    """Member ``index``'s summary: what identifies the run (the workload's fields), the
+    protocol, the metrics, timings and the resolved config."""
+    member = trainer.members[index]
+    cfg = member.config
+    last = member.history[-1] if member.history else {}
+    metric = trainer.workload.metric
+    return {
+        "run_id": rid,
+        **trainer.workload.summary_fields(),
+        "steps": cfg.steps,
+        "seed": cfg.seed,
+        "learning_rate": cfg.learning_rate,
+        "max_train_length": cfg.max_train_length,
+        "eval_max_length": cfg.eval_max_length,
+        "id_accuracy": result.id_accuracy,
+        "ood_accuracy": result.ood_accuracy,
+        "final_loss": last.get("loss"),
+        f"final_train_{metric}": last.get(metric),
+        "per_length": {str(n): acc for n, acc in sorted(result.per_length.items())},
+        "num_parameters": sum(p.numel() for p in member.model.parameters()),
+        "timings": {
+            "train_seconds": round(member.train_seconds, 3),
+            "eval_seconds": round(eval_seconds, 3),
+            "steps_per_second": round(cfg.steps / member.train_seconds, 3)
+            if member.train_seconds
+            else None,
+        },
+        "device": str(trainer.device),
+        "torch_version": torch.__version__,
+        "randpos_version": randpos.__version__,
+        "config": cfg.to_dict(),
+    }
+
+
+def write_run_files(out: Path, member, result, summary: dict, workload) -> None:
+    """model.safetensors, history.jsonl, per_length.csv, accuracy.png, then summary.json."""
+    from safetensors.torch import save_file
+
+    from randpos.plots import plot_runs
+
+    tmp = out / "model.safetensors.tmp"
+    weights = {k: v.detach().cpu().contiguous() for k, v in member.model.state_dict().items()}
+    save_file(weights, str(tmp), metadata={"config": json.dumps(member.config.to_dict())})
+    os.replace(tmp, out / "model.safetensors")
+    atomic_write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in member.history))
+    lines = [f"{workload.size_name},{workload.metric}\n"]
+    lines += [f"{n},{a:.6f}\n" for n, a in sorted(result.per_length.items())]
+    atomic_write_text(out / "per_length.csv", "".join(lines))
+    plot_runs([summary], out / "accuracy.png")
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
+
+
+__all__ = [
+    "CHECKPOINT",
+    "SUMMARY",
+    "StopFlag",
+    "TrainingInterrupted",
+    "atomic_torch_save",
+    "atomic_write_text",
+    "load_checkpoint",
+    "make_summary",
+    "prepare_out_dir",
+    "run_id",
+    "write_run_files",
+]

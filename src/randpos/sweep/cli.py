@@ -1,0 +1,185 @@
+"""The ``randpos sweep``, ``sweep-status`` and ``report`` commands."""
+
+from __future__ import annotations
+
+import functools
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from randpos.store import ResultsStore, default_store_path
+from randpos.sweep.executors import make_executor
+from randpos.sweep.jobs import load_run_fn
+from randpos.sweep.plan import SweepError, expand, load_spec
+from randpos.sweep.run import SweepResult, run_sweep
+from randpos.sweep.status import status_command
+
+
+def sweep_command(
+    spec: str,
+    store: Path | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    runs_dir: Path | None = None,
+    retry_failed: bool = False,
+    run_fn: str | None = None,
+    dry_run: bool = False,
+    quiet: bool = False,
+    ensemble_size: int | None = None,
+) -> SweepResult | None:
+    """Body of ``randpos sweep``; errors raise SweepError/ValueError (one line each)."""
+    loaded = load_spec(spec)
+    plan = expand(loaded)
+    if dry_run:
+        from rich.console import Console
+
+        console = Console()
+        console.print(f"sweep {loaded.name}: {len(plan)} runs")
+        for rid, cfg in plan.items():
+            shown = " ".join(f"{k}={cfg[k]}" for k in loaded.grid)
+            console.print(f"  {rid}  {shown}", highlight=False)
+        return None
+    if executor == "local" and address:
+        raise SweepError("--address is for --executor ray")
+    fn = load_run_fn(run_fn)
+    ex = make_executor(executor, workers=workers, address=address)
+    results_store = ResultsStore(store or default_store_path())
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        result = run_sweep(
+            loaded,
+            results_store,
+            ex,
+            run_fn=fn,
+            ensemble_size=ensemble_size,
+            runs_dir=runs_dir,
+            retry_failed=retry_failed,
+            progress=not quiet,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return result
+
+
+def _cli_errors(func):
+    """Expected failures end as one ``error: ...`` line and exit code 2, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from randpos.store import StoreError
+
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            typer.echo("interrupted; re-run the same command to resume", err=True)
+            raise typer.Exit(130) from None
+        except (ValueError, StoreError, FileNotFoundError) as exc:
+            typer.echo(f"error: {str(exc).splitlines()[0]}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+_StoreOpt = Annotated[
+    Path | None,
+    typer.Option("--store", help="Results store (default $RANDPOS_STORE or runs/randpos.sqlite)."),
+]
+
+
+@_cli_errors
+def sweep_cli(
+    spec: Annotated[str, typer.Argument(help="Sweep file, or a preset in configs/sweeps/.")],
+    store: _StoreOpt = None,
+    executor: Annotated[
+        str, typer.Option("--executor", "-e", help="local (processes) | ray.")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (ray executor).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-j", help="Concurrent jobs (default: cores, or GPUs)."),
+    ] = None,
+    ensemble_size: Annotated[
+        int | None,
+        typer.Option(
+            "--ensemble-size",
+            "-k",
+            min=1,
+            help="Train up to K runs that differ only in seed and learning rate as one "
+            "ensemble job (default: 32 on GPUs, 1 on CPUs).",
+        ),
+    ] = None,
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option("--runs-dir", help="Run folders (default: <store dir>/sweeps/NAME)."),
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Run failed runs again.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the runs; train nothing.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    run_fn: Annotated[
+        str | None, typer.Option("--run-fn", hidden=True, help="module:function to run.")
+    ] = None,
+) -> None:
+    """Run every unfinished run of a sweep (idempotent: interrupt and re-run to resume)."""
+    result = sweep_command(
+        spec,
+        store=store,
+        executor=executor,
+        address=address,
+        workers=workers,
+        runs_dir=runs_dir,
+        retry_failed=retry_failed,
+        run_fn=run_fn,
+        dry_run=dry_run,
+        quiet=quiet,
+        ensemble_size=ensemble_size,
+    )
+    if result is not None and result.failed:
+        raise typer.Exit(1)
+
+
+@_cli_errors
+def sweep_status_cli(
+    name: Annotated[
+        str | None, typer.Argument(help="Sweep name (default: the store's only sweep).")
+    ] = None,
+    store: _StoreOpt = None,
+) -> None:
+    """Progress of a sweep, from the store: done / failed / running / pending, ETA."""
+    status_command(name, store=store)
+
+
+@_cli_errors
+def report_cli(
+    store: _StoreOpt = None,
+    sweep: Annotated[
+        str | None, typer.Option("--sweep", help="Only this sweep's runs (default: all runs).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("report"),
+    figures: Annotated[
+        bool, typer.Option("--figures/--no-figures", help="Draw the PNG figures.")
+    ] = True,
+) -> None:
+    """Table 1, mean ± std over seeds, the headline gain and figures, from the store alone."""
+    from randpos.report import report_command
+
+    report_command(store=store, sweep=sweep, out=out, figures=figures)
+
+
+def register_commands(app: typer.Typer) -> None:
+    """Add ``sweep``, ``sweep-status`` and ``report`` to a typer app (``randpos.cli.app``)."""
+    app.command("sweep")(sweep_cli)
+    app.command("sweep-status")(sweep_status_cli)
+    app.command("report")(report_cli)

@@ -1,0 +1,216 @@
+"""Sweep files and grids: parse a spec, expand it into resolved, validated runs."""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from randpos.config import ConfigError, find_preset
+from randpos.store import config_hash
+
+SWEEP_KEYS = ("name", "description", "preset", "base", "grid", "exclude", "include")
+
+
+class SweepError(ValueError):
+    """A sweep file or request is invalid; the message says what and what is allowed."""
+
+
+# ====================================================================================== spec
+@dataclass
+class SweepSpec:
+    name: str
+    grid: dict[str, list]
+    base: dict[str, Any] = field(default_factory=dict)
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    include: list[dict[str, Any]] = field(default_factory=list)
+    description: str = ""
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("source")
+        return out
+
+
+def config_fields() -> list[str]:
+    from randpos.config import TrainConfig
+
+    return TrainConfig.field_names()
+
+
+def resolve_config(data: dict[str, Any]) -> dict[str, Any]:
+    """Defaults filled in and every value checked (TrainConfig.from_dict), as a plain dict."""
+    from randpos.config import TrainConfig
+
+    return TrainConfig.from_dict(data).to_dict()
+
+
+def find_spec(name_or_path: str | os.PathLike) -> Path:
+    """A sweep file path, or the name of a preset in ``configs/sweeps/``."""
+    try:
+        return find_preset(name_or_path, sub="sweeps", kind="sweep")
+    except ConfigError as exc:
+        raise SweepError(str(exc)) from None
+
+
+def load_spec(name_or_path: str | os.PathLike) -> SweepSpec:
+    path = find_spec(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SweepError(f"cannot parse {path}: {exc}") from None
+    return parse_spec(data, source=str(path), default_name=path.stem)
+
+
+def _unknown(kind: str, keys: Iterable[str], allowed: Iterable[str]) -> SweepError:
+    allowed = sorted(allowed)
+    hints = []
+    for key in keys:
+        close = difflib.get_close_matches(str(key), allowed, n=1)
+        hints.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return SweepError(f"unknown {kind}: {', '.join(hints)}; allowed: {', '.join(allowed)}")
+
+
+def parse_spec(
+    data: Any, *, source: str | None = None, default_name: str | None = None
+) -> SweepSpec:
+    """Check a sweep mapping's structure and field names (values are checked by expand)."""
+    where = f"{source}: " if source else ""
+    if not isinstance(data, dict):
+        raise SweepError(
+            f"{where}a sweep must be a mapping with a 'grid', got {type(data).__name__}"
+        )
+    unknown = [k for k in data if k not in SWEEP_KEYS]
+    if unknown:
+        raise SweepError(where + str(_unknown("sweep key(s)", unknown, SWEEP_KEYS)))
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        raise SweepError(f"{where}'name' must be a non-empty string, got {name!r}")
+    fields_ = config_fields()
+
+    def check_fields(section: str, mapping: Any) -> dict:
+        if mapping is None:
+            return {}
+        if not isinstance(mapping, dict):
+            raise SweepError(
+                f"{where}{section!r} must be a mapping of config fields, "
+                f"got {type(mapping).__name__}"
+            )
+        # a workload's own fields are written options.NAME (checked when runs resolve)
+        bad = [k for k in mapping if k not in fields_ and not k.startswith("options.")]
+        if bad:
+            raise SweepError(where + str(_unknown(f"config field(s) in {section!r}", bad, fields_)))
+        return dict(mapping)
+
+    base = check_fields("base", data.get("base"))
+    preset = data.get("preset")
+    if preset is not None:
+        base = {**check_fields(f"preset {preset!r}", _load_preset(preset, source)), **base}
+    if "grid" not in data:
+        raise SweepError(f"{where}no 'grid': list at least one config field with its values")
+    grid = check_fields("grid", data["grid"])
+    for key, values in grid.items():
+        if not isinstance(values, list):
+            raise SweepError(
+                f"{where}grid.{key} must be a list of values, got {values!r} "
+                f"(put a single fixed value under 'base')"
+            )
+        if not values:
+            raise SweepError(f"{where}grid.{key} is empty: the grid would expand to no runs")
+    rules: dict[str, list[dict]] = {}
+    for section in ("exclude", "include"):
+        items = data.get(section) or []
+        if not isinstance(items, list):
+            raise SweepError(f"{where}{section!r} must be a list of mappings")
+        rules[section] = [check_fields(f"{section}[{i}]", item) for i, item in enumerate(items)]
+    if not grid and not rules["include"]:
+        raise SweepError(f"{where}empty grid: no axes and no 'include' runs")
+    description = data.get("description") or ""
+    return SweepSpec(
+        name=name.strip(),
+        grid=grid,
+        base=base,
+        exclude=rules["exclude"],
+        include=rules["include"],
+        description=str(description),
+        source=source,
+    )
+
+
+def _load_preset(preset: Any, source: str | None) -> dict:
+    """A TrainConfig preset: a path (relative to the sweep file) or a name in configs/."""
+    where = f"{source}: " if source else ""
+    if not isinstance(preset, str) or not preset:
+        raise SweepError(f"{where}'preset' must be a config name or path, got {preset!r}")
+    try:
+        path = find_preset(preset, kind="preset", near=Path(source).parent if source else None)
+    except ConfigError as exc:
+        raise SweepError(f"{where}{exc}") from None
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise SweepError(f"{where}preset {path} is not a mapping of config fields")
+    return data
+
+
+def _matches(config: dict, rule: dict) -> bool:
+    for key, wanted in rule.items():
+        options = wanted if isinstance(wanted, list) else [wanted]
+        if _value(config, key) not in options:
+            return False
+    return True
+
+
+def _value(config: dict, key: str) -> Any:
+    """A resolved config's value of ``key``; ``options.NAME`` reads the workload's option,
+    whose stored form leaves defaults out (``Workload.normalize_options``)."""
+    if not key.startswith("options."):
+        return config.get(key)
+    from randpos.config import TrainConfig
+
+    name = key.removeprefix("options.")
+    if name in config.get("options", {}):
+        return config["options"][name]
+    defaults = TrainConfig.from_dict(config).workload_class().options
+    return getattr(defaults(), name, None) if defaults else None
+
+
+def expand(
+    spec: SweepSpec, *, resolve: Callable[[dict], dict] = resolve_config
+) -> dict[str, dict[str, Any]]:
+    """The sweep's runs: ``{run_id: resolved config}`` in grid order, duplicates merged.
+
+    Every config is resolved and validated before anything is returned, so a bad value stops
+    the sweep before it writes anything; the error names the run's grid values.
+    """
+    keys = list(spec.grid)
+    combos = [
+        dict(zip(keys, values, strict=True)) for values in itertools.product(*spec.grid.values())
+    ]
+    candidates = [{**spec.base, **combo} for combo in combos] if keys else []
+    candidates += [{**spec.base, **extra} for extra in spec.include]
+    runs: dict[str, dict[str, Any]] = {}
+    excluded = 0
+    for raw in candidates:
+        try:
+            config = resolve(raw)
+        except ValueError as exc:
+            shown = {k: raw[k] for k in keys if k in raw} or raw
+            detail = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+            where = f"{spec.source}: " if spec.source else ""
+            raise SweepError(f"{where}run ({detail}): {exc}") from None
+        if any(_matches(config, rule) for rule in spec.exclude):
+            excluded += 1
+            continue
+        runs.setdefault(config_hash(config), config)
+    if not runs:
+        raise SweepError(
+            f"sweep {spec.name!r}: empty grid ({len(candidates)} combinations, {excluded} excluded)"
+        )
+    return runs

@@ -1,0 +1,144 @@
+"""The paper's workload: the 15 algorithmic tasks on the reference encoder (SPEC §1-§5).
+
+One step of a member: the task samples a batch of length n from the ``data`` stream; k blank
+tokens are appended; positions are drawn from the ``positions`` stream (contiguous, or a sorted
+random subset of [0, L) when randomized, :func:`randpos.evaluation.draw_positions`); dropout
+draws come from the ``dropout`` stream; the model's logits at the k blank positions give an
+unmasked mean cross-entropy (SPEC §2.1) and a masked accuracy. Evaluation scores every length
+1..M on sequences and positions that depend only on (eval_seed, n).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from randpos.evaluation import PositionPlan, draw_positions, evaluate_length_batched, model_inputs
+from randpos.workloads.base import Batch, Models, Workload
+from randpos.workloads.registry import register_workload
+
+
+@register_workload("encoder")
+class EncoderWorkload(Workload):
+    """Algorithmic tasks, bidirectional encoder, per-length accuracy (the default workload)."""
+
+    # (B, T) tokens/positions, (B, k) targets/mask, (G, 2, T) distances,
+    # (layers, B, T) layer positions, (S, B, T, D) dropout keep masks
+    dynamic_axes = {
+        "tokens": (1,),
+        "targets": (1,),
+        "mask": (1,),
+        "positions": (1,),
+        "distances": (2,),
+        "layer_positions": (2,),
+        "dropout_noise": (2,),
+    }
+
+    def __init__(self, config) -> None:
+        from randpos.tasks import get_task
+
+        super().__init__(config)
+        self.task = get_task(config.task)
+
+    @classmethod
+    def validate(cls, config) -> None:
+        from randpos.config import ConfigError, check_choice
+        from randpos.encodings import PE_NAMES
+        from randpos.tasks import TASK_NAMES
+
+        super().validate(config)
+        check_choice("task", config.task, TASK_NAMES)
+        check_choice("pe", config.pe, PE_NAMES)
+        if config.randomized:
+            longest = config.longest_sequence()
+            if longest > config.max_position:
+                raise ConfigError(
+                    f"max_position (L={config.max_position}) must cover the longest evaluated "
+                    f"sequence ({longest} tokens for {config.task} at length "
+                    f"{config.eval_max_length}); raise max_position or lower eval_max_length"
+                )
+
+    # ----------------------------------------------------------------- training
+    def build_model(self, generator: torch.Generator):
+        from randpos.model import Transformer
+
+        return Transformer(self.config.model_config(), generator=generator)
+
+    def draw_batch(self, model, size, generators, device) -> Batch:
+        cfg = self.config
+        sample = self.task.sample(cfg.batch_size, size, generators["data"])
+        tokens = model_inputs(sample, self.task)  # (B, T)
+        B, T = tokens.shape
+        plan = draw_positions(cfg, B, T, generators["positions"], mode="random", device=device)
+        batch = {
+            "tokens": tokens,
+            "targets": sample.targets,
+            "mask": sample.mask,
+            "positions": plan.positions,
+            "distances": plan.distances,
+            "layer_positions": plan.layer_positions,
+        }
+        if cfg.dropout > 0.0:  # keep masks, the bool form of the model's own draws
+            batch["dropout_noise"] = model.draw_dropout_noise(B, T, generators["dropout"])
+            batch["dropout_noise"] = batch["dropout_noise"] >= cfg.dropout
+        return {k: v for k, v in batch.items() if v is not None}
+
+    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over the blank positions, and their logits (B, k, C)."""
+        tokens, targets = batch["tokens"], batch["targets"]
+        kwargs = {
+            name: batch.get(name) for name in ("distances", "layer_positions", "dropout_noise")
+        }
+        logits = model(tokens, batch["positions"], validate=False, **kwargs)
+        k = targets.shape[-1]
+        logits = logits[:, logits.shape[1] - k :]  # (B, k, C): the blank positions
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return loss, logits
+
+    def train_metric(self, aux: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Masked token accuracy of each member's batch (K,), from logits (K, B, k, C)."""
+        mask = batch["mask"]  # (K, B, k)
+        correct = ((aux.argmax(-1) == batch["targets"]) & mask).sum((1, 2))
+        return correct / mask.sum((1, 2)).clamp(min=1)
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate_size(
+        self, models: Models, copies: int, size: int, *, mode: str, device
+    ) -> list[float]:
+        from randpos.config import ConfigError
+
+        cfg = self.config
+        needed, covered = cfg.sequence_length(size), cfg.model_max_position()
+        if not cfg.randomized and needed > covered:  # randomized draws stay within [0, L)
+            raise ConfigError(
+                f"length {size} needs positions up to {needed - 1}, but the model covers "
+                f"[0, {covered}) (max_position, fixed at training); evaluate at most length "
+                f"{cfg.eval_max_length} or train with a larger eval_max_length"
+            )
+
+        def forward(tokens: torch.Tensor, plan: PositionPlan) -> torch.Tensor:
+            return models(tokens, plan.positions, validate=False, **plan.model_kwargs())
+
+        return evaluate_length_batched(
+            forward, copies, self.config, self.task, size, mode=mode, device=device
+        )
+
+    def eval_mode(self) -> str:
+        return self.config.eval_positions if self.config.randomized else "contiguous"
+
+    # ----------------------------------------------------------------- reporting
+    def summary_fields(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "task": cfg.task,
+            "pe": cfg.pe,
+            "randomized": cfg.randomized,
+            "max_position": cfg.max_position,
+            "randomize": cfg.randomize,
+            "eval_positions": self.eval_mode(),
+        }
+
+
+__all__ = ["EncoderWorkload"]

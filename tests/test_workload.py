@@ -1,0 +1,205 @@
+"""The workload interface and the one loop.
+
+* the paper's workload (``encoder``) gives exactly the numbers recorded before the loop was
+  rewritten (tests/data/reference_runs.json, every PE plain and randomized);
+* a workload defined in the tests alone (tests/toy_workload.py) trains, resumes bit-exactly
+  after an interruption, runs in a sweep as ensembles of two and appears in the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from randpos.config import ConfigError, TrainConfig
+from randpos.report import write_report
+from randpos.store import ResultsStore
+from randpos.sweep import LocalExecutor, parse_spec, run_sweep
+from randpos.training import CHECKPOINT, Trainer, TrainingInterrupted, train
+from randpos.workloads import Workload, get_workload
+
+RECORDED = json.loads((Path(__file__).parent / "data" / "reference_runs.json").read_text())
+TOY = dict(
+    workload="toy_workload:MeanRegression",
+    options={"hidden": 6},
+    steps=100,
+    batch_size=16,
+    learning_rate=3e-2,
+    max_train_length=4,
+    eval_max_length=8,
+    eval_batch_size=64,
+    eval_sub_batch_size=16,
+    log_every=5,
+    checkpoint_every=20,
+    device="cpu",
+)
+
+
+def toy(**changes) -> TrainConfig:
+    return TrainConfig.from_dict(TOY, **changes)
+
+
+# ----------------------------------------------------------------------------- the encoder
+@pytest.fixture
+def one_thread():
+    """The recording's thread count: CPU reductions split across threads round differently."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "record",
+    RECORDED,
+    ids=[
+        f"{r['config']['pe']}-{r['config'].get('randomize', 'plain') if r['config'].get('randomized') else 'plain'}-{i}"  # noqa: E501
+        for i, r in enumerate(RECORDED)
+    ],
+)
+def test_encoder_runs_give_the_numbers_recorded_before_the_one_loop(record, one_thread):
+    summary = train(TrainConfig.from_dict(record["config"]), progress=False)
+    for key in ("run_id", "id_accuracy", "ood_accuracy", "final_loss", "final_train_accuracy"):
+        assert summary[key] == record[key], key
+    assert summary["per_length"] == record["per_length"]
+    assert summary["num_parameters"] == record["num_parameters"]
+
+
+def test_the_encoder_is_the_default_and_new_fields_keep_old_run_ids():
+    from randpos.store import config_hash
+
+    config = TrainConfig()
+    assert config.workload == "encoder" and config.options == {}
+    old_style = {k: v for k, v in config.to_dict().items() if k not in ("workload", "options")}
+    assert config_hash(old_style) == config_hash(config.to_dict())
+    assert config_hash(toy().to_dict()) != config_hash(toy(options={"hidden": 9}).to_dict())
+
+
+# ----------------------------------------------------------------------------- configuration
+def test_workload_and_option_errors_name_the_field():
+    with pytest.raises(ConfigError, match="workload"):
+        TrainConfig.from_dict(workload="nope")
+    with pytest.raises(ConfigError, match="hiden.*did you mean 'hidden'"):
+        toy(options={"hiden": 3})
+    with pytest.raises(ConfigError, match="options.hidden must be an integer"):
+        toy(**{"options.hidden": "wide"})
+    assert toy(**{"options.hidden": "5"}).options == {"hidden": 5}  # CLI form, coerced
+    assert toy(options={"hidden": 8, "tolerance": 0.05}).options == {}  # defaults: not stored
+    with pytest.raises(ConfigError, match="options"):
+        TrainConfig.from_dict(options={"hidden": 3})  # the encoder takes none
+    assert issubclass(get_workload("toy_workload:MeanRegression"), Workload)
+
+
+# ----------------------------------------------------------------------------- a new workload
+def test_a_test_workload_trains_and_writes_every_run_file(tmp_path):
+    summary = train(toy(), tmp_path / "run", progress=False)
+    history = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    assert summary["workload"] == "toy_workload:MeanRegression"
+    assert sorted(summary["per_length"], key=int) == [str(n) for n in range(1, 9)]
+    assert summary["id_accuracy"] > 0.5  # within 0.05 of the mean, most of the time
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"summary.json", CHECKPOINT, "model.safetensors", "per_length.csv"} <= names
+
+
+class StopAt:
+    def __init__(self, trainer: Trainer, step: int) -> None:
+        self.trainer, self.step = trainer, step
+
+    def __bool__(self) -> bool:
+        return self.trainer.step >= self.step
+
+
+def test_a_test_workload_resumes_bit_exactly(tmp_path):
+    straight = train(toy(), tmp_path / "straight", progress=False)
+    out = tmp_path / "cut"
+    out.mkdir()
+    trainer = Trainer(toy())
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit(checkpoints=out / CHECKPOINT, stop=StopAt(trainer, 33), progress=False)
+    resumed = train(toy(), out, resume=True, progress=False)
+    assert resumed["per_length"] == straight["per_length"]
+    assert resumed["final_loss"] == straight["final_loss"]
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)["model"]
+    b = torch.load(out / CHECKPOINT, weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_test_workload_ensemble_equals_separate_runs():
+    configs = [toy(seed=s, learning_rate=lr) for s, lr in ((0, 3e-2), (1, 1e-2))]
+    ensemble = Trainer(configs)
+    ensemble.fit(progress=False)
+    for config, member in zip(configs, ensemble.members, strict=True):
+        alone = Trainer(config)
+        alone.fit(progress=False)
+
+        def numbers(history):
+            return [(r["step"], r["loss"], r["accuracy"]) for r in history]
+
+        assert numbers(member.history) == numbers(alone.history)  # loop: the same arithmetic
+
+
+def test_a_test_workload_sweeps_as_ensembles_of_two_and_reaches_the_report(tmp_path):
+    spec = parse_spec(
+        {
+            "name": "toy",
+            "base": TOY,
+            "grid": {"seed": [0, 1], "options.hidden": [4, 8]},
+        }
+    )
+    store = ResultsStore(tmp_path / "r.sqlite")
+    result = run_sweep(
+        spec,
+        store,
+        LocalExecutor(1),
+        ensemble_size=2,
+        runs_dir=tmp_path / "runs",
+        progress=False,
+    )
+    assert (result.done, result.failed) == (4, 0)
+    summaries = [store.get_run(r)["summary"] for r in store.runs()["run_id"]]
+    assert all(s["timings"]["ensemble_size"] == 2 for s in summaries)
+    paths = write_report(store, tmp_path / "report", sweep="toy")
+    text = paths["markdown"].read_text()
+    assert "## Workload toy_workload:MeanRegression" in text
+    assert "Table 1" not in text  # no encoder run in this store
+    assert "| options.hidden | runs |" in text
+    assert paths["figure_workload_toy_workload_MeanRegression"].is_file()
+
+
+def test_the_committed_reproduction_report_regenerates_byte_identically(tmp_path):
+    """docs/reproduction was written from its store before workloads existed; the report of
+    the same store must not change by a byte (figures aside: their pixels depend on the
+    matplotlib and FreeType versions installed, not on randpos)."""
+    committed = Path(__file__).resolve().parents[1] / "docs" / "reproduction"
+    store = tmp_path / "store.sqlite"
+    store.write_bytes((committed / "store.sqlite").read_bytes())
+    write_report(ResultsStore(store), tmp_path / "out", sweep="repro_cpu")
+    # the store's path is printed in the protocol; it was /tmp/repro/store.sqlite then
+    for name in (
+        "report.md",
+        "report.html",
+        "runs.csv",
+        "table1.csv",
+        "table1_seeds.csv",
+        "table1.tex",
+        "headline.json",
+        "per_length.parquet",
+    ):
+        got = (tmp_path / "out" / name).read_bytes()
+        if name.startswith("report."):
+            got = got.replace(str(store).encode(), b"/tmp/repro/store.sqlite")
+            if name == "report.html":  # inlined figures: compare the text around them
+                got, want = (_strip_images(x) for x in (got, (committed / name).read_bytes()))
+                assert got == want, name
+                continue
+        assert got == (committed / name).read_bytes(), name
+
+
+def _strip_images(html: bytes) -> bytes:
+    import re
+
+    return re.sub(rb"base64,[A-Za-z0-9+/=]+", b"base64,...", html)
