@@ -134,7 +134,6 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress outpu
 @cli_errors
 def list_cmd() -> None:
     """List tasks, positional encodings and presets."""
-    from randpos.encodings import PE_NAMES
     from randpos.tasks import TASK_NAMES, get_task
 
     table = Table(title="tasks", show_lines=False)
@@ -152,12 +151,37 @@ def list_cmd() -> None:
             str(task.output_length(n_in)),
         )
     console.print(table)
-    console.print("positional encodings: " + ", ".join(PE_NAMES))
+    console.print(encodings_table())
     from randpos.workloads import WORKLOADS
 
     console.print("workloads (--set workload=NAME, or module:Class): " + ", ".join(WORKLOADS))
     if CONFIG_DIR.is_dir():
         console.print("presets: " + ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))))
+
+
+def encodings_table() -> Table:
+    """Every registered encoding: its hooks, whether it is causal-only, the samplers it takes."""
+    from randpos.encodings import ENCODINGS, PositionalEncoding
+
+    table = Table(title="positional encodings")
+    for col in ("encoding", "hooks", "causal-only", "samplers (randomize)"):
+        table.add_column(col)
+    for name, cls in ENCODINGS.items():
+        hooks = [
+            h
+            for h in ("embed", "rotate", "bias")
+            if getattr(cls, h) is not getattr(PositionalEncoding, h)
+        ]
+        samplers = ["positions", "pose"]
+        samplers += ["distances"] if cls.uses_distances else []
+        samplers += ["float"] if cls.float_positions else []
+        table.add_row(
+            name,
+            ", ".join(hooks) or "-",
+            "yes" if cls.causal_only else "",
+            ", ".join(samplers) if cls.randomizable else "none (not randomizable)",
+        )
+    return table
 
 
 @app.command()

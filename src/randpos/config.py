@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 CURRICULA = ("uniform", "fixed")
-RANDOMIZE_MODES = ("positions", "distances")
+RANDOMIZE_MODES = ("positions", "distances", "float", "pose")
 EVAL_POSITION_MODES = ("random", "contiguous", "spread")
 ATTENTION_BACKENDS = ("fast", "math")
 PRECISIONS = ("fp32", "bf16")
@@ -50,6 +50,8 @@ class TrainConfig:
     # "positions": sample sorted positions; attention-level PEs see their differences.
     # "distances": the reference's reading for relative/alibi (SPEC §4.2): a sorted sample of
     #   distances replaces |j - i|; absolute PEs and RoPE still use sampled positions.
+    # "float": Random Float Sampling, sorted continuous positions from [0, L) (encodings with
+    #   continuous formulas only); "pose": PoSE's two contiguous chunks with a random skip.
     randomize: str = "positions"
     redraw_per_layer: bool = True  # distances reading: a fresh draw for every layer (reference)
     both_sides: bool = False  # distances reading: independent draws left and right
@@ -85,6 +87,8 @@ class TrainConfig:
     ff_width: int = 256
     dropout: float = 0.1
     attention: str = "fast"
+    # Causal (decoder-style) attention mask on the encoder; causal-only encodings need it.
+    causal: bool = False
     # "bf16": autocast the forward pass to bfloat16 (CUDA only). It changes the numbers beyond
     # float noise, so unlike `compile` it is part of the run id.
     precision: str = "fp32"
@@ -221,6 +225,7 @@ class TrainConfig:
             pe=self.pe,
             max_position=self.model_max_position(),
             attention=self.attention,
+            causal=self.causal,
         )
 
 
@@ -239,7 +244,7 @@ def _longest_sequence(task_name: str, max_length: int) -> int:
 
 # Fields added after runs were first recorded: left out of the run id while they hold these
 # values, so that every earlier run keeps its id (randpos.store.config_hash).
-HASHED_UNLESS_DEFAULT: dict[str, Any] = {"workload": "encoder", "options": {}}
+HASHED_UNLESS_DEFAULT: dict[str, Any] = {"workload": "encoder", "options": {}, "causal": False}
 
 # Fields that never change a run's numbers; left out of the run id.
 RUNTIME_FIELDS = frozenset({"device", "threads", "log_every", "checkpoint_every", "compile"})

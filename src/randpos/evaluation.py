@@ -68,8 +68,9 @@ def draw_positions(
     """Positions for a forward pass of ``batch_size`` sequences of ``length`` tokens.
 
     Plain (non-randomized) runs always use contiguous positions 0..T-1. Randomized runs use the
-    given mode: ``random`` (sorted sample from [0, L), the training rule and the reference's
-    evaluation), ``contiguous`` or ``spread`` (evenly spaced over [0, L)). With
+    given mode: ``random`` (the training rule and the reference's evaluation: a sorted sample
+    from [0, L), or with ``randomize="float"`` sorted continuous draws, with ``"pose"`` PoSE's
+    two chunks with a skip), ``contiguous`` or ``spread`` (evenly spaced over [0, L)). With
     ``randomize="distances"`` (the reference's reading) relative/ALiBi get sorted distance
     tables and, with ``redraw_per_layer``, every layer draws its own tables and its own RoPE
     positions, as the reference does.
@@ -77,6 +78,8 @@ def draw_positions(
     if not config.randomized or mode == "contiguous":
         return PositionPlan(contiguous_positions(batch_size, length, device=device))
     L = config.max_position
+
+    sampler = config.randomize if config.randomize in ("float", "pose") else "positions"
 
     def positions() -> torch.Tensor:  # (B, T)
         return sample_positions(
@@ -87,6 +90,7 @@ def draw_positions(
             generator,
             per_sequence=config.per_sequence_positions,
             device=device,
+            sampler=sampler,
         )
 
     shared = positions()

@@ -25,6 +25,10 @@ import torch
 
 #: Position modes for evaluation (SPEC §10.1) and for :func:`sample_positions`.
 EVAL_MODES = ("random", "contiguous", "spread")
+#: The samplers behind the "random" mode (``TrainConfig.randomize`` names them; "distances"
+#: draws positions too, plus distance tables): sorted integer subsets, Random Float Sampling,
+#: PoSE's chunked skips.
+SAMPLERS = ("positions", "float", "pose")
 
 
 def _check_sizes(
@@ -100,6 +104,56 @@ def randomized_positions(
     return row.expand(batch_size, length).contiguous()
 
 
+def float_positions(
+    batch_size: int,
+    length: int,
+    max_position: int,
+    generator: torch.Generator | None = None,
+    *,
+    per_sequence: bool = False,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Random Float Sampling: T sorted continuous draws from ``[0, L)``: FloatTensor[B, T]
+    (float64, so that positions near L keep their fraction through the encodings' angles).
+
+    The continuous counterpart of :func:`randomized_positions`: i.i.d. uniform draws, sorted
+    (ties have probability zero), shared by the batch unless ``per_sequence``. Only encodings
+    whose formula is continuous in the positions take them (``float_positions``).
+    """
+    _check_sizes(batch_size, length, max_position)
+    rows = batch_size if per_sequence else 1
+    dev = generator.device if generator is not None else device  # draw on the generator's
+    draws = torch.rand(rows, length, generator=generator, device=dev, dtype=torch.float64)
+    out = (draws * max_position).clamp(max=max_position - 1e-9).sort(dim=-1).values
+    return out.expand(batch_size, length).contiguous().to(device or out.device)
+
+
+def pose_positions(
+    batch_size: int,
+    length: int,
+    max_position: int,
+    generator: torch.Generator | None = None,
+    *,
+    per_sequence: bool = False,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """PoSE's skip positions (Zhu et al. 2023, its ``train_pose.py``): LongTensor[B, T].
+
+    The T tokens are split in two chunks: the first ``r ~ U{1..(T+1)//2}`` get ``0..r-1``, the
+    rest ``r+u .. T-1+u`` with a skip ``u ~ U{0..L-T}``: contiguous within each chunk, one gap
+    between them, rooted at 0, so relative distances up to L-1 are seen while every chunk
+    stays contiguous. One draw is shared by the batch unless ``per_sequence``.
+    """
+    _check_sizes(batch_size, length, max_position)
+    rows = batch_size if per_sequence else 1
+    dev = generator.device if generator is not None else device  # draw on the generator's
+    first = torch.randint(1, (length + 1) // 2 + 1, (rows, 1), generator=generator, device=dev)
+    skip = torch.randint(0, max_position - length + 1, (rows, 1), generator=generator, device=dev)
+    index = torch.arange(length, device=dev).expand(rows, length)
+    out = index + (index >= first) * skip
+    return out.expand(batch_size, length).contiguous().to(device or out.device)
+
+
 def spread_positions(
     batch_size: int,
     length: int,
@@ -125,13 +179,16 @@ def sample_positions(
     *,
     per_sequence: bool = False,
     device: torch.device | str | None = None,
+    sampler: str = "positions",
 ) -> torch.Tensor:
-    """Dispatch on ``mode`` in :data:`EVAL_MODES`: LongTensor[B, T] within ``[0, L)``.
+    """Dispatch on ``mode`` in :data:`EVAL_MODES`: (B, T) positions within ``[0, L)``; the
+    ``random`` mode draws with ``sampler`` (:data:`SAMPLERS`; float positions for "float").
 
     ``contiguous`` also checks ``length <= max_position`` so every mode fails the same way.
     """
     if mode == "random":
-        return randomized_positions(
+        draw = {"float": float_positions, "pose": pose_positions}.get(sampler, randomized_positions)
+        return draw(
             batch_size, length, max_position, generator, per_sequence=per_sequence, device=device
         )
     if mode == "contiguous":

@@ -538,7 +538,7 @@ class Trainer:
             text = f"loss {loss:.4f} acc {alive[0][metric]:.3f}" if alive else ""
         else:
             text = f"mean loss {loss:.4f}"
-        text += f" {self.workload.size_name[0]}={size}"
+        text += f" n={size}"  # the size of the step (a length, a resolution)
         bar.update(self.step, text + (f" failed {len(self.failed)}" if self.failed else ""))
 
     def evaluate(

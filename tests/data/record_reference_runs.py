@@ -12,9 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tiny import TINY_BASE  # noqa: E402
-
 import torch  # noqa: E402
+from tiny import TINY_BASE  # noqa: E402
 
 from randpos.config import TrainConfig  # noqa: E402
 from randpos.training import train  # noqa: E402

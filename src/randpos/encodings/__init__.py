@@ -4,7 +4,18 @@
 an encoding = one module with a ``@register("name")`` class, imported below.
 """
 
-from randpos.encodings import alibi, learned, none, relative, rope, sincos  # noqa: F401 (registers)
+from randpos.encodings import (  # noqa: F401 (registers)
+    alibi,
+    fire,
+    kerple,
+    learned,
+    none,
+    relative,
+    rope,
+    sandwich,
+    sincos,
+    t5,
+)
 from randpos.encodings.base import (
     ENCODINGS,
     PositionalEncoding,

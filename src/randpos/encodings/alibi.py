@@ -49,6 +49,7 @@ def alibi_slopes(num_heads: int) -> list[float]:
 
 @register("alibi")
 class AlibiEncoding(PositionalEncoding):
+    float_positions = True  # its formula is continuous in the positions
     uses_distances = True
 
     def __init__(self, config: ModelConfig) -> None:

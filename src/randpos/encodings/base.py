@@ -79,6 +79,9 @@ class PositionalEncoding(nn.Module):
     #: True when the hooks accept non-integer (float) positions, as Random Float Sampling
     #: draws them; encodings indexing tables by position (learned, T5 buckets) refuse them.
     float_positions: ClassVar[bool] = False
+    #: Attention depends only on position differences while every position is below this
+    #: bound (FIRE: its normaliser's threshold); None: everywhere (or not relative at all).
+    relative_below: ClassVar[int | None] = None
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

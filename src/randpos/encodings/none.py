@@ -9,3 +9,5 @@ from randpos.encodings.base import PositionalEncoding, register
 class NoEncoding(PositionalEncoding):
     """Overrides no hook: the encoder sees token embeddings only (and, being bidirectional, is
     then equivariant to permutations of its input)."""
+
+    float_positions = True  # its formula is continuous in the positions

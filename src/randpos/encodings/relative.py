@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 @register("relative")
 class RelativeEncoding(PositionalEncoding):
+    float_positions = True  # its formula is continuous in the positions
     uses_distances = True
     #: read a distance table even when none is given (the identity table then)
     requires_distances = False
@@ -120,6 +121,8 @@ class RelativeReferenceBugEncoding(RelativeEncoding):
     key |delta| places to the left gets R(L - b_|delta|). It always reads a distance table (the
     identity table when none is given) and ignores positions.
     """
+
+    float_positions = False  # reads the distance tables, not positions
 
     requires_distances = True
 

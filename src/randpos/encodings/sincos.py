@@ -16,5 +16,7 @@ class SinCosEncoding(PositionalEncoding):
     """Computed from the position values, so any position works; the model still rejects
     positions outside ``[0, max_position)`` so that every PE shares one contract."""
 
+    float_positions = True  # its formula is continuous in the positions
+
     def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return x + sinusoid(positions, self.width, x.dtype)  # (B, T, D)

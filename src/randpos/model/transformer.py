@@ -235,9 +235,16 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"positions batch size {positions.shape[0]} must be 1 or tokens' {tokens.shape[0]}"
             )
-        for name, t in (("tokens", tokens), ("positions", positions)):
-            if not _is_integer(t):
-                raise ValueError(f"{name} must be an integer tensor (ids/positions), got {t.dtype}")
+        if not _is_integer(tokens):
+            raise ValueError(f"tokens must be an integer tensor (ids), got {tokens.dtype}")
+        if not _is_integer(positions) and not (
+            positions.is_floating_point() and self.pe.float_positions
+        ):
+            raise ValueError(
+                f"positions must be an integer tensor, got {positions.dtype} (float positions, "
+                f"as randomize='float' draws them, need an encoding that takes them; "
+                f"pe {self.config.pe!r} does not)"
+            )
         if layer_positions is not None:
             n = self.config.num_layers
             if (

@@ -45,12 +45,27 @@ class EncoderWorkload(Workload):
     @classmethod
     def validate(cls, config) -> None:
         from randpos.config import ConfigError, check_choice
-        from randpos.encodings import PE_NAMES
+        from randpos.encodings import PE_NAMES, get_encoding
         from randpos.tasks import TASK_NAMES
 
         super().validate(config)
         check_choice("task", config.task, TASK_NAMES)
         check_choice("pe", config.pe, PE_NAMES)
+        encoding = get_encoding(config.pe)
+        if encoding.causal_only and not config.causal:
+            raise ConfigError(
+                f"pe {config.pe!r} is causal-only: set causal=true (--set causal=true)"
+            )
+        if config.randomized and not encoding.randomizable:
+            raise ConfigError(
+                f"pe {config.pe!r} takes its positions from the content and cannot be "
+                "randomized: set randomized=false"
+            )
+        if config.randomized and config.randomize == "float" and not encoding.float_positions:
+            raise ConfigError(
+                f"randomize 'float' draws non-integer positions, which pe {config.pe!r} "
+                "cannot take; choose randomize: positions or an encoding that takes them"
+            )
         if config.randomized:
             longest = config.longest_sequence()
             if longest > config.max_position:
