@@ -9,10 +9,20 @@ Measures forward + backward + Adam step of the default model (5 x 64, 8 heads) a
   and ALiBi; only for PEs that read distances).
 
 Sampling is part of the timed step. Reports wall time and the process's CPU time (steadier on a
-shared machine). Prints a table and writes
-``benchmarks/results/model_<hostname>.json``. No assertions; numbers depend on machine load.
+shared machine), and each row's CPU time as a ratio to ``none`` with the same sampler, measured
+in the same run (``random_distances`` rows against ``none``'s ``random_positions``). Causal-only
+encodings run with a causal mask.
+
+``--memory-length T`` adds one memory row per encoding: the peak resident memory of a fresh
+process that builds the model and runs one inference forward of ``--memory-batch`` sequences of
+T tokens with per-sequence random positions from [0, 2048) (so a bias is (B, H, T, T)),
+reported as the increase of the process's peak RSS over its level before the forward.
+
+Prints a table and writes ``benchmarks/results/model_<hostname>.json``. No assertions; numbers
+depend on machine load.
 
     .venv/bin/python benchmarks/bench_model.py [--repeats 5] [--warmup 2] [--devices cpu cuda]
+    .venv/bin/python benchmarks/bench_model.py --memory-length 1500 --memory-batch 8
 """
 
 from __future__ import annotations
@@ -50,7 +60,8 @@ def bench_one(
     warmup: int,
     repeats: int,
 ) -> dict:
-    config = ModelConfig(pe=pe, max_position=max_position, attention=attention)
+    causal = get_encoding(pe).causal_only
+    config = ModelConfig(pe=pe, max_position=max_position, attention=attention, causal=causal)
     model = Transformer(config, generator=torch.Generator().manual_seed(0)).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -102,6 +113,59 @@ def bench_one(
     }
 
 
+def forward_peak(pe: str, batch: int, length: int, max_position: int) -> dict:
+    """In a fresh process: peak RSS growth (MiB) of one no-grad forward."""
+    import resource
+
+    torch.set_num_threads(1)
+    config = ModelConfig(pe=pe, max_position=max_position, causal=get_encoding(pe).causal_only)
+    model = Transformer(config, generator=torch.Generator().manual_seed(0)).eval()
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, config.vocab_size, (batch, length), generator=gen)
+    positions = randomized_positions(batch, length, max_position, gen, per_sequence=True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    start = time.perf_counter()
+    with torch.no_grad():
+        model(tokens, positions)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "pe": pe,
+        "batch": batch,
+        "length": length,
+        "forward_s": seconds,
+        "peak_rss_mib": peak / 1024,
+        "forward_peak_increase_mib": (peak - before) / 1024,
+    }
+
+
+def memory_rows(pes: list[str], batch: int, length: int, max_position: int) -> list[dict]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    rows = []
+    print(f"{'pe':24} {'forward s':>10} {'peak RSS MiB':>13} {'forward increase MiB':>21}")
+    for pe in pes:
+        with ctx.Pool(1) as pool:  # a fresh process per encoding: its own high-water mark
+            row = pool.apply(forward_peak, (pe, batch, length, max_position))
+        rows.append(row)
+        print(
+            f"{pe:24} {row['forward_s']:10.2f} {row['peak_rss_mib']:13.0f}"
+            f" {row['forward_peak_increase_mib']:21.0f}",
+            flush=True,
+        )
+    return rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """``ratio_to_none``: CPU time per step over ``none``'s on the same device and sampler."""
+    base = {(r["device"], r["sampler"]): r["median_process_s"] for r in rows if r["pe"] == "none"}
+    for r in rows:
+        sampler = "random_positions" if r["sampler"] == "random_distances" else r["sampler"]
+        ref = base.get((r["device"], sampler))
+        r["ratio_to_none"] = r["median_process_s"] / ref if ref else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128)
@@ -114,11 +178,15 @@ def main() -> None:
     parser.add_argument("--devices", nargs="*", default=None, help="default: cpu (+ cuda if any)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--memory-length", type=int, default=0, help="add memory rows at this T")
+    parser.add_argument("--memory-batch", type=int, default=8)
+    parser.add_argument("--no-speed", action="store_true", help="memory rows only")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    devices = [] if args.no_speed else devices
     rows = []
     print(f"{'device':6} {'pe':24} {'sampler':17} {'median s/step':>13} {'min':>8} {'cpu s':>8}")
     for device_name in devices:
@@ -146,10 +214,20 @@ def main() -> None:
                     flush=True,
                 )
 
+    add_ratios(rows)
+    for r in rows:
+        if r["ratio_to_none"] is not None:
+            print(
+                f"{r['device']:6} {r['pe']:24} {r['sampler']:17} x{r['ratio_to_none']:.2f} of none"
+            )
+    memory = []
+    if args.memory_length:
+        memory = memory_rows(args.pes, args.memory_batch, args.memory_length, args.max_position)
+
     info = machine_info()
     out = args.out or RESULTS / f"model_{info['hostname']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "results": rows}, indent=2))
+    out.write_text(json.dumps({"machine": info, "results": rows, "memory": memory}, indent=2))
     print(f"wrote {out}")
 
 
