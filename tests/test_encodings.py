@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -18,12 +19,19 @@ B, H, T, D = 2, CONFIG.num_heads, 9, CONFIG.width
 d = D // H
 
 
+def config_for(name: str, config: ModelConfig = CONFIG) -> ModelConfig:
+    """``config``, made causal for encodings that exist only for causal attention."""
+    if get_encoding(name).causal_only:
+        return dataclasses.replace(config, causal=True)
+    return config
+
+
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
 def build(name: str, config: ModelConfig = CONFIG, seed: int = 0) -> PositionalEncoding:
-    pe = get_encoding(name)(config)
+    pe = get_encoding(name)(config_for(name, config))
     pe.reset_parameters(gen(seed))
     return pe.double()  # float64 so oracles agree to ~1e-10
 
@@ -86,7 +94,7 @@ def test_hooks_return_well_shaped_tensors(name):
 # --- invariances ------------------------------------------------------------------------------
 
 # encodings that act inside attention are relative: logits see only position differences
-ATTENTION_LEVEL = [n for n in PE_NAMES if not get_encoding(n)(CONFIG).has_embed]
+ATTENTION_LEVEL = [n for n in PE_NAMES if not get_encoding(n)(config_for(n)).has_embed]
 
 
 @pytest.mark.parametrize("name", ATTENTION_LEVEL)

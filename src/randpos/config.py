@@ -89,6 +89,18 @@ class TrainConfig:
     attention: str = "fast"
     # Causal (decoder-style) attention mask on the encoder; causal-only encodings need it.
     causal: bool = False
+    # Rotary encodings (rope, xpos): the base and RoPE scaling for context extension, named as
+    # Hugging Face names them (randpos.encodings.rope; docs/encodings.md). None: derived.
+    rope_theta: float = 10000.0
+    rope_scaling: str = "none"  # none | linear | ntk | dynamic | yarn | llama3
+    rope_scaling_factor: float = 1.0
+    original_max_position_embeddings: int | None = None  # None: the model's max_position
+    beta_fast: float = 32.0  # yarn
+    beta_slow: float = 1.0  # yarn
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    attention_factor: float | None = None  # yarn; None: 0.1 ln(factor) + 1
+    cope_npos: int | None = None  # CoPE's position table size; None: max_position + 1
     # "bf16": autocast the forward pass to bfloat16 (CUDA only). It changes the numbers beyond
     # float noise, so unlike `compile` it is part of the run id.
     precision: str = "fp32"
@@ -226,6 +238,7 @@ class TrainConfig:
             max_position=self.model_max_position(),
             attention=self.attention,
             causal=self.causal,
+            **{name: getattr(self, name) for name in MODEL_EXTRA_FIELDS},
         )
 
 
@@ -244,7 +257,33 @@ def _longest_sequence(task_name: str, max_length: int) -> int:
 
 # Fields added after runs were first recorded: left out of the run id while they hold these
 # values, so that every earlier run keeps its id (randpos.store.config_hash).
-HASHED_UNLESS_DEFAULT: dict[str, Any] = {"workload": "encoder", "options": {}, "causal": False}
+MODEL_EXTRA_FIELDS = (
+    "rope_theta",
+    "rope_scaling",
+    "rope_scaling_factor",
+    "original_max_position_embeddings",
+    "beta_fast",
+    "beta_slow",
+    "low_freq_factor",
+    "high_freq_factor",
+    "attention_factor",
+    "cope_npos",
+)
+HASHED_UNLESS_DEFAULT: dict[str, Any] = {
+    "workload": "encoder",
+    "options": {},
+    "causal": False,
+    "rope_theta": 10000.0,
+    "rope_scaling": "none",
+    "rope_scaling_factor": 1.0,
+    "original_max_position_embeddings": None,
+    "beta_fast": 32.0,
+    "beta_slow": 1.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "attention_factor": None,
+    "cope_npos": None,
+}
 
 # Fields that never change a run's numbers; left out of the run id.
 RUNTIME_FIELDS = frozenset({"device", "threads", "log_every", "checkpoint_every", "compile"})
@@ -323,6 +362,11 @@ def _coerce(name: str, value: Any) -> Any:
 def coerce_value(name: str, value: Any, kind: Any) -> Any:
     """Convert a CLI/YAML value to the type ``kind``, rejecting (naming ``name``) what does
     not fit; used for config fields and for workload options."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # an optional field: None (also "none"/"null" from the CLI) or a value
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        kind = next(a for a in args if a is not type(None))
     if typing.get_origin(kind) is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be a mapping, got {value!r}")

@@ -6,6 +6,7 @@ an encoding = one module with a ``@register("name")`` class, imported below.
 
 from randpos.encodings import (  # noqa: F401 (registers)
     alibi,
+    cope,
     fire,
     kerple,
     learned,
@@ -15,6 +16,7 @@ from randpos.encodings import (  # noqa: F401 (registers)
     sandwich,
     sincos,
     t5,
+    xpos,
 )
 from randpos.encodings.base import (
     ENCODINGS,

@@ -1,16 +1,156 @@
-"""Rotary encoding (the reference's ``ROTARY``; SPEC §4.1).
+"""Rotary encoding (the reference's ``ROTARY``; SPEC §4.1) and RoPE scaling for context extension.
 
-Notation: B = batch, H = heads, T = length, d = head width, theta_m = 10000^(-m / (d/2)).
+Notation: B = batch, H = heads, T = length, d = head width, K = d / 2 rotary pairs,
+theta_m = base^(-m / K) with base = ``rope_theta`` (10000 by default).
 The interleaved pair (2m, 2m+1) of every query and key is rotated by the angle p * theta_m:
 (a, b) -> (a cos - b sin, b cos + a sin). Then q_i . k_j depends on positions only through
 p_j - p_i.
+
+RoPE scaling (``ModelConfig.rope_scaling``, Hugging Face's rope types and field names) changes
+only the inverse frequencies theta_m and an attention factor that multiplies cos and sin (so the
+logits by its square); :func:`rope_inverse_frequencies` computes both, as a pure function of the
+config (and, for ``dynamic``, of the largest position seen). ``tests/test_zoo_rotary.py`` checks
+it against ``transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS``. With ``rope_scaling="none"``
+(the default) the numbers are those of plain RoPE, bit for bit.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+from numbers import Real
+from typing import TYPE_CHECKING
+
 import torch
 
-from randpos.encodings.base import PositionalEncoding, inverse_frequencies, register
+from randpos.encodings.base import PositionalEncoding, register
+
+if TYPE_CHECKING:
+    from randpos.model.config import ModelConfig
+
+#: values of ``ModelConfig.rope_scaling``; ``ntk`` is the static NTK-aware base change
+ROPE_SCALING_TYPES = ("none", "linear", "ntk", "dynamic", "yarn", "llama3")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_rope_config(config: ModelConfig, head_width: int) -> None:
+    """``ValueError`` naming the field, its value and what is allowed, for the rotary fields."""
+
+    def fail(field: str, allowed: str) -> None:
+        raise ValueError(f"ModelConfig.{field}={getattr(config, field)!r}: must be {allowed}")
+
+    kind = config.rope_scaling
+    if kind not in ROPE_SCALING_TYPES:
+        fail("rope_scaling", f"one of {', '.join(ROPE_SCALING_TYPES)}")
+    if not _is_number(config.rope_theta) or config.rope_theta <= 1.0:
+        fail("rope_theta", "a number > 1")
+    if not _is_number(config.rope_scaling_factor) or config.rope_scaling_factor < 1.0:
+        fail("rope_scaling_factor", "a number >= 1")
+    if kind == "none" and config.rope_scaling_factor != 1.0:
+        fail("rope_scaling_factor", "1.0 with rope_scaling='none' (choose a rope_scaling type)")
+    original = config.original_max_position_embeddings
+    if original is not None and (
+        not isinstance(original, int) or isinstance(original, bool) or original <= 0
+    ):
+        fail("original_max_position_embeddings", "None (max_position) or a positive integer")
+    for field in ("beta_fast", "beta_slow", "low_freq_factor", "high_freq_factor"):
+        value = getattr(config, field)
+        if not _is_number(value) or value <= 0:
+            fail(field, "a positive number")
+    if config.beta_fast <= config.beta_slow:
+        fail("beta_fast", f"greater than beta_slow={config.beta_slow!r}")
+    if config.high_freq_factor <= config.low_freq_factor:
+        fail("high_freq_factor", f"greater than low_freq_factor={config.low_freq_factor!r}")
+    factor = config.attention_factor
+    if factor is not None:
+        if not _is_number(factor) or factor <= 0:
+            fail("attention_factor", "None (derived) or a positive number")
+        if kind != "yarn":
+            fail("attention_factor", f"None unless rope_scaling='yarn' (got {kind!r})")
+    if kind in ("ntk", "dynamic") and head_width <= 2:
+        fail("num_heads", f"such that the head width exceeds 2 for rope_scaling={kind!r}")
+
+
+def rope_inverse_frequencies(
+    head_width: int,
+    config: ModelConfig,
+    seq_len: int | float | torch.Tensor | None = None,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, float]:
+    """The K = head_width / 2 inverse frequencies (float64 (K,)) and the attention factor.
+
+    Follows Hugging Face's ``ROPE_INIT_FUNCTIONS`` (same formulas, computed in float64), with
+    L0 = ``original_max_position_embeddings`` or, when None, ``max_position``, s = factor:
+
+    * none:    theta_m = base^(-2m/d), attention factor 1.
+    * linear:  theta_m / s (position interpolation: position p acts as p / s).
+    * ntk:     static NTK-aware base change, base * s^(d/(d-2)) (not in current HF).
+    * dynamic: HF's ``_compute_dynamic_ntk_parameters``: base * (s l / L0 - (s-1))^(d/(d-2)),
+      l = max(seq_len, L0); ``seq_len`` (a tensor is fine, no device sync) is the largest
+      position seen + 1, and None means L0 (unchanged frequencies).
+    * yarn:    HF's ramp over pair indices between the rounded correction dims of
+      ``beta_fast`` / ``beta_slow`` at L0, blending theta_m (extrapolation) and theta_m / s;
+      attention factor ``attention_factor`` or 0.1 ln(s) + 1 (1 for s <= 1).
+    * llama3:  wavelengths 2 pi / theta_m below L0 / ``high_freq_factor`` kept, above
+      L0 / ``low_freq_factor`` divided by s, smoothly interpolated in between.
+    """
+    kind, s = config.rope_scaling, float(config.rope_scaling_factor)
+    dim = head_width
+    k = torch.arange(dim // 2, device=device, dtype=torch.float64)
+    exponent = -2.0 * k / dim  # (K,)
+    base = float(config.rope_theta)
+    # the exact expression of base.inverse_frequencies, so that "none" is plain RoPE bit for bit
+    inv_freq = torch.pow(base, exponent)  # (K,)
+    original = config.original_max_position_embeddings or config.max_position
+    if kind == "none":
+        return inv_freq, 1.0
+    if kind == "linear":
+        return inv_freq / s, 1.0
+    if kind == "ntk":
+        return torch.pow(base * s ** (dim / (dim - 2)), exponent), 1.0
+    if kind == "dynamic":
+        # (base * r)^e = base^e * r^e, so r = 1 (seq_len <= L0, or s = 1 within L0) is exact
+        if seq_len is None:
+            seq_len = original
+        if isinstance(seq_len, torch.Tensor):
+            length = seq_len.to(device=device, dtype=torch.float64).clamp(min=original)
+        else:
+            length = torch.tensor(max(float(seq_len), original), dtype=torch.float64, device=device)
+        ratio = s * length / original - (s - 1.0)  # () tensor
+        return inv_freq * torch.pow(ratio, exponent * (dim / (dim - 2))), 1.0
+    if kind == "yarn":
+        factor = config.attention_factor
+        if factor is None:
+            factor = 0.1 * math.log(s) + 1.0 if s > 1.0 else 1.0
+
+        def correction_dim(rotations: float) -> float:
+            # the pair index whose wavelength fits ``rotations`` times into L0
+            return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+        low = max(math.floor(correction_dim(config.beta_fast)), 0)
+        high = min(math.ceil(correction_dim(config.beta_slow)), dim - 1)
+        if low == high:
+            high += 0.001  # as HF: avoids a zero-width ramp
+        ramp = ((k - low) / (high - low)).clamp(0.0, 1.0)  # (K,) 0: keep, 1: interpolate
+        keep = 1.0 - ramp
+        return inv_freq / s * (1.0 - keep) + inv_freq * keep, float(factor)
+    if kind == "llama3":
+        low_wavelength = original / config.low_freq_factor
+        high_wavelength = original / config.high_freq_factor
+        wavelength = 2 * math.pi / inv_freq  # (K,)
+        scaled = torch.where(wavelength > low_wavelength, inv_freq / s, inv_freq)
+        smooth = (original / wavelength - config.low_freq_factor) / (
+            config.high_freq_factor - config.low_freq_factor
+        )
+        smoothed = (1.0 - smooth) * scaled / s + smooth * scaled
+        medium = (wavelength >= high_wavelength) & (wavelength <= low_wavelength)
+        return torch.where(medium, smoothed, scaled), 1.0
+    raise ValueError(
+        f"ModelConfig.rope_scaling={kind!r}: must be one of {', '.join(ROPE_SCALING_TYPES)}"
+    )
 
 
 def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -22,14 +162,37 @@ def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
 
 @register("rope")
 class RotaryEncoding(PositionalEncoding):
+    float_positions = True  # angles p * theta_m are continuous in the positions
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        check_rope_config(config, self.head_width)
+        self.rope_config = replace(config)  # a private copy: later edits to config do not leak
+
+    def frequencies(self, positions: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Inverse frequencies (K,) float64 and attention factor for these positions (B, T)."""
+        seq_len = None
+        if self.rope_config.rope_scaling == "dynamic":
+            # HF's dynamic_rope_update: the largest position id seen + 1, over the whole batch
+            seq_len = positions.max() + 1
+        return rope_inverse_frequencies(
+            self.head_width, self.rope_config, seq_len, positions.device
+        )
+
+    def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (B, T, K) float64 of p * theta_m, times the attention factor."""
+        inv_freq, factor = self.frequencies(positions)
+        # float64 angles (see base.inverse_frequencies)
+        angles = positions.to(torch.float64).unsqueeze(-1) * inv_freq  # (B, T, K)
+        cos, sin = angles.cos(), angles.sin()
+        if factor != 1.0:
+            cos, sin = cos * factor, sin * factor
+        return cos, sin
+
     def rotate(
         self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, layer: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        d = q.shape[-1]
-        # theta_m = 10000^(-m/(d/2)) = 10000^(-2m/d), computed in float64 (see inverse_frequencies)
-        angles = positions.to(torch.float64).unsqueeze(-1) * inverse_frequencies(
-            d // 2, d, positions.device
-        )  # (B, T, d/2)
-        cos = angles.cos().to(q.dtype).unsqueeze(1)  # (B, 1, T, d/2): shared by all heads
-        sin = angles.sin().to(q.dtype).unsqueeze(1)
+        cos, sin = self.angles(positions)
+        cos = cos.to(q.dtype).unsqueeze(1)  # (B, 1, T, K): shared by all heads
+        sin = sin.to(q.dtype).unsqueeze(1)
         return _rotate_pairs(q, cos, sin), _rotate_pairs(k, cos, sin)

@@ -52,6 +52,12 @@ class EncoderWorkload(Workload):
         check_choice("task", config.task, TASK_NAMES)
         check_choice("pe", config.pe, PE_NAMES)
         encoding = get_encoding(config.pe)
+        from randpos.encodings.rope import check_rope_config
+
+        try:  # the rotary fields, whichever encoding (a bad value is never silently ignored)
+            check_rope_config(config.model_config(), config.width // config.num_heads)
+        except ValueError as exc:
+            raise ConfigError(str(exc).replace("ModelConfig.", "")) from None
         if encoding.causal_only and not config.causal:
             raise ConfigError(
                 f"pe {config.pe!r} is causal-only: set causal=true (--set causal=true)"

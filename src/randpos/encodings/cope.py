@@ -1,0 +1,87 @@
+"""CoPE, Contextual Position Encoding (Golovneva et al. 2024, arXiv 2405.18719).
+
+Notation: B = batch, H = heads, T = length, d = head width, P = ``npos`` (the table size),
+query i, key j <= i (causal).
+
+    g_ij = sigmoid(q_i . k_j / sqrt(d))                     gates, 0 for j > i
+    p_ij = min(sum_{t=j..i} g_it, P - 1)                    positions counted back from the query
+    z_i[t] = q_i . e[t],  t = 0..P-1                         (B, H, T, P), never (B, T, T, d)
+    b_ij = (p - floor p) z_i[ceil p] + (1 - (p - floor p)) z_i[floor p]
+    logits_ij = (q_i . k_j + b_ij) / sqrt(d)                 so the bias hook returns b / sqrt(d)
+
+e is a learnable (d, P) table per layer, shared by the heads, initialized to **zeros** (as the
+official code): at initialization CoPE adds exactly nothing and the model is NoPE's. The gradient
+reaches the gates through the interpolation weight p - floor p. P defaults to max_position + 1
+(the official ``block_size + 1``: a causal sum of T <= max_position gates never reaches the
+clamp); ``ModelConfig.cope_npos`` overrides it. Positions come from the content, so the
+``positions`` argument (and any position sampler) is ignored: ``randomizable = False``. Causal
+only. Source: facebookresearch/RAM ``projects/cope/src/cope/context_position.py``
+(``ContextPosSelfAttn``, default options: gates from q . k, division by sqrt(d) after the bias).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from randpos.encodings.base import PositionalEncoding, register
+
+if TYPE_CHECKING:
+    from randpos.model.config import ModelConfig
+
+
+@register("cope")
+class ContextualPositionEncoding(PositionalEncoding):
+    causal_only = True
+    randomizable = False  # positions are counted from the content
+    float_positions = True  # positions are ignored, whatever their dtype
+
+    def __init__(self, config: ModelConfig) -> None:
+        if not config.causal:
+            raise ValueError(
+                "cope is causal-only: set causal=true (ModelConfig.causal is False; its positions"
+                " count gates from each key up to the query)"
+            )
+        super().__init__(config)
+        npos = config.cope_npos if config.cope_npos is not None else config.max_position + 1
+        if not isinstance(npos, int) or isinstance(npos, bool) or npos < 1:
+            raise ValueError(
+                f"ModelConfig.cope_npos={config.cope_npos!r}: must be None (max_position + 1)"
+                " or a positive integer"
+            )
+        self.npos = npos
+        # e: (layers, d, P); zeros until reset_parameters (which keeps them zero)
+        self.table = nn.Parameter(torch.zeros(self.num_layers, self.head_width, npos))
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Zeros, as the official code: draws nothing from ``generator``."""
+        with torch.no_grad():
+            self.table.zero_()
+
+    def context_positions(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """p_ij (B, H, T, T), 0 for j > i, clamped to npos - 1."""
+        length = q.shape[-2]
+        visible = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()  # j <= i
+        gates = torch.sigmoid(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]))  # (B, H, T, T)
+        gates = gates.masked_fill(~visible, 0.0)
+        # sum over t = j..T-1 of the masked gates = sum over t = j..i
+        return gates.flip(-1).cumsum(-1).flip(-1).clamp(max=self.npos - 1)
+
+    def bias(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        positions: torch.Tensor,
+        layer: int,
+        distances: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        p = self.context_positions(q, k)  # (B, H, T, T)
+        z = q @ self.table[layer].to(q.dtype)  # (B, H, T, P): q_i . e[t] for every t
+        lower = p.detach().floor()
+        weight = p - lower  # differentiable: the gradient to the gates flows here
+        z_lower = z.gather(-1, lower.long())  # (B, H, T, T)
+        z_upper = z.gather(-1, p.detach().ceil().long())
+        return (z_upper * weight + z_lower * (1.0 - weight)) / math.sqrt(q.shape[-1])

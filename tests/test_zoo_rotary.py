@@ -1,0 +1,617 @@
+"""The rotary zoo (xpos, RoPE scaling) and CoPE against independent oracles.
+
+Oracles: plain ``rope`` (xPos without decay, RoPE scaling at factor 1, bit for bit), complex-number
+rotations with the xPos decay written from the paper, brute-force loops over CoPE's formula, NoPE
+(CoPE at initialization), and Hugging Face's ``ROPE_INIT_FUNCTIONS`` for every scaling type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from randpos.encodings import get_encoding
+from randpos.encodings.base import inverse_frequencies
+from randpos.encodings.rope import ROPE_SCALING_TYPES, rope_inverse_frequencies
+from randpos.encodings.xpos import XPosEncoding
+from randpos.model import ModelConfig, Transformer
+from randpos.positions import randomized_positions
+
+CONFIG = ModelConfig(max_position=2048, causal=True)
+B, H, T = 2, CONFIG.num_heads, 9
+d = CONFIG.width // H
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def qk(batch=B, length=T, heads=H, width=d, seed=0, dtype=torch.float64):
+    g = gen(seed)
+    q = torch.randn(batch, heads, length, width, generator=g, dtype=dtype)
+    k = torch.randn(batch, heads, length, width, generator=g, dtype=dtype)
+    return q, k
+
+
+def positions(max_position=2048, seed=0, batch=B, length=T) -> torch.Tensor:
+    return randomized_positions(batch, length, max_position, gen(seed), per_sequence=True)
+
+
+def encoding(name: str, config: ModelConfig = CONFIG, **kwargs):
+    pe = get_encoding(name)(config, **kwargs)
+    pe.reset_parameters(gen())
+    return pe.double()
+
+
+def scores(pe, q, k, pos) -> torch.Tensor:
+    rq, rk = pe.rotate(q, k, pos, 0)
+    return rq @ rk.transpose(-1, -2)  # (B, H, T, T)
+
+
+def build_model(pe: str, seed: int = 0, **overrides) -> Transformer:
+    small = {"num_layers": 2, "width": 32, "num_heads": 4, "ff_width": 64, "max_position": 64}
+    fields = {"pe": pe, "causal": True, **small, **overrides}  # head width 8, as CONFIG
+    return Transformer(ModelConfig(**fields), generator=gen(seed))
+
+
+def model_inputs(seed=0, batch=B, length=T, max_position=64):
+    g = gen(seed)
+    tokens = torch.randint(0, 3, (batch, length), generator=g)
+    return tokens, randomized_positions(batch, length, max_position, g, per_sequence=True)
+
+
+# --- causal-only and capability flags ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["xpos", "cope"])
+def test_causal_only_encodings_refuse_bidirectional_models(name):
+    cls = get_encoding(name)
+    assert cls.causal_only
+    with pytest.raises(ValueError, match=f"^{name} is causal-only: set causal=true"):
+        cls(dataclasses.replace(CONFIG, causal=False))
+    with pytest.raises(ValueError, match="causal"):
+        Transformer(ModelConfig(pe=name))
+    Transformer(ModelConfig(pe=name, causal=True, num_layers=1))  # fine when causal
+
+
+def test_capabilities():
+    xpos, cope, rope = (get_encoding(n) for n in ("xpos", "cope", "rope"))
+    assert xpos.randomizable and xpos.float_positions and not xpos.uses_distances
+    assert not cope.randomizable and not cope.uses_distances
+    assert rope.float_positions and not rope.causal_only
+    assert encoding("xpos").has_rotate and not encoding("xpos").has_bias
+    assert encoding("cope").has_bias and not encoding("cope").has_rotate
+    assert sum(p.numel() for p in encoding("xpos").parameters()) == 0
+
+
+# --- xpos --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["int", "float"])
+def test_xpos_without_decay_is_rope_bit_for_bit(dtype, kind):
+    rope = get_encoding("rope")(CONFIG)
+    flat = XPosEncoding(CONFIG, scale_base=math.inf)  # zeta^0 = 1 exactly
+    q, k = qk(dtype=dtype)
+    pos = positions() if kind == "int" else positions().double() + 0.37
+    for got, want in zip(flat.rotate(q, k, pos, 0), rope.rotate(q, k, pos, 0), strict=True):
+        assert torch.equal(got, want)
+    # and whole models: same weights, same logits, bit for bit
+    tokens, pos = model_inputs()
+    a, b = build_model("xpos").eval(), build_model("rope").eval()
+    a.pe = XPosEncoding(a.config, scale_base=math.inf)
+    assert torch.equal(a(tokens, pos), b(tokens, pos))
+
+
+def xpos_oracle(x: torch.Tensor, p: float, center: float, sign: int, base=512.0, gamma=0.4):
+    """One (d,) vector: pair m as a complex number times e^{i p theta_m} zeta_m^{sign (p-c)/S},
+    zeta_m from torchscale's (2m + gamma d) / ((1 + gamma) d)."""
+    width = x.shape[-1]
+    z = torch.view_as_complex(x.reshape(-1, 2).contiguous())
+    out = []
+    for m in range(width // 2):
+        theta = 10000 ** (-2 * m / width)
+        zeta = (2 * m + gamma * width) / ((1 + gamma) * width)
+        angle = p * theta
+        out.append(
+            z[m] * complex(math.cos(angle), math.sin(angle)) * zeta ** (sign * (p - center) / base)
+        )
+    return torch.view_as_real(torch.stack(out)).reshape(-1)
+
+
+def test_xpos_matches_closed_form():
+    pe = encoding("xpos")
+    assert pe.center == 1024.0
+    q, k = qk(batch=1, length=5)
+    pos = torch.tensor([[0.0, 3.0, 700.5, 1500.0, 2047.0]], dtype=torch.float64)
+    rq, rk = pe.rotate(q, k, pos, 0)
+    for h in (0, 5):
+        for t in range(5):
+            p = float(pos[0, t])
+            torch.testing.assert_close(rq[0, h, t], xpos_oracle(q[0, h, t], p, 1024.0, +1))
+            torch.testing.assert_close(rk[0, h, t], xpos_oracle(k[0, h, t], p, 1024.0, -1))
+
+
+def test_xpos_scores_are_shift_invariant():
+    pe = encoding("xpos")
+    q, k = qk()
+    pos = positions(max_position=1000)
+    base = scores(pe, q, k, pos)
+    for shift in (1, 500, 1047):
+        torch.testing.assert_close(scores(pe, q, k, pos + shift), base, rtol=1e-9, atol=1e-9)
+    floats = pos.double() * 0.9 + 0.25
+    torch.testing.assert_close(scores(pe, q, k, floats + 321.5), scores(pe, q, k, floats))
+
+
+def test_xpos_decays_by_zeta_per_pair():
+    """A probe with one nonzero pair m: the xpos score is the rope score times
+    zeta_m^((p_i - p_j) / 512), zeta_m < 1, so past keys are damped more the farther they are."""
+    xpos, rope = encoding("xpos"), encoding("rope")
+    pos = torch.tensor([[10, 37, 300, 900, 1801]])
+    delta = (pos.unsqueeze(-1) - pos.unsqueeze(-2)).double()  # (1, T, T): p_i - p_j
+    for m in (0, 1, d // 2 - 1):
+        q = torch.zeros(1, 1, 5, d, dtype=torch.float64)
+        q[..., 2 * m], q[..., 2 * m + 1] = 1.0, 0.5
+        zeta = (m / (d // 2) + 0.4) / 1.4
+        assert 0 < zeta < 1
+        torch.testing.assert_close(
+            scores(xpos, q, q, pos), scores(rope, q, q, pos) * zeta ** (delta / 512)
+        )
+
+
+# --- cope --------------------------------------------------------------------------------------
+
+
+def cope_with_table(config=CONFIG, seed=1, scale=0.5):
+    pe = encoding("cope", config)
+    with torch.no_grad():
+        pe.table.copy_(
+            torch.randn(pe.table.shape, generator=gen(seed), dtype=torch.float64) * scale
+        )
+    return pe
+
+
+def test_cope_table_and_npos():
+    pe = encoding("cope")
+    assert pe.table.shape == (CONFIG.num_layers, d, CONFIG.max_position + 1)
+    assert torch.equal(pe.table, torch.zeros_like(pe.table))
+    assert encoding("cope", dataclasses.replace(CONFIG, cope_npos=16)).table.shape[-1] == 16
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="ModelConfig.cope_npos"):
+            get_encoding("cope")(dataclasses.replace(CONFIG, cope_npos=bad))
+
+
+def cope_brute_force(pe, q, k, layer=0) -> list:
+    """Plain-Python floats, straight from the paper's formula; [b][h][i][j] for j <= i."""
+    width = q.shape[-1]
+    table = pe.table[layer].tolist()  # (d, P)
+    cap = pe.npos - 1
+    out = []
+    for b in range(q.shape[0]):
+        per_head = []
+        for h in range(q.shape[1]):
+            qs, ks = q[b, h].tolist(), k[b, h].tolist()
+            rows = []
+            for i in range(len(qs)):
+                dot = [sum(x * y for x, y in zip(qs[i], ks[j], strict=True)) for j in range(i + 1)]
+                gates = [1 / (1 + math.exp(-v / math.sqrt(width))) for v in dot]
+                row = []
+                z = [
+                    sum(qs[i][c] * table[c][t] for c in range(width))
+                    for t in range(min(cap, i + 1) + 1)
+                ]
+                for j in range(i + 1):
+                    p = min(sum(gates[j : i + 1]), cap)
+                    lo, hi = math.floor(p), math.ceil(p)
+                    row.append(((p - lo) * z[hi] + (1 - (p - lo)) * z[lo]) / math.sqrt(width))
+                rows.append(row)
+            per_head.append(rows)
+        out.append(per_head)
+    return out
+
+
+@pytest.mark.parametrize("npos", [None, 3])
+def test_cope_matches_brute_force(npos):
+    config = dataclasses.replace(CONFIG, cope_npos=npos)
+    pe = cope_with_table(config)
+    q, k = qk(batch=2, length=6)
+    for layer in (0, 3):
+        got = pe.bias(q, k, positions(length=6), layer)  # (B, H, T, T)
+        want = cope_brute_force(pe, q, k, layer)
+        for b in range(2):
+            for h in range(H):
+                for i in range(6):
+                    for j in range(i + 1):
+                        assert got[b, h, i, j].item() == pytest.approx(want[b][h][i][j], abs=1e-10)
+
+
+def test_cope_with_open_gates_is_a_relative_table():
+    """All gates 1 (q . k huge): p_ij = i - j + 1, an exact lookup of e (clamped to npos - 1)."""
+    config = dataclasses.replace(CONFIG, cope_npos=5)
+    pe = cope_with_table(config)
+    q = torch.full((1, H, T, d), 30.0, dtype=torch.float64)
+    torch.testing.assert_close(
+        pe.context_positions(q, q)[0, 0],
+        torch.tensor(
+            [[min(i - j + 1, 4) if j <= i else 0 for j in range(T)] for i in range(T)],
+            dtype=torch.float64,
+        ),
+        rtol=0,
+        atol=0,
+    )
+    bias = pe.bias(q, q, positions(), 2)
+    z = q @ pe.table[2] / math.sqrt(d)  # (1, H, T, P)
+    for i in range(T):
+        for j in range(i + 1):
+            torch.testing.assert_close(bias[0, :, i, j], z[0, :, i, min(i - j + 1, 4)])
+
+
+def test_cope_ignores_positions():
+    pe = cope_with_table()
+    q, k = qk()
+    a = pe.bias(q, k, positions(seed=1), 0)
+    assert torch.equal(a, pe.bias(q, k, positions(seed=2), 0))
+    assert torch.equal(a, pe.bias(q, k, positions(seed=2).double() + 0.5, 0))
+    m = build_model("cope").eval()
+    tokens, pos = model_inputs()
+    assert torch.equal(m(tokens, pos), m(tokens, torch.arange(T).expand(B, T)))
+
+
+def test_cope_gradient_reaches_the_gates():
+    pe = cope_with_table()
+    q, k = qk()
+    k.requires_grad_(True)  # k enters only through the gates, hence through p
+    pe.bias(q, k, positions(), 0).tril().square().sum().backward()
+    assert bool(k.grad.abs().sum() > 0) and bool(torch.isfinite(k.grad).all())
+
+
+@pytest.mark.parametrize("attention", ["math", "fast"])
+def test_cope_at_initialisation_equals_none(attention):
+    nope = build_model("none", attention=attention, seed=3)
+    cope = build_model("cope", attention=attention, seed=5)
+    missing, unexpected = cope.load_state_dict(nope.state_dict(), strict=False)
+    assert missing == ["pe.table"] and unexpected == []
+    assert torch.equal(cope.pe.table, torch.zeros_like(cope.pe.table))
+    tokens, pos = model_inputs()
+    exact = attention == "math"  # math path: a zero bias is added, the logits are unchanged
+    for train in (False, True):
+        nope.train(train)
+        cope.train(train)
+        a, b = cope(tokens, pos, generator=gen(7)), nope(tokens, pos, generator=gen(7))
+        if exact:
+            assert torch.equal(a, b)
+        else:  # SDPA with a float mask vs its causal kernel
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    a.square().mean().backward()  # the table learns from the first step
+    assert bool(cope.pe.table.grad.abs().sum() > 0)
+
+
+def test_cope_never_materializes_a_pair_by_width_tensor():
+    """No (B, H, T, T, d) or (B, T, T, d) intermediate: q . e is (B, H, T, P), then gathered."""
+    from torch.overrides import TorchFunctionMode
+
+    length, npos = 24, 8
+    config = dataclasses.replace(CONFIG, cope_npos=npos)
+    pe = cope_with_table(config)
+    q, k = qk(length=length)
+    largest = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple) else (out,):
+                if isinstance(t, torch.Tensor):
+                    largest.append(t.numel())
+            return out
+
+    with Record():
+        pe.bias(q, k, positions(length=length), 0)
+    assert len(largest) > 5  # the mode saw the computation
+    assert max(largest) <= B * H * length * max(length, npos)
+
+
+@pytest.mark.parametrize("pe", ["cope", "xpos", "rope"])
+def test_causal_fast_path_equals_math_path(pe):
+    fast = build_model(pe, attention="fast").eval()
+    math_ = build_model(pe, attention="math").eval()
+    if pe == "cope":  # a nonzero table, so the bias matters
+        for m in (fast, math_):
+            with torch.no_grad():
+                m.pe.table.copy_(torch.randn(m.pe.table.shape, generator=gen(4)))
+    tokens, pos = model_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(tokens, pos), math_(tokens, pos), rtol=1e-4, atol=1e-5)
+    # causal: later tokens never change earlier outputs
+    changed = tokens.clone()
+    changed[:, 5:] = (changed[:, 5:] + 1) % 3
+    with torch.no_grad():
+        torch.testing.assert_close(fast(changed, pos)[:, :5], fast(tokens, pos)[:, :5])
+
+
+# --- RoPE scaling: defaults, exactness, validation ---------------------------------------------
+
+
+def test_rope_scaling_defaults():
+    c = ModelConfig()
+    assert (c.rope_theta, c.rope_scaling, c.rope_scaling_factor) == (10000.0, "none", 1.0)
+    assert (c.original_max_position_embeddings, c.attention_factor) == (None, None)
+    assert (c.beta_fast, c.beta_slow, c.low_freq_factor, c.high_freq_factor) == (32, 1, 1, 4)
+    assert ROPE_SCALING_TYPES == ("none", "linear", "ntk", "dynamic", "yarn", "llama3")
+
+
+def committed_rope(q, k, pos):
+    """The rotation as committed before RoPE scaling existed (a verbatim-semantics copy)."""
+    width = q.shape[-1]
+    angles = pos.to(torch.float64).unsqueeze(-1) * inverse_frequencies(width // 2, width)
+    cos, sin = angles.cos().to(q.dtype).unsqueeze(1), angles.sin().to(q.dtype).unsqueeze(1)
+
+    def rot(x):
+        a, b = x[..., 0::2], x[..., 1::2]
+        return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2)
+
+    return rot(q), rot(k)
+
+
+@pytest.mark.parametrize(
+    "scaling", [("none", 1.0), ("linear", 1.0), ("ntk", 1.0), ("dynamic", 1.0), ("dynamic", 8.0)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_identity_scalings_are_plain_rope_bit_for_bit(scaling, dtype):
+    # dynamic at any factor leaves RoPE unchanged while every position < L0 (= max_position here)
+    kind, factor = scaling
+    config = dataclasses.replace(
+        CONFIG, num_heads=4, rope_scaling=kind, rope_scaling_factor=factor
+    )  # head width 16
+    pe = get_encoding("rope")(config)
+    q, k = qk(dtype=dtype, width=16, heads=4)
+    pos = positions()
+    pos[0, -1] = 2047  # the largest position allowed: seq_len = 2048 = L0
+    for got, want in zip(pe.rotate(q, k, pos, 0), committed_rope(q, k, pos), strict=True):
+        assert torch.equal(got, want)
+    inv, factor = rope_inverse_frequencies(16, config, seq_len=2048)
+    assert torch.equal(inv, inverse_frequencies(8, 16)) and factor == 1.0
+
+
+def test_linear_scaling_is_position_interpolation():
+    config = dataclasses.replace(CONFIG, rope_scaling="linear", rope_scaling_factor=4.0)
+    pe, plain = get_encoding("rope")(config), get_encoding("rope")(CONFIG)
+    q, k = qk()
+    pos = positions()
+    for got, want in zip(pe.rotate(q, k, pos, 0), plain.rotate(q, k, pos / 4.0, 0), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def scaled(kind, factor, **fields):
+    return dataclasses.replace(CONFIG, rope_scaling=kind, rope_scaling_factor=factor, **fields)
+
+
+def test_ntk_endpoints_and_test_vectors():
+    inv, _ = rope_inverse_frequencies(128, scaled("ntk", 2.0))
+    plain = inverse_frequencies(64, 128)
+    assert inv[0].item() == 1.0
+    assert (inv[-1] / plain[-1]).item() == pytest.approx(0.5, rel=1e-12)  # last pair: 1/s
+    assert inv[1].item() == pytest.approx(20221.26 ** (-2 / 128), rel=1e-7)  # base' (notes §8)
+
+
+def test_dynamic_test_vector_and_threshold():
+    config = scaled("dynamic", 2.0, original_max_position_embeddings=2048)
+    inv, _ = rope_inverse_frequencies(128, config, seq_len=8192)
+    assert inv[1].item() == pytest.approx(72195.86 ** (-2 / 128), rel=1e-7)
+    for seq_len in (None, 1, 2048, torch.tensor(2048)):  # unchanged while l <= L0
+        assert torch.equal(
+            rope_inverse_frequencies(128, config, seq_len)[0], inverse_frequencies(64, 128)
+        )
+    # the encoding uses max(positions) + 1, a tensor (no device sync)
+    pe = get_encoding("rope")(config)
+    pos = torch.tensor([[0, 5, 4000]])
+    assert torch.equal(pe.frequencies(pos)[0], rope_inverse_frequencies(d, config, 4001)[0])
+
+
+def test_yarn_test_vector():
+    config = scaled("yarn", 4.0, original_max_position_embeddings=4096)
+    inv, factor = rope_inverse_frequencies(128, config)
+    plain = inverse_frequencies(64, 128)
+    assert factor == pytest.approx(1.1386294, rel=1e-7)
+    assert inv[0].item() == 1.0 and (inv[63] / plain[63]).item() == pytest.approx(0.25, rel=1e-12)
+    ratio = inv / plain
+    assert torch.equal(ratio[:21], torch.ones(21, dtype=torch.float64))  # pairs <= low = 20
+    torch.testing.assert_close(ratio[46:], torch.full((18,), 0.25, dtype=torch.float64))  # >= high
+    assert bool(((ratio[21:46] < 1) & (ratio[21:46] > 0.25)).all())
+    explicit = rope_inverse_frequencies(128, dataclasses.replace(config, attention_factor=1.5))
+    assert explicit[1] == 1.5 and torch.equal(explicit[0], inv)
+
+
+def test_llama3_test_vector():
+    config = scaled("llama3", 8.0, rope_theta=500000.0, original_max_position_embeddings=8192)
+    inv, factor = rope_inverse_frequencies(128, config)
+    ratio = inv / torch.pow(500000.0, -2.0 * torch.arange(64, dtype=torch.float64) / 128)
+    kept, divided = ratio == 1.0, (ratio - 0.125).abs() < 1e-15
+    smoothed = ~(kept | divided)
+    assert (int(kept.sum()), int(smoothed.sum()), int(divided.sum())) == (29, 6, 29)
+    assert int(smoothed.nonzero()[0]) == 29 and factor == 1.0
+
+
+def test_attention_factor_scales_cos_and_sin():
+    config = scaled("yarn", 16.0, original_max_position_embeddings=512)
+    pe = get_encoding("rope")(config)
+    inv, factor = rope_inverse_frequencies(d, config)
+    assert factor == pytest.approx(0.1 * math.log(16) + 1)
+    q, k = qk()
+    pos = positions()
+    rq, rk = pe.rotate(q, k, pos, 0)
+    angles = pos.double().unsqueeze(-1) * inv
+    cos, sin = angles.cos().unsqueeze(1), angles.sin().unsqueeze(1)
+    z = torch.view_as_complex(q.unflatten(-1, (-1, 2)).contiguous()) * torch.complex(cos, sin)
+    torch.testing.assert_close(rq, torch.view_as_real(z).flatten(-2) * factor)
+    # so the logits scale by factor^2 against the same frequencies without the factor
+    unscaled = get_encoding("rope")(config)
+    unscaled.frequencies = lambda p: (inv, 1.0)
+    torch.testing.assert_close(scores(pe, q, k, pos), scores(unscaled, q, k, pos) * factor**2)
+    assert rk.shape == k.shape
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "others"),
+    [
+        ("rope_scaling", "ntk-aware", {}),
+        ("rope_scaling_factor", 0.5, {"rope_scaling": "linear"}),
+        ("rope_scaling_factor", 2.0, {}),  # no effect with rope_scaling="none"
+        ("rope_theta", 0.0, {}),
+        ("rope_theta", float("nan"), {}),
+        ("original_max_position_embeddings", 0, {"rope_scaling": "yarn"}),
+        ("beta_fast", 0.5, {"rope_scaling": "yarn"}),
+        ("beta_slow", -1.0, {"rope_scaling": "yarn"}),
+        ("low_freq_factor", "1", {"rope_scaling": "llama3"}),
+        ("high_freq_factor", 0.5, {"rope_scaling": "llama3"}),
+        ("attention_factor", -1.0, {"rope_scaling": "yarn"}),
+        ("attention_factor", 1.2, {"rope_scaling": "linear"}),
+    ],
+)
+@pytest.mark.parametrize("pe", ["rope", "xpos"])
+def test_bad_rope_fields_name_the_field(pe, field, value, others):
+    config = ModelConfig(pe=pe, causal=True, num_layers=1, **{**others, field: value})
+    with pytest.raises(ValueError, match=f"^ModelConfig.{field}=") as info:
+        Transformer(config)
+    assert "\n" not in str(info.value)
+
+
+def test_head_width_two_refuses_ntk():
+    with pytest.raises(ValueError, match="ModelConfig.num_heads"):
+        Transformer(ModelConfig(pe="rope", width=16, num_heads=8, rope_scaling="ntk"))
+
+
+@pytest.mark.parametrize("kind", ["linear", "ntk", "dynamic", "yarn", "llama3"])
+def test_scaled_models_run_and_xpos_shares_the_scaling(kind):
+    overrides = {
+        "rope_scaling": kind,
+        "rope_scaling_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    }
+    m = build_model("rope", **overrides).eval()
+    tokens, pos = model_inputs()
+    out = m(tokens, pos)
+    assert bool(torch.isfinite(out).all())
+    assert not torch.allclose(out, build_model("rope").eval()(tokens, pos))
+    flat = XPosEncoding(dataclasses.replace(m.config), scale_base=math.inf)
+    q, k = qk(dtype=torch.float32)
+    for got, want in zip(flat.rotate(q, k, pos, 0), m.pe.rotate(q, k, pos, 0), strict=True):
+        assert torch.equal(got, want)
+
+
+# --- RoPE scaling: Hugging Face oracle ---------------------------------------------------------
+
+FACTORS = (1.0, 2.0, 4.0, 8.0, 16.0)
+HEAD_WIDTHS = (8, 16, 64, 128)
+L0 = 4096
+
+
+def hf_rope(kind: str, factor: float, head_width: int, theta: float, seq_len=None, **extra):
+    """HF's (inv_freq, attention_factor) for a tiny LlamaConfig (no weights), any 4.45+ API.
+
+    The config is built so that every HF version reads the same numbers: ``rope_scaling`` is
+    accepted by the old layout (``config.rope_scaling``) and converted to ``rope_parameters``
+    by the new one; yarn takes L0 from ``max_position_embeddings`` (the versions that prefer
+    ``original_max_position_embeddings`` default it to that); llama3 reads it from the dict.
+    """
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    transformers.logging.set_verbosity_error()
+    rope = {"rope_type": kind, "factor": factor, **extra}
+    max_positions = L0
+    if kind == "llama3":
+        rope.update(low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=L0)
+        max_positions = int(2 * factor * L0)  # above L0, as HF's validation wants
+    config = transformers.LlamaConfig(
+        hidden_size=2 * head_width,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=8,
+        num_hidden_layers=1,
+        vocab_size=8,
+        max_position_embeddings=max_positions,
+        rope_theta=theta,
+        rope_scaling=rope,
+    )
+    if kind == "default":
+        init = ROPE_INIT_FUNCTIONS.get("default")  # gone from the table in transformers 5
+        if init is None:
+            from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+            init = LlamaRotaryEmbedding.compute_default_rope_parameters
+    else:
+        init = ROPE_INIT_FUNCTIONS[kind]
+    inv_freq, attention_factor = init(config, device=torch.device("cpu"), seq_len=seq_len)
+    return inv_freq, float(attention_factor)
+
+
+def ours(kind, factor, head_width, theta, seq_len=None, **fields):
+    config = dataclasses.replace(
+        CONFIG,
+        rope_scaling=kind,
+        rope_scaling_factor=factor,
+        rope_theta=theta,
+        max_position=65536,
+        original_max_position_embeddings=L0,
+        **fields,
+    )
+    return rope_inverse_frequencies(head_width, config, seq_len)
+
+
+def assert_same(mine, theirs):
+    (inv, factor), (hf_inv, hf_factor) = mine, theirs
+    assert inv.dtype == torch.float64 and inv.shape == hf_inv.shape
+    # HF computes in float32: agreement to float32 rounding, no absolute slack
+    torch.testing.assert_close(inv.to(hf_inv.dtype), hf_inv, rtol=1e-6, atol=0.0)
+    assert factor == pytest.approx(hf_factor, rel=1e-12)
+
+
+@pytest.mark.parametrize("theta", [10000.0, 500000.0])
+@pytest.mark.parametrize("head_width", HEAD_WIDTHS)
+def test_hf_oracle_none_linear_llama3(head_width, theta):
+    assert_same(ours("none", 1.0, head_width, theta), hf_rope("default", 1.0, head_width, theta))
+    for factor in FACTORS:
+        for kind in ("linear", "llama3"):
+            mine = ours(kind, factor, head_width, theta)
+            assert_same(mine, hf_rope(kind, factor, head_width, theta))
+
+
+@pytest.mark.parametrize("theta", [10000.0, 500000.0])
+@pytest.mark.parametrize("head_width", HEAD_WIDTHS)
+def test_hf_oracle_yarn(head_width, theta):
+    for factor in FACTORS:
+        assert_same(
+            ours("yarn", factor, head_width, theta), hf_rope("yarn", factor, head_width, theta)
+        )
+        for fields in ({"beta_fast": 16.0, "beta_slow": 2.0}, {"attention_factor": 1.25}):
+            mine = ours("yarn", factor, head_width, theta, **fields)
+            assert_same(mine, hf_rope("yarn", factor, head_width, theta, **fields))
+
+
+@pytest.mark.parametrize("theta", [10000.0, 500000.0])
+@pytest.mark.parametrize("head_width", HEAD_WIDTHS)
+def test_hf_oracle_dynamic(head_width, theta):
+    for factor in FACTORS:
+        for seq_len in (None, 17, L0, L0 + 1, 3 * L0 + 5, 20 * L0):
+            mine = ours("dynamic", factor, head_width, theta, seq_len)
+            assert_same(mine, hf_rope("dynamic", factor, head_width, theta, seq_len=seq_len))
+        tensor = torch.tensor(3 * L0 + 5)  # as the encoding passes it
+        assert_same(
+            ours("dynamic", factor, head_width, theta, tensor),
+            hf_rope("dynamic", factor, head_width, theta, seq_len=3 * L0 + 5),
+        )
+
+
+@pytest.mark.parametrize("theta", [10000.0, 500000.0])
+@pytest.mark.parametrize("head_width", HEAD_WIDTHS)
+def test_hf_oracle_static_ntk_through_dynamic(head_width, theta):
+    """HF has no static NTK type; its dynamic formula at l = L0 (2s - 1) / s has
+    s l / L0 - (s - 1) = s exactly, i.e. base * s^(d/(d-2)): the static NTK base."""
+    for factor in FACTORS:
+        seq_len = int(L0 * (2 * factor - 1) / factor)
+        assert seq_len == L0 * (2 * factor - 1) / factor  # exact for these factors
+        mine = ours("ntk", factor, head_width, theta)
+        assert_same(mine, hf_rope("dynamic", factor, head_width, theta, seq_len=seq_len))
