@@ -164,13 +164,17 @@ def evaluate_length_batched(
     *,
     mode: str,
     device,
+    replan: Callable[[PositionPlan, int, torch.Generator], PositionPlan] | None = None,
 ) -> list[float]:
     """Accuracies at one length of ``copies`` models scored on the same sequences and positions.
 
-    ``forward(tokens (E', T), plan)`` returns logits (copies, E', T, C) (an ensemble,
-    :mod:`randpos.ensemble`). Positions are drawn per chunk of the single-model size whatever
-    ``copies`` is, so every model gets exactly the numbers a lone evaluation gives; a chunk is
-    split further for the forward to keep ``copies`` models within the memory budget.
+    ``forward(tokens (E', T), plan)`` returns logits (copies, E', T', C) whose last k entries
+    are the output positions (an ensemble, :mod:`randpos.ensemble`). Positions are drawn per
+    chunk of the single-model size whatever ``copies`` is, so every model gets exactly the
+    numbers a lone evaluation gives; a chunk is split further for the forward to keep
+    ``copies`` models within the memory budget. ``replan(plan, k, generator)``, if given,
+    rewrites each chunk's plan right after it is drawn, from the same position stream (the
+    decoder places its generated tokens this way).
     """
     data_gen = make_generator(config.eval_seed, f"eval-data/{length}", device)
     pos_gen = make_generator(config.eval_seed, f"eval-positions/{length}", device)
@@ -186,11 +190,13 @@ def evaluate_length_batched(
     for start in range(0, E, chunk):
         stop = min(E, start + chunk)
         plan = draw_positions(config, stop - start, T, pos_gen, mode=mode, device=device)
+        if replan is not None:
+            plan = replan(plan, k, pos_gen)
         for lo in range(start, stop, piece):
             hi = min(stop, lo + piece)
             logits = forward(tokens[lo:hi], slice_plan(plan, lo - start, hi - start))
             part = Batch(batch.inputs[lo:hi], batch.targets[lo:hi], batch.mask[lo:hi])
-            correct[:, lo:hi], counted[lo:hi] = masked_correct(logits[:, :, T - k :], part)
+            correct[:, lo:hi], counted[lo:hi] = masked_correct(logits[:, :, -k:], part)
     sub = config.eval_sub_batch_size
     # (copies, S, sub): pool tokens within each sub-batch, then average the sub-batch accuracies.
     hits = correct.view(copies, -1, sub).sum(-1).double()

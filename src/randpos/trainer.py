@@ -559,6 +559,19 @@ class Trainer:
         def models(*args, **kwargs) -> torch.Tensor:
             return self._models(self.params, args, kwargs)
 
+        def member(i: int):
+            """Member i's eval-mode model alone (not compiled): for inputs that differ between
+            members, such as each member's own generated tokens and KV cache."""
+            weights = {n: p[i] for n, p in self.params.items()}
+
+            def model(*args, **kwargs) -> Any:
+                with autocast(self.device, self.config.precision):
+                    return self._member_outputs(weights, args, kwargs)
+
+            return model
+
+        models.member = member
+
         total = len(sizes)
         with (
             ProgressReporter("eval", total, enabled=progress, every=max(1, total // 10)) as bar,

@@ -18,7 +18,9 @@ import torch
 
 from randpos.encodings.base import (
     PositionalEncoding,
+    check_no_cache,
     layer_table,
+    pair_offsets,
     register,
     signed_offsets,
     toeplitz_index,
@@ -66,7 +68,9 @@ class AlibiEncoding(PositionalEncoding):
         positions: torch.Tensor,
         layer: int,
         distances: torch.Tensor | None = None,
+        key_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        check_no_cache(self.name, distances, key_positions)
         slopes = self.slopes.to(q.dtype)
         if distances is not None:
             length = q.shape[-2]
@@ -76,6 +80,6 @@ class AlibiEncoding(PositionalEncoding):
             penalty = -offsets.abs().to(q.dtype) + 0.5 * left.to(q.dtype)
             per_offset = slopes.unsqueeze(-1) * penalty  # (H, 2T-1)
             return per_offset[:, toeplitz_index(length, q.device)].unsqueeze(0)  # (1, H, T, T)
-        diff = positions.unsqueeze(1) - positions.unsqueeze(2)  # (B, T, T): [b, i, j] = p_j - p_i
+        diff = pair_offsets(positions, key_positions)  # (B', Tq, Tk): [b, i, j] = p_j - p_i
         penalty = -diff.abs().to(q.dtype) + 0.5 * (diff < 0).to(q.dtype)
-        return slopes.view(1, -1, 1, 1) * penalty.unsqueeze(1)  # (B, H, T, T)
+        return slopes.view(1, -1, 1, 1) * penalty.unsqueeze(1)  # (B', H, Tq, Tk)

@@ -79,6 +79,9 @@ class PositionalEncoding(nn.Module):
     #: True when the hooks accept non-integer (float) positions, as Random Float Sampling
     #: draws them; encodings indexing tables by position (learned, T5 buckets) refuse them.
     float_positions: ClassVar[bool] = False
+    #: False for encodings that cannot score new query rows against cached keys (those that
+    #: always read a whole-sequence distance table): no KV cache for them.
+    supports_cache: ClassVar[bool] = True
     #: Attention depends only on position differences while every position is below this
     #: bound (FIRE: its normaliser's threshold); None: everywhere (or not relative at all).
     relative_below: ClassVar[int | None] = None
@@ -127,8 +130,17 @@ class PositionalEncoding(nn.Module):
         positions: torch.Tensor,
         layer: int,
         distances: torch.Tensor | None = None,
+        key_positions: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """Additive logit bias broadcastable to (B, H, T, T), or None."""
+        """Additive logit bias broadcastable to (B, H, Tq, Tk), or None.
+
+        Without a cache Tq = Tk = T and ``key_positions`` is None: queries and keys share
+        ``positions``. Under a KV cache (:class:`randpos.model.KVCache`) ``q`` holds only the
+        Tq new rows, ``k`` every cached and new key (B, H, Tk, d), ``positions`` (B, Tq) the new
+        rows' positions and ``key_positions`` (B, Tk) the keys'; the new rows are the last Tq of
+        the Tk in causal order. The distance tables (``distances``) describe a whole sequence
+        and are refused under a cache (:func:`check_no_cache`).
+        """
         return None
 
     # --- validation (called once per forward by the model, not per layer) ---------------------
@@ -190,6 +202,28 @@ def sinusoid(values: torch.Tensor, width: int, dtype: torch.dtype = torch.float3
         width // 2, width, values.device
     )  # (..., K)
     return torch.cat([angles.sin(), angles.cos()], dim=-1).to(dtype)
+
+
+def pair_offsets(
+    positions: torch.Tensor, key_positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``p_j - p_i`` for every query i and key j: (B', Tq, Tk), row = query.
+
+    ``positions`` (B', Tq) are the queries'; ``key_positions`` (B', Tk) the keys' (None: the
+    same, Tq = Tk = T). A batch axis of 1 broadcasts against B.
+    """
+    keys = positions if key_positions is None else key_positions
+    return keys.unsqueeze(-2) - positions.unsqueeze(-1)
+
+
+def check_no_cache(name: str, distances: torch.Tensor | None, key_positions) -> None:
+    """``ValueError`` when distance tables meet a KV cache (``key_positions`` given): a table
+    describes the offsets of one whole sequence, not the new rows of an incremental step."""
+    if distances is not None and key_positions is not None:
+        raise ValueError(
+            f"{name}: the distance reading (randomize='distances') does not take a KV cache;"
+            " decode without a cache or randomize positions instead"
+        )
 
 
 def layer_table(distances: torch.Tensor, layer: int) -> torch.Tensor:

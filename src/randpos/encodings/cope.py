@@ -62,12 +62,13 @@ class ContextualPositionEncoding(PositionalEncoding):
             self.table.zero_()
 
     def context_positions(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """p_ij (B, H, T, T), 0 for j > i, clamped to npos - 1."""
-        length = q.shape[-2]
-        visible = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()  # j <= i
-        gates = torch.sigmoid(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]))  # (B, H, T, T)
-        gates = gates.masked_fill(~visible, 0.0)
-        # sum over t = j..T-1 of the masked gates = sum over t = j..i
+        """p_ij (B, H, Tq, Tk), 0 for j > i, clamped to npos - 1; the Tq queries are the last
+        Tq of the Tk keys (Tq = Tk without a KV cache)."""
+        rows, keys = q.shape[-2], k.shape[-2]
+        visible = torch.ones(rows, keys, dtype=torch.bool, device=q.device).tril(keys - rows)
+        gates = torch.sigmoid(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]))  # (B, H, Tq, Tk)
+        gates = gates.masked_fill(~visible, 0.0)  # j <= i
+        # sum over t = j..Tk-1 of the masked gates = sum over t = j..i
         return gates.flip(-1).cumsum(-1).flip(-1).clamp(max=self.npos - 1)
 
     def bias(
@@ -77,11 +78,12 @@ class ContextualPositionEncoding(PositionalEncoding):
         positions: torch.Tensor,
         layer: int,
         distances: torch.Tensor | None = None,
+        key_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        p = self.context_positions(q, k)  # (B, H, T, T)
-        z = q @ self.table[layer].to(q.dtype)  # (B, H, T, P): q_i . e[t] for every t
+        p = self.context_positions(q, k)  # (B, H, Tq, Tk)
+        z = q @ self.table[layer].to(q.dtype)  # (B, H, Tq, P): q_i . e[t] for every t
         lower = p.detach().floor()
         weight = p - lower  # differentiable: the gradient to the gates flows here
-        z_lower = z.gather(-1, lower.long())  # (B, H, T, T)
+        z_lower = z.gather(-1, lower.long())  # (B, H, Tq, Tk)
         z_upper = z.gather(-1, p.detach().ceil().long())
         return (z_upper * weight + z_lower * (1.0 - weight)) / math.sqrt(q.shape[-1])

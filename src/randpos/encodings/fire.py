@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from randpos.encodings.base import PositionalEncoding, register
+from randpos.encodings.base import PositionalEncoding, pair_offsets, register
 
 if TYPE_CHECKING:
     from randpos.model.config import ModelConfig
@@ -83,14 +83,22 @@ class FireEncoding(PositionalEncoding):
             self.c.fill_(INIT_C)
             self.l_multiplier.fill_(1.0)
 
-    def mlp_input(self, positions: torch.Tensor, layer: int, dtype: torch.dtype) -> torch.Tensor:
-        """x_ij for every pair: (B', T, T), row = query, in ``dtype``."""
-        pos = positions.to(dtype)  # (B', T)
+    def mlp_input(
+        self,
+        positions: torch.Tensor,
+        layer: int,
+        dtype: torch.dtype,
+        key_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x_ij for every pair: (B', Tq, Tk), row = query, in ``dtype`` (keys: the queries'
+        positions unless ``key_positions`` are given, as under a KV cache)."""
+        pos = positions.to(dtype)  # (B', Tq)
+        keys = pos if key_positions is None else key_positions.to(dtype)  # (B', Tk)
         c = self.c[layer].to(dtype)
         threshold = (self.l_multiplier[layer] * self.l_init).abs().to(dtype)
         # log1p(|c x|) is ψ(x) = ln(|c x| + 1), accurate for small |c x|
-        distance = torch.log1p((c * (pos.unsqueeze(-1) - pos.unsqueeze(-2))).abs())  # (B', T, T)
-        normalizer = torch.log1p((c * torch.maximum(pos, threshold)).abs()) + EPS  # (B', T)
+        distance = torch.log1p((c * pair_offsets(pos, keys)).abs())  # (B', Tq, Tk)
+        normalizer = torch.log1p((c * torch.maximum(pos, threshold)).abs()) + EPS  # (B', Tq)
         return distance / normalizer.unsqueeze(-1)
 
     def bias(
@@ -100,14 +108,15 @@ class FireEncoding(PositionalEncoding):
         positions: torch.Tensor,
         layer: int,
         distances: torch.Tensor | None = None,
+        key_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # at least float32: bf16 cannot even represent positions ~2048 exactly
         work = torch.promote_types(q.dtype, torch.float32)
-        x = self.mlp_input(positions, layer, work)  # (B', T, T)
+        x = self.mlp_input(positions, layer, work, key_positions)  # (B', Tq, Tk)
         w1, b1 = self.w1[layer].to(work), self.b1[layer].to(work)  # (W,)
         w2, b2 = self.w2[layer].to(work), self.b2[layer].to(work)  # (H, W), (H,)
-        batch, length = x.shape[0], x.shape[-1]
-        rows = max(1, CHUNK_ELEMENTS // (batch * length * MLP_WIDTH))
+        batch, length, keys = x.shape[0], x.shape[-2], x.shape[-1]
+        rows = max(1, CHUNK_ELEMENTS // (batch * keys * MLP_WIDTH))
 
         def mlp(rows_x: torch.Tensor) -> torch.Tensor:
             # keys last throughout: the (W x T) hidden block of each query row feeds one
@@ -121,7 +130,7 @@ class FireEncoding(PositionalEncoding):
         # Slices are written into one preallocated result rather than concatenated, which would
         # hold the bias twice at its peak. ``new_empty`` of x follows x under vmap (batched when
         # x is) and autograd records the slice copies; the loop depends on shapes only.
-        bias = x.new_empty(batch, self.num_heads, length, length)  # (B', H, T, T)
+        bias = x.new_empty(batch, self.num_heads, length, keys)  # (B', H, Tq, Tk)
         for start in range(0, length, rows):
             bias[:, :, start : start + rows] = mlp(x[:, start : start + rows])
         return bias.to(q.dtype)

@@ -41,7 +41,9 @@ from torch import nn
 
 from randpos.encodings.base import (
     PositionalEncoding,
+    check_no_cache,
     layer_table,
+    pair_offsets,
     register,
     signed_offsets,
     toeplitz_index,
@@ -115,10 +117,12 @@ class _Kerple(PositionalEncoding):
         positions: torch.Tensor,
         layer: int,
         distances: torch.Tensor | None = None,
+        key_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # at least float32: a bf16 distance of ~2048 would be off by up to 8
         work = torch.promote_types(q.dtype, torch.float32)
         r1, r2 = (t.to(work) for t in self.constrained())
+        check_no_cache(self.name, distances, key_positions)
         if distances is not None:
             length = q.shape[-2]
             offsets = signed_offsets(layer_table(distances, layer), length)  # (2T-1,)
@@ -127,11 +131,11 @@ class _Kerple(PositionalEncoding):
             distance = self._distance(offsets.abs().to(work), left)  # (2T-1,)
             per_offset = self.kernel(distance, r1.unsqueeze(-1), r2.unsqueeze(-1))  # (H, 2T-1)
             return per_offset[:, toeplitz_index(length, q.device)].unsqueeze(0).to(q.dtype)
-        pos = positions.to(work)
-        diff = pos.unsqueeze(1) - pos.unsqueeze(2)  # (B', T, T): [b, i, j] = p_j - p_i
-        distance = self._distance(diff.abs(), diff < 0).unsqueeze(1)  # (B', 1, T, T)
+        keys = None if key_positions is None else key_positions.to(work)
+        diff = pair_offsets(positions.to(work), keys)  # (B', Tq, Tk): [b, i, j] = p_j - p_i
+        distance = self._distance(diff.abs(), diff < 0).unsqueeze(1)  # (B', 1, Tq, Tk)
         view = (1, -1, 1, 1)
-        return self.kernel(distance, r1.view(view), r2.view(view)).to(q.dtype)  # (B', H, T, T)
+        return self.kernel(distance, r1.view(view), r2.view(view)).to(q.dtype)  # (B', H, Tq, Tk)
 
 
 @register("kerple_log")

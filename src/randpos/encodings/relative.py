@@ -29,6 +29,7 @@ from torch import nn
 
 from randpos.encodings.base import (
     PositionalEncoding,
+    check_no_cache,
     inverse_frequencies,
     layer_table,
     register,
@@ -76,13 +77,15 @@ class RelativeEncoding(PositionalEncoding):
         positions: torch.Tensor,
         layer: int,
         distances: torch.Tensor | None = None,
+        key_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        check_no_cache(self.name, distances, key_positions)
         batch, heads, length, d = q.shape
         scale = 1.0 / math.sqrt(d)  # folded into the small factors, not the (T, T) result
         w = self.w_r[layer].to(q.dtype).view(heads, d, self.width)  # (H, d, D): head h's rows
         u = self.u[layer].to(q.dtype) * scale
         qv = (q + self.v[layer].to(q.dtype).unsqueeze(1)) * scale  # (B, H, T, d)
-        content = (k @ u.unsqueeze(-1)).transpose(-1, -2)  # (B, H, 1, T): u . k_j
+        content = (k @ u.unsqueeze(-1)).transpose(-1, -2)  # (B, H, 1, Tk): u . k_j
 
         if distances is None and self.requires_distances:
             distances = contiguous_distances(1, length, device=q.device)
@@ -94,22 +97,27 @@ class RelativeEncoding(PositionalEncoding):
             return content + per_offset.gather(-1, index)  # (B, H, T, T)
 
         # the position reading: x_ij = p_j - p_i for arbitrary positions (B or 1, T)
-        a = qv @ w  # (B, H, T, D): (q_i + v) W_R per head, [sin half | cos half]
-        angles = positions.to(torch.float64).unsqueeze(-1) * inverse_frequencies(
-            self.width // 2, self.width, positions.device
-        )  # (B', T, K)
-        s, c = angles.sin().to(q.dtype), angles.cos().to(q.dtype)
+        a = qv @ w  # (B, H, Tq, D): (q_i + v) W_R per head, [sin half | cos half]
+
+        def sin_cos(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            angles = pos.to(torch.float64).unsqueeze(-1) * inverse_frequencies(
+                self.width // 2, self.width, pos.device
+            )  # (B', T, K)
+            return angles.sin().to(q.dtype), angles.cos().to(q.dtype)
+
+        s, c = sin_cos(positions)  # the queries' (B', Tq, K)
+        sk, ck = (s, c) if key_positions is None else sin_cos(key_positions)  # (B', Tk, K)
         # sin(x_j - x_i) = s_j c_i - c_j s_i and cos(x_j - x_i) = c_j c_i + s_j s_i, so
         # a_sin . sin(..) + a_cos . cos(..)
         #     = [a_sin c_i + a_cos s_i, a_cos c_i - a_sin s_i] . [s_j, c_j]
         a_sin, a_cos = a.chunk(2, dim=-1)  # (B, H, T, K) each
         ss = torch.cat([s, s], dim=-1).unsqueeze(1)  # (B', 1, T, D)
         cc = torch.cat([c, c], dim=-1).unsqueeze(1)
-        query_features = a * cc + torch.cat([a_cos, -a_sin], dim=-1) * ss  # (B, H, T, D)
-        key_features = torch.cat([s, c], dim=-1)  # (B', T, D)
-        # one (H T x D) @ (D x T) product per batch row: the keys are not copied per head
-        position = query_features.flatten(1, 2) @ key_features.transpose(-1, -2)  # (B, H T, T)
-        return content + position.view(batch, heads, length, length)  # (B, H, T, T)
+        query_features = a * cc + torch.cat([a_cos, -a_sin], dim=-1) * ss  # (B, H, Tq, D)
+        key_features = torch.cat([sk, ck], dim=-1)  # (B', Tk, D)
+        # one (H Tq x D) @ (D x Tk) product per batch row: the keys are not copied per head
+        position = query_features.flatten(1, 2) @ key_features.transpose(-1, -2)  # (B, H Tq, Tk)
+        return content + position.view(batch, heads, length, -1)  # (B, H, Tq, Tk)
 
 
 @register("relative_reference_bug")
@@ -125,6 +133,7 @@ class RelativeReferenceBugEncoding(RelativeEncoding):
     float_positions = False  # reads the distance tables, not positions
 
     requires_distances = True
+    supports_cache = False
 
     def offset_values(self, table: torch.Tensor, length: int) -> torch.Tensor:
         last = self.max_position - 1

@@ -26,6 +26,7 @@ import torch
 
 from randpos.encodings.base import (
     PositionalEncoding,
+    check_no_cache,
     layer_table,
     register,
     signed_offsets,
@@ -57,9 +58,11 @@ class SandwichEncoding(PositionalEncoding):
         positions: torch.Tensor,
         layer: int,
         distances: torch.Tensor | None = None,
+        key_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         num = self.frequencies.shape[-1]  # K'
         scales = self.head_scales.to(q.dtype)  # (H,)
+        check_no_cache(self.name, distances, key_positions)
         if distances is not None:
             length = q.shape[-2]
             offsets = signed_offsets(layer_table(distances, layer), length)  # (2T-1,)
@@ -67,8 +70,13 @@ class SandwichEncoding(PositionalEncoding):
             base = (angles.cos().sum(-1) - num).to(q.dtype)  # (2T-1,)
             per_offset = scales.unsqueeze(-1) * base  # (H, 2T-1)
             return per_offset[:, toeplitz_index(length, q.device)].unsqueeze(0)  # (1, H, T, T)
-        angles = positions.to(torch.float64).unsqueeze(-1) * self.frequencies  # (B', T, K')
-        embedding = torch.cat([angles.cos(), angles.sin()], dim=-1)  # (B', T, 2K')
+
+        def embedding(pos: torch.Tensor) -> torch.Tensor:
+            angles = pos.to(torch.float64).unsqueeze(-1) * self.frequencies  # (B', T, K')
+            return torch.cat([angles.cos(), angles.sin()], dim=-1)  # (B', T, 2K')
+
+        queries = embedding(positions)
+        keys = queries if key_positions is None else embedding(key_positions)
         # cos(a - b) = cos a cos b + sin a sin b: the sum over k is one inner product per pair
-        base = (embedding @ embedding.transpose(-1, -2) - num).to(q.dtype)  # (B', T, T)
-        return scales.view(1, -1, 1, 1) * base.unsqueeze(1)  # (B', H, T, T)
+        base = (queries @ keys.transpose(-1, -2) - num).to(q.dtype)  # (B', Tq, Tk)
+        return scales.view(1, -1, 1, 1) * base.unsqueeze(1)  # (B', H, Tq, Tk)

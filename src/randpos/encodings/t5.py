@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from randpos.encodings.base import PositionalEncoding, register
+from randpos.encodings.base import PositionalEncoding, pair_offsets, register
 
 if TYPE_CHECKING:
     from randpos.model.config import ModelConfig
@@ -110,13 +110,14 @@ class T5Encoding(PositionalEncoding):
         positions: torch.Tensor,
         layer: int,
         distances: torch.Tensor | None = None,
+        key_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if positions.is_floating_point():
             raise ValueError(
                 f"t5 buckets integer positions only, got dtype {positions.dtype}"
                 " (float_positions is False)"
             )
-        relative = positions.unsqueeze(1) - positions.unsqueeze(2)  # (B', T, T): p_j - p_i
-        bucket = self.buckets[relative + (self.max_position - 1)]  # (B', T, T)
+        relative = pair_offsets(positions, key_positions)  # (B', Tq, Tk): p_j - p_i
+        bucket = self.buckets[relative + (self.max_position - 1)]  # (B', Tq, Tk)
         # (H, nb)[:, (B', T, T)] -> (H, B', T, T): one gather, then heads to the second axis
-        return self.table.to(q.dtype).t()[:, bucket].transpose(0, 1)  # (B', H, T, T)
+        return self.table.to(q.dtype).t()[:, bucket].transpose(0, 1)  # (B', H, Tq, Tk)

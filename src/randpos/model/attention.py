@@ -1,6 +1,7 @@
 """Multi-head self-attention: one implementation, two numerically equivalent backends.
 
-Notation: B = batch, T = length, D = width, H = heads, d = D / H.
+Notation: B = batch, T = length, D = width, H = heads, d = D / H; under a KV cache Tq = the new
+query rows, Tk = every key (cached + new), the queries being the last Tq of the keys.
 
 ``attend`` computes softmax(q k^T / sqrt(d) + bias [+ causal mask]) v either explicitly
 (``"math"``, the reference path, easy to read and to check) or with
@@ -20,12 +21,50 @@ from torch import nn
 from randpos.encodings.base import PositionalEncoding
 from randpos.model.layers import Linear
 
+
+class KVCache:
+    """Keys and values of the tokens decoded so far, per layer, with their positions.
+
+    ``keys[l]`` and ``values[l]`` are (B, H, Tc, d): rotary encodings' keys are stored already
+    rotated (and xPos-scaled) at their own positions, so a cached key is never recomputed;
+    ``positions`` (B or 1, Tc) are the cached tokens' positions, which the bias encodings need
+    for the new rows (``p_new - p_cached``). Memory is O(Tc) per layer. A cache belongs to one
+    batch of sequences; :meth:`randpos.model.Transformer.forward` fills it (``cache=``).
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.positions: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Tc, the number of cached tokens."""
+        return 0 if self.positions is None else self.positions.shape[-1]
+
+    def extend(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new keys and values (B, H, T, d) of ``layer``; returns all of them."""
+        if self.keys[layer] is not None:
+            k = torch.cat([self.keys[layer], k], dim=-2)
+            v = torch.cat([self.values[layer], v], dim=-2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def nbytes(self) -> int:
+        """Bytes held by the cached keys, values and positions."""
+        tensors = [t for t in (*self.keys, *self.values, self.positions) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
 ATTENTION_BACKENDS = ("fast", "math")
 
 
-def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
-    """(T, T) bool, True where key j may be seen by query i (j <= i)."""
-    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+def _causal_mask(rows: int, keys: int, device: torch.device) -> torch.Tensor:
+    """(Tq, Tk) bool, True where key j may be seen by query row i, the rows being the last Tq
+    of the Tk positions (j <= i + Tk - Tq; the square lower triangle when Tq = Tk)."""
+    return torch.ones(rows, keys, dtype=torch.bool, device=device).tril(keys - rows)
 
 
 def _is_vmapped(t: torch.Tensor) -> bool:
@@ -69,27 +108,33 @@ def attend(
     causal: bool = False,
     backend: str = "fast",
 ) -> torch.Tensor:
-    """Attention of q, k, v (B, H, T, d) with an optional additive logit bias
-    broadcastable to (B, H, T, T); returns (B, H, T, d)."""
-    length = q.shape[-2]
+    """Attention of q (B, H, Tq, d) over k, v (B, H, Tk, d) with an optional additive logit
+    bias broadcastable to (B, H, Tq, Tk); returns (B, H, Tq, d). Tq = Tk = T without a cache;
+    with one, the causal mask treats the queries as the last Tq of the Tk positions."""
+    rows, keys = q.shape[-2], k.shape[-2]
     if backend == "fast" and _prefer_math_on_cpu(q, bias):
         backend = "math"
     if backend == "math":
-        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
         if bias is not None:
             logits = logits + bias
         if causal:
-            logits = logits.masked_fill(~_causal_mask(length, q.device), float("-inf"))
+            logits = logits.masked_fill(~_causal_mask(rows, keys, q.device), float("-inf"))
         return torch.softmax(logits, dim=-1) @ v
     if backend == "fast":
-        if bias is not None and causal:
-            # SDPA refuses is_causal together with attn_mask: fold the mask into the bias
-            bias = bias.masked_fill(~_causal_mask(length, q.device), float("-inf"))
+        if causal and rows == 1:
+            causal = False  # the one new row sees every key
+        if causal and (bias is not None or rows != keys):
+            # SDPA refuses is_causal together with attn_mask, and aligns its causal mask to the
+            # top left when Tq != Tk: fold our (bottom-right aligned) mask into the bias
+            mask = _causal_mask(rows, keys, q.device)
+            if bias is None:
+                bias = torch.zeros(rows, keys, dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill(~mask, float("-inf"))
+            causal = False
         if bias is not None:
             bias = bias.to(q.dtype)
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, is_causal=causal and bias is None
-        )
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal)
     raise ValueError(
         f"unknown attention backend {backend!r}; valid: {', '.join(ATTENTION_BACKENDS)}"
     )
@@ -115,9 +160,16 @@ class MultiHeadAttention(nn.Module):
         pe: PositionalEncoding,
         layer: int,
         distances: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        key_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x`` (B, T, D) -> (B, T, D); ``pe`` is the model's encoding, ``layer`` this layer's
-        index (for per-layer encoding state and distance tables)."""
+        index (for per-layer encoding state and distance tables).
+
+        With a ``cache`` the T tokens of ``x`` come after the cached ones: their keys and values
+        (rotated at ``positions``) are appended to the cache's layer ``layer`` and the queries
+        attend to every cached key; ``key_positions`` (B or 1, Tk) are the positions of all of
+        them, for the bias encodings."""
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, H, T, d)
@@ -125,6 +177,9 @@ class MultiHeadAttention(nn.Module):
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         if pe.has_rotate:
             q, k = pe.rotate(q, k, positions, layer)
-        bias = pe.bias(q, k, positions, layer, distances) if pe.has_bias else None
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)  # (B, H, Tk, d)
+        kwargs = {} if cache is None else {"key_positions": key_positions}
+        bias = pe.bias(q, k, positions, layer, distances, **kwargs) if pe.has_bias else None
         out = attend(q, k, v, bias, causal=self.causal, backend=self.backend)  # (B, H, T, d)
         return self.output(out.transpose(1, 2).flatten(2))  # (B, T, D)

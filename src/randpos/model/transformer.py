@@ -27,7 +27,7 @@ from torch import nn
 
 from randpos.encodings import PE_NAMES, build_encoding, get_encoding
 from randpos.encodings.base import PositionalEncoding
-from randpos.model.attention import ATTENTION_BACKENDS, MultiHeadAttention
+from randpos.model.attention import ATTENTION_BACKENDS, KVCache, MultiHeadAttention
 from randpos.model.config import ModelConfig
 from randpos.model.layers import Linear, dropout, truncated_normal_
 
@@ -92,10 +92,13 @@ class EncoderLayer(nn.Module):
         distances: torch.Tensor | None,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        key_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``noise``: optional (2, B, T, D) uniform draws for the two dropout masks, in order."""
+        """``noise``: optional (2, B, T, D) uniform draws for the two dropout masks, in order;
+        ``cache``, ``key_positions``: see :meth:`MultiHeadAttention.forward`."""
         n_attn, n_ff = (None, None) if noise is None else (noise[0], noise[1])
-        a = self.attention(h, positions, pe, layer, distances)
+        a = self.attention(h, positions, pe, layer, distances, cache, key_positions)
         a = dropout(a, self.dropout, self.training, generator, noise=n_attn)
         h = self.attention_norm(h + a)
         f = self.ff_out(torch.relu(self.ff_in(h)))
@@ -159,6 +162,7 @@ class Transformer(nn.Module):
         generator: torch.Generator | None = None,
         dropout_noise: torch.Tensor | None = None,
         validate: bool = True,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, C) for every position.
 
@@ -176,8 +180,16 @@ class Transformer(nn.Module):
                    ``noise >= dropout``; ignored in eval mode.
         validate:  range-check tokens, positions and distances (one device sync per check);
                    shape and dtype checks are always done (they are free).
+        cache:     a :class:`KVCache` (causal models only) for incremental decoding: the T
+                   tokens follow the cached ones, attend to them, and are appended (keys,
+                   values and ``positions``). An empty cache makes this a normal forward that
+                   also fills it; the logits equal those of one forward over the whole sequence
+                   at the same positions (tests/test_decoder.py).
         """
         self._check_inputs(tokens, positions, distances, layer_positions, validate)
+        key_positions = None
+        if cache is not None:
+            key_positions = self._check_cache(cache, tokens, positions, distances, layer_positions)
         self._check_noise(dropout_noise, tokens)
         if not self.pe.uses_distances:
             distances = None
@@ -197,9 +209,57 @@ class Transformer(nn.Module):
             site += 1
         for index, layer in enumerate(self.layers):
             seen = positions if layer_positions is None else layer_positions[index]
-            h = layer(h, seen, self.pe, index, distances, noise=_slice(noise, site, 2))
+            h = layer(
+                h,
+                seen,
+                self.pe,
+                index,
+                distances,
+                None,
+                _slice(noise, site, 2),
+                cache,
+                key_positions,
+            )
             site += 2
+        if cache is not None:
+            cache.positions = key_positions
         return self.head(h)  # (B, T, C)
+
+    def _check_cache(
+        self,
+        cache: KVCache,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        distances: torch.Tensor | None,
+        layer_positions: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The positions of every key after this step (B or 1, Tc + T); ``ValueError`` for a
+        cache this model cannot use."""
+        if not isinstance(cache, KVCache) or len(cache.keys) != self.config.num_layers:
+            raise ValueError(f"cache must be a KVCache({self.config.num_layers}) for this model")
+        if not self.config.causal:
+            raise ValueError(
+                "a KV cache needs a causal model (causal=True): a bidirectional "
+                "model's earlier tokens attend to later ones"
+            )
+        if not self.pe.supports_cache:
+            raise ValueError(f"pe {self.config.pe!r} cannot decode with a KV cache")
+        if layer_positions is not None or (distances is not None and self.pe.uses_distances):
+            raise ValueError(
+                "a KV cache takes positions only: distance tables and per-layer "
+                "positions describe a whole sequence (decode without a cache)"
+            )
+        if cache.positions is None:
+            return positions
+        cached = cache.positions
+        if cached.shape[0] not in (1, tokens.shape[0]):
+            raise ValueError(f"cache holds a batch of {cached.shape[0]}, tokens {tokens.shape[0]}")
+        if cached.is_floating_point() != positions.is_floating_point():
+            raise ValueError("positions must have the cached positions' kind (integer or float)")
+        batch = max(cached.shape[0], positions.shape[0])
+        return torch.cat(
+            [cached.expand(batch, -1), positions.expand(batch, -1).to(cached.dtype)], dim=-1
+        )
 
     def _check_noise(self, noise: torch.Tensor | None, tokens: torch.Tensor) -> None:
         if noise is None:

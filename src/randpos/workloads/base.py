@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 #: A batch for one member (or, stacked, for K): named tensors; absent inputs are left out.
 Batch = dict[str, torch.Tensor]
 #: ``models(*args, **kwargs)``: every member's eval-mode model on the same inputs, outputs
-#: stacked along a leading member axis (K, ...).
+#: stacked along a leading member axis (K, ...); ``models.member(i)`` is member i's model
+#: alone, called like the module (for inputs that differ between members, e.g. decoding).
 Models = Callable[..., torch.Tensor]
 
 

@@ -58,7 +58,7 @@ class EncoderWorkload(Workload):
             check_rope_config(config.model_config(), config.width // config.num_heads)
         except ValueError as exc:
             raise ConfigError(str(exc).replace("ModelConfig.", "")) from None
-        if encoding.causal_only and not config.causal:
+        if encoding.causal_only and not cls.causal(config):
             raise ConfigError(
                 f"pe {config.pe!r} is causal-only: set causal=true (--set causal=true)"
             )
@@ -81,7 +81,16 @@ class EncoderWorkload(Workload):
                     f"{config.eval_max_length}); raise max_position or lower eval_max_length"
                 )
 
+    @classmethod
+    def causal(cls, config) -> bool:
+        """Whether the model attends causally (the encoder: the ``causal`` field)."""
+        return config.causal
+
     # ----------------------------------------------------------------- training
+    def inputs(self, sample) -> torch.Tensor:
+        """The model's input tokens (B, T) for a task batch: the inputs, then k blanks."""
+        return model_inputs(sample, self.task)
+
     def build_model(self, generator: torch.Generator):
         from randpos.model import Transformer
 
@@ -90,7 +99,7 @@ class EncoderWorkload(Workload):
     def draw_batch(self, model, size, generators, device) -> Batch:
         cfg = self.config
         sample = self.task.sample(cfg.batch_size, size, generators["data"])
-        tokens = model_inputs(sample, self.task)  # (B, T)
+        tokens = self.inputs(sample)  # (B, T)
         B, T = tokens.shape
         plan = draw_positions(cfg, B, T, generators["positions"], mode="random", device=device)
         batch = {
@@ -125,9 +134,8 @@ class EncoderWorkload(Workload):
         return correct / mask.sum((1, 2)).clamp(min=1)
 
     # ----------------------------------------------------------------- evaluation
-    def evaluate_size(
-        self, models: Models, copies: int, size: int, *, mode: str, device
-    ) -> list[float]:
+    def check_eval_size(self, size: int) -> None:
+        """``ConfigError`` when a plain model's positions do not reach length ``size``."""
         from randpos.config import ConfigError
 
         cfg = self.config
@@ -138,6 +146,11 @@ class EncoderWorkload(Workload):
                 f"[0, {covered}) (max_position, fixed at training); evaluate at most length "
                 f"{cfg.eval_max_length} or train with a larger eval_max_length"
             )
+
+    def evaluate_size(
+        self, models: Models, copies: int, size: int, *, mode: str, device
+    ) -> list[float]:
+        self.check_eval_size(size)
 
         def forward(tokens: torch.Tensor, plan: PositionPlan) -> torch.Tensor:
             return models(tokens, plan.positions, validate=False, **plan.model_kwargs())
