@@ -203,3 +203,57 @@ def test_decoder_config_errors_name_the_field():
     decoder(pe="xpos").validate()  # causal-only encodings need no causal=true on a decoder
     with pytest.raises(ConfigError, match="causal-only: set causal=true"):
         TrainConfig(**{**DECODER, "workload": "encoder", "pe": "cope"}).validate()
+
+
+def test_the_cli_trains_a_decoder_and_prints_its_generations(tmp_path):
+    from typer.testing import CliRunner
+
+    from randpos.cli import app
+
+    sets = []
+    for item in ("batch_size=8", "max_train_length=4", "eval_batch_size=16",
+                 "eval_sub_batch_size=8", "num_layers=1", "width=16", "num_heads=2",
+                 "ff_width=16"):  # fmt: skip
+        sets += ["--set", item]
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--model", "decoder", "--task", "reverse_string",
+            "--pe", "alibi", "--randomized", "-L", "40", "--steps", "5", "-M", "6", "--no-store",
+            "--quiet", "--device", "cpu", *sets]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = __import__("json").loads((run / "summary.json").read_text())
+    assert summary["workload"] == "decoder"
+    result = CliRunner().invoke(
+        app, ["generate", str(run), "--length", "5", "--count", "2", "--show-positions"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "example 2" in result.output and "output" in result.output
+    assert "generated tokens random" in result.output
+    result = CliRunner().invoke(app, ["generate", str(run), "--length", "30"])
+    assert result.exit_code != 0 and "more than the position range L=40" in result.output
+
+
+def test_a_sweep_over_the_architecture_reaches_the_report_with_an_architecture_column(tmp_path):
+    from randpos.report import write_report
+    from randpos.store import ResultsStore
+    from randpos.sweep import LocalExecutor, parse_spec, run_sweep
+
+    base = {k: v for k, v in DECODER.items() if k != "workload"}
+    spec = parse_spec(
+        {
+            "name": "arch",
+            "base": {**base, "steps": 5, "pe": "rope", "max_position": 32},
+            "grid": {"workload": ["encoder", "decoder"], "randomized": [False, True]},
+        }
+    )
+    store = ResultsStore(tmp_path / "r.sqlite")
+    result = run_sweep(
+        spec, store, LocalExecutor(1), ensemble_size=1, runs_dir=tmp_path / "runs", progress=False
+    )
+    assert (result.done, result.failed) == (4, 0)
+    paths = write_report(store, tmp_path / "report", sweep="arch")
+    text = paths["markdown"].read_text()
+    assert "## Architectures" in text and "| task | pe | architecture | randomized |" in text
+    assert "| reverse_string | rope | decoder | True |" in text
+    assert "| reverse_string | rope | encoder | False |" in text
+    assert paths["figure_accuracy_by_architecture"].is_file()

@@ -116,6 +116,10 @@ EvalMOpt = Annotated[
 ]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Training batch size.")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="The workload: encoder (default) | decoder | module:Class."),
+]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda[:i].")]
 ConfigOpt = Annotated[
     str | None, typer.Option("--config", "-c", help="YAML preset: a path or a name in configs/.")
@@ -188,6 +192,7 @@ def encodings_table() -> Table:
 @cli_errors
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    model: ModelOpt = None,
     task: TaskOpt = None,
     pe: PeOpt = None,
     randomized: RandOpt = None,
@@ -214,6 +219,7 @@ def train(
     cfg = build_config(
         config,
         set_,
+        workload=model,
         task=task,
         pe=pe,
         randomized=randomized,
@@ -275,6 +281,63 @@ def evaluate(
         f"id_accuracy {result.id_accuracy:.4f}  ood_accuracy {result.ood_accuracy:.4f}  "
         f"(positions: {record['eval_positions']}; wrote {target})"
     )
+
+
+@app.command()
+@cli_errors
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `randpos train`.")],
+    length: Annotated[int, typer.Option("--length", "-n", help="Task length of the examples.")],
+    count: Annotated[int, typer.Option("--count", help="How many examples.")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the examples.")] = 0,
+    eval_positions: Annotated[
+        str | None, typer.Option("--positions", help="random | contiguous | spread")
+    ] = None,
+    decode_positions: Annotated[
+        str | None,
+        typer.Option("--decode-positions", help="Decoder: arange | spread | random."),
+    ] = None,
+    show_positions: Annotated[
+        bool, typer.Option("--show-positions", help="Print each example's positions.")
+    ] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Print fresh examples of a run's task at one length: input, target, the model's output."""
+    from randpos.training import predict_run
+
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} does not exist")
+    if count < 1:
+        raise ConfigError(f"--count must be at least 1, got {count}")
+    rows, cfg = predict_run(
+        run_dir,
+        length,
+        count=count,
+        seed=seed,
+        eval_positions=eval_positions,
+        decode_positions=decode_positions,
+        device=device or "auto",
+    )
+    mode = cfg.eval_positions if cfg.randomized else "contiguous"
+    how = f"positions {mode}"
+    if cfg.workload == "decoder":
+        decode = cfg.options.get("decode_positions", "random") if cfg.randomized else "arange"
+        how += f", generated tokens {decode}, greedy with the KV cache"
+    console.print(f"{cfg.task}, length {length} ({cfg.workload}, {cfg.pe}, {how})", soft_wrap=True)
+
+    def text(symbols: list[int]) -> str:
+        return " ".join(str(s) for s in symbols)
+
+    total = counted = 0
+    for i, row in enumerate(rows, 1):
+        console.print(f"[bold]example {i}[/bold]  {row['correct']}/{row['counted']} correct")
+        console.print(f"  input     {text(row['input'])}", soft_wrap=True, highlight=False)
+        console.print(f"  target    {text(row['target'])}", soft_wrap=True, highlight=False)
+        console.print(f"  output    {text(row['output'])}", soft_wrap=True, highlight=False)
+        if show_positions:
+            console.print(f"  positions {text(row['positions'])}", soft_wrap=True, highlight=False)
+        total, counted = total + row["correct"], counted + row["counted"]
+    console.print(f"token accuracy {total}/{counted} = {total / max(counted, 1):.1%}")
 
 
 @app.command()

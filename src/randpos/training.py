@@ -226,6 +226,68 @@ def evaluate_run(
     return result, config
 
 
+def predict_run(
+    run_dir: str | Path,
+    length: int,
+    *,
+    count: int = 3,
+    seed: int = 0,
+    eval_positions: str | None = None,
+    decode_positions: str | None = None,
+    device: str = "auto",
+) -> tuple[list[dict[str, Any]], TrainConfig]:
+    """``count`` fresh examples of the run's task at ``length`` with the model's outputs
+    (``randpos generate``): for each its input, target and output symbols, the positions it
+    was given and the masked count of correct symbols. A decoder generates token by token with
+    its KV cache; an encoder answers in one pass. Positions follow the run's evaluation mode
+    (``eval_positions``) and, for a decoder, ``decode_positions``."""
+    from randpos.evaluation import draw_positions
+    from randpos.seeding import make_generator
+
+    if not isinstance(length, int) or length < 1:
+        raise ConfigError(f"--length must be a positive integer, got {length!r}")
+    model, config = load_model(run_dir, device)
+    changes = {"eval_positions": eval_positions}
+    if decode_positions is not None:
+        changes["options"] = {**config.options, "decode_positions": decode_positions}
+    config = config.replace(**{k: v for k, v in changes.items() if v is not None})
+    config.validate()
+    workload = config.workload_class()(config)
+    if not hasattr(workload, "predict"):
+        raise ConfigError(f"workload {config.workload!r} has no generation (no predict method)")
+    workload.check_eval_size(length)
+    T = config.sequence_length(length)
+    if config.randomized and T > config.max_position:
+        raise ConfigError(
+            f"length {length} needs {T} positions, more than the position range L="
+            f"{config.max_position} the model was trained on; choose a shorter --length"
+        )
+    dev = next(model.parameters()).device
+    sample = workload.task.sample(count, length, make_generator(seed, "generate/data", dev))
+    positions = make_generator(seed, "generate/positions", dev)
+    mode = workload.eval_mode()
+    plan = draw_positions(config, count, T, positions, mode=mode, device=dev)
+    k = sample.targets.shape[1]
+    if hasattr(workload, "place_generated"):
+        plan = workload.place_generated(plan, k, positions)
+    model.eval()
+    with torch.inference_mode():
+        outputs = workload.predict(model, sample, plan)
+    correct = (outputs == sample.targets) & sample.mask
+    rows = [
+        {
+            "input": sample.inputs[i].tolist(),
+            "target": sample.targets[i].tolist(),
+            "output": outputs[i].tolist(),
+            "positions": plan.positions[min(i, plan.positions.shape[0] - 1)].tolist(),
+            "correct": int(correct[i].sum()),
+            "counted": int(sample.mask[i].sum()),
+        }
+        for i in range(count)
+    ]
+    return rows, config
+
+
 def load_model(run_dir: str | Path, device: str = "auto") -> tuple[torch.nn.Module, TrainConfig]:
     """Load a finished run's model (model.safetensors) or a checkpoint.pt."""
     from safetensors import SafetensorError
@@ -264,6 +326,7 @@ __all__ = [
     "TrainingInterrupted",
     "evaluate_run",
     "load_model",
+    "predict_run",
     "run_id",
     "train",
     "train_runs",

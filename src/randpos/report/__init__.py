@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from randpos.report.architectures import CAPTION as ARCHITECTURE_CAPTION
+from randpos.report.architectures import accuracy_by_architecture, architecture_table
 from randpos.report.tables import (
     LEVEL_NAMES,
     Table1,
@@ -49,6 +51,7 @@ class Report:
     per_length: pd.DataFrame  # long format, finished runs only
     source: str  # "<store path> (sweep NAME)" for the captions
     workloads: dict[str, pd.DataFrame] = field(default_factory=dict)  # other workloads' tables
+    architectures: pd.DataFrame | None = None  # encoder vs decoder, when both are present
 
 
 def build_report(store: ResultsStore, sweep: str | None = None) -> Report:
@@ -64,7 +67,14 @@ def build_report(store: ResultsStore, sweep: str | None = None) -> Report:
     table = build_table1(runs[encoder]) if encoder.any() else None
     per_length = store.per_length(sweep=sweep)
     source = str(store.path) + (f" (sweep {sweep})" if sweep else "")
-    return Report(table, runs, per_length, source, workload_tables(runs[~encoder]))
+    return Report(
+        table,
+        runs,
+        per_length,
+        source,
+        workload_tables(runs[~encoder]),
+        architecture_table(runs),
+    )
 
 
 def write_report(
@@ -94,10 +104,26 @@ def write_report(
             runs = report.runs[report.runs["workload"] == name]
             path = out / "figures" / f"{figure_name(name)}.png"
             figure_paths[figure_name(name)] = metric_vs_size(report.per_length, runs, path)
+    if report.architectures is not None:
+        paths["architectures_csv"] = _write_frame(report.architectures, out / "architectures.csv")
+        if figures:
+            figure_paths["accuracy_by_architecture"] = accuracy_by_architecture(
+                report.per_length,
+                report.runs[report.runs["run_id"].isin(_task_run_ids(report))],
+                out / "figures" / "accuracy_by_architecture.png",
+            )
     paths.update({f"figure_{k}": v for k, v in figure_paths.items()})
     paths["markdown"] = _write_text(out / "report.md", _markdown(report, figure_paths, out))
     paths["html"] = _write_text(out / "report.html", _html(report, figure_paths))
     return paths
+
+
+def _task_run_ids(report: Report) -> set[str]:
+    """Runs of the task workloads (encoder, decoder): those the architecture figure shows."""
+    runs = report.runs
+    workload = runs["workload"].fillna("encoder") if "workload" in runs else None
+    keep = workload.isin(("encoder", "decoder")) if workload is not None else runs["run_id"].notna()
+    return set(runs.loc[keep, "run_id"])
 
 
 def _write_table1(t: Table1, report: Report, out: Path, paths: dict, figures: bool) -> dict:
@@ -178,6 +204,9 @@ def _markdown(report: Report, figures: dict[str, Path], out: Path) -> str:
         parts += _markdown_table1(report)
     for name, frame in report.workloads.items():
         parts += ["", f"## Workload {name}", "", WORKLOAD_CAPTION, "", workload_markdown(frame)]
+    if report.architectures is not None:
+        frame = report.architectures
+        parts += ["", "## Architectures", "", ARCHITECTURE_CAPTION, "", workload_markdown(frame)]
     if figures:
         parts += ["", "## Figures", ""]
         for name, path in figures.items():
@@ -240,6 +269,9 @@ def _html(report: Report, figures: dict[str, Path]) -> str:
     for name, frame in report.workloads.items():
         parts += [f"<h2>Workload {esc(name)}</h2>", f"<p class=caption>{esc(WORKLOAD_CAPTION)}"]
         parts += ["</p>", workload_html(frame)]
+    if report.architectures is not None:
+        parts += ["<h2>Architectures</h2>", f"<p class=caption>{esc(ARCHITECTURE_CAPTION)}</p>"]
+        parts.append(workload_html(report.architectures))
     if figures:
         parts.append("<h2>Figures</h2>")
         for name, path in figures.items():

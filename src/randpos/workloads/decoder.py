@@ -141,6 +141,12 @@ class DecoderWorkload(EncoderWorkload):
             steps.append(logits)
         return torch.stack(steps, dim=1)
 
+    def predict(self, model, sample, plan: PositionPlan) -> torch.Tensor:
+        """Greedy generation of the k output symbols (B, k) after the prompt ``x SEP``, the
+        generated tokens at the plan's positions (see :meth:`place_generated`)."""
+        prompt = self.inputs(sample)[:, : sample.inputs.shape[1] + 1]
+        return self.generate(model, prompt, plan.positions, sample.targets.shape[1]).argmax(-1)
+
     def evaluate_size(
         self, models: Models, copies: int, size: int, *, mode: str, device
     ) -> list[float]:

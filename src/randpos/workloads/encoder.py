@@ -159,6 +159,13 @@ class EncoderWorkload(Workload):
             forward, copies, self.config, self.task, size, mode=mode, device=device
         )
 
+    def predict(self, model, sample, plan: PositionPlan) -> torch.Tensor:
+        """The model's output symbols (B, k) for a task batch, ``model`` in eval mode: the
+        argmax at the k blanks (``randpos generate``)."""
+        tokens = self.inputs(sample)
+        logits = model(tokens, plan.positions, **plan.model_kwargs())
+        return logits[:, -sample.targets.shape[1] :].argmax(-1)
+
     def eval_mode(self) -> str:
         return self.config.eval_positions if self.config.randomized else "contiguous"
 
