@@ -257,3 +257,13 @@ def test_a_sweep_over_the_architecture_reaches_the_report_with_an_architecture_c
     assert "| reverse_string | rope | decoder | True |" in text
     assert "| reverse_string | rope | encoder | False |" in text
     assert paths["figure_accuracy_by_architecture"].is_file()
+
+
+@pytest.mark.parametrize("pe", CACHED)
+def test_every_encoding_that_takes_the_cache_trains_and_decodes_on_the_decoder(pe):
+    randomized = get_encoding(pe).randomizable
+    config = decoder(pe=pe, steps=2, randomized=randomized, max_position=32)
+    trainer = Trainer(config)
+    trainer.fit(progress=False)
+    (result,) = trainer.evaluate(progress=False, lengths=[2, 6])
+    assert all(0.0 <= a <= 1.0 for a in result.per_length.values())
