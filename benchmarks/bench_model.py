@@ -113,6 +113,25 @@ def bench_one(
     }
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux >= 4.0); False if impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_kib() -> int:
+    """VmHWM, the peak resident set size (KiB) since the last reset."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise OSError("no VmHWM in /proc/self/status")
+
+
 def forward_peak(pe: str, batch: int, length: int, max_position: int) -> dict:
     """In a fresh process: peak RSS growth (MiB) of one no-grad forward."""
     import resource
@@ -123,12 +142,15 @@ def forward_peak(pe: str, batch: int, length: int, max_position: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, config.vocab_size, (batch, length), generator=gen)
     positions = randomized_positions(batch, length, max_position, gen, per_sequence=True)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    # ru_maxrss survives exec on Linux (a spawned child starts with its parent's high-water
+    # mark), so reset the kernel's peak RSS (VmHWM) where that is possible and read it back
+    reset = _reset_peak_rss()
+    before = _peak_rss_kib() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     with torch.no_grad():
         model(tokens, positions)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_rss_kib() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "pe": pe,
         "batch": batch,
