@@ -320,8 +320,8 @@ def generate(
     )
     mode = cfg.eval_positions if cfg.randomized else "contiguous"
     how = f"positions {mode}"
-    if cfg.workload == "decoder":
-        decode = cfg.options.get("decode_positions", "random") if cfg.randomized else "arange"
+    decode = cfg.workload_class()(cfg).summary_fields().get("decode_positions")
+    if decode is not None:  # a decoder
         how += f", generated tokens {decode}, greedy with the KV cache"
     console.print(f"{cfg.task}, length {length} ({cfg.workload}, {cfg.pe}, {how})", soft_wrap=True)
 

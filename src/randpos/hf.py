@@ -43,7 +43,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
         "randpos.hf needs the transformers package: pip install 'randpos[hf]'"
     ) from err
 
-from randpos.positions import _sorted_subset, decode_positions, pose_positions
+from randpos.positions import _sorted_subset, decode_positions, pose_positions, spread_positions
 
 __all__ = [
     "DECODE_POSITIONS",
@@ -549,7 +549,7 @@ def _plan_from_scratch(
     if mode == "arange":
         return torch.arange(total)
     if mode == "spread":
-        return torch.arange(total) * max_position // total
+        return spread_positions(1, total, max_position)[0]
     return rooted_positions(total, max_position, generator)
 
 

@@ -253,7 +253,7 @@ def predict_run(
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
     config.validate()
     workload = config.workload_class()(config)
-    if not hasattr(workload, "predict"):
+    if not hasattr(workload, "predict") or not hasattr(workload, "place_generated"):
         raise ConfigError(f"workload {config.workload!r} has no generation (no predict method)")
     workload.check_eval_size(length)
     T = config.sequence_length(length)
@@ -268,8 +268,7 @@ def predict_run(
     mode = workload.eval_mode()
     plan = draw_positions(config, count, T, positions, mode=mode, device=dev)
     k = sample.targets.shape[1]
-    if hasattr(workload, "place_generated"):
-        plan = workload.place_generated(plan, k, positions)
+    plan = workload.place_generated(plan, k, positions)
     model.eval()
     with torch.inference_mode():
         outputs = workload.predict(model, sample, plan)

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from randpos.report.architectures import CAPTION as ARCHITECTURE_CAPTION
-from randpos.report.architectures import accuracy_by_architecture, architecture_table
+from randpos.report.architectures import accuracy_by_architecture, architecture_table, task_runs
 from randpos.report.tables import (
     LEVEL_NAMES,
     Table1,
@@ -109,21 +109,13 @@ def write_report(
         if figures:
             figure_paths["accuracy_by_architecture"] = accuracy_by_architecture(
                 report.per_length,
-                report.runs[report.runs["run_id"].isin(_task_run_ids(report))],
+                task_runs(report.runs),
                 out / "figures" / "accuracy_by_architecture.png",
             )
     paths.update({f"figure_{k}": v for k, v in figure_paths.items()})
     paths["markdown"] = _write_text(out / "report.md", _markdown(report, figure_paths, out))
     paths["html"] = _write_text(out / "report.html", _html(report, figure_paths))
     return paths
-
-
-def _task_run_ids(report: Report) -> set[str]:
-    """Runs of the task workloads (encoder, decoder): those the architecture figure shows."""
-    runs = report.runs
-    workload = runs["workload"].fillna("encoder") if "workload" in runs else None
-    keep = workload.isin(("encoder", "decoder")) if workload is not None else runs["run_id"].notna()
-    return set(runs.loc[keep, "run_id"])
 
 
 def _write_table1(t: Table1, report: Report, out: Path, paths: dict, figures: bool) -> dict:

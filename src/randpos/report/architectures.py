@@ -26,13 +26,23 @@ CAPTION = (
 )
 
 
+def _workloads(runs: pd.DataFrame) -> pd.Series:
+    """Each run's workload name; stores written before workloads existed hold encoder runs."""
+    if "workload" not in runs:
+        return pd.Series("encoder", index=runs.index)
+    return runs["workload"].fillna("encoder").astype(str)
+
+
+def task_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the task workloads (encoder, decoder): those this comparison covers."""
+    return runs[_workloads(runs).isin(TASK_WORKLOADS)]
+
+
 def architecture(runs: pd.DataFrame) -> pd.Series:
     """Each run's architecture label (index of ``runs``)."""
-    workload = runs["workload"].fillna("encoder") if "workload" in runs else None
-    if workload is None:
-        workload = pd.Series("encoder", index=runs.index)
+    workload = _workloads(runs)
     causal = runs["causal"].fillna(False).astype(bool) if "causal" in runs else False
-    out = workload.astype(str).copy()
+    out = workload.copy()
     out[(workload == "encoder") & causal] = "encoder (causal)"
     return out
 
@@ -41,8 +51,7 @@ def architecture_table(runs: pd.DataFrame) -> pd.DataFrame | None:
     """The comparison table, or None when the task runs have a single architecture."""
     if "task" not in runs or runs.empty:
         return None
-    mine = runs[runs.get("workload", pd.Series("encoder", index=runs.index)).fillna("encoder")
-                .isin(TASK_WORKLOADS)].copy()  # fmt: skip
+    mine = task_runs(runs).copy()
     if mine.empty:
         return None
     mine["architecture"] = architecture(mine)
@@ -101,4 +110,4 @@ def accuracy_by_architecture(per_length: pd.DataFrame, runs: pd.DataFrame, path:
     return path
 
 
-__all__ = ["CAPTION", "accuracy_by_architecture", "architecture", "architecture_table"]
+__all__ = ["CAPTION", "accuracy_by_architecture", "architecture", "architecture_table", "task_runs"]

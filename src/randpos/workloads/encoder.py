@@ -159,6 +159,13 @@ class EncoderWorkload(Workload):
             forward, copies, self.config, self.task, size, mode=mode, device=device
         )
 
+    def place_generated(
+        self, plan: PositionPlan, k: int, generator: torch.Generator
+    ) -> PositionPlan:
+        """The evaluation plan of a whole sequence whose k outputs are generated: the encoder
+        answers in one pass at the plan's own positions (the decoder places its tokens)."""
+        return plan
+
     def predict(self, model, sample, plan: PositionPlan) -> torch.Tensor:
         """The model's output symbols (B, k) for a task batch, ``model`` in eval mode: the
         argmax at the k blanks (``randpos generate``)."""
