@@ -213,8 +213,12 @@ def cope_brute_force(pe, q, k, layer=0) -> list:
     return out
 
 
+@pytest.mark.parametrize("chunk", [None, 1, 13])
 @pytest.mark.parametrize("npos", [None, 3])
-def test_cope_matches_brute_force(npos):
+def test_cope_matches_brute_force(npos, chunk, monkeypatch):
+    """Also with the query rows in chunks (down to one row per chunk): the same numbers."""
+    if chunk is not None:
+        monkeypatch.setattr("randpos.encodings.cope.COPE_CHUNK_ELEMENTS", chunk)
     config = dataclasses.replace(CONFIG, cope_npos=npos)
     pe = cope_with_table(config)
     q, k = qk(batch=2, length=6)

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from randpos.model.config import ModelConfig
 
 
+#: elements of one chunk's (B, H, rows, Tk) temporaries in :meth:`bias` (64 MiB of fp32)
+COPE_CHUNK_ELEMENTS = 1 << 24
+
+
 @register("cope")
 class ContextualPositionEncoding(PositionalEncoding):
     causal_only = True
@@ -80,10 +84,26 @@ class ContextualPositionEncoding(PositionalEncoding):
         distances: torch.Tensor | None = None,
         key_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        p = self.context_positions(q, k)  # (B, H, Tq, Tk)
-        z = q @ self.table[layer].to(q.dtype)  # (B, H, Tq, P): q_i . e[t] for every t
-        lower = p.detach().floor()
-        weight = p - lower  # differentiable: the gradient to the gates flows here
-        z_lower = z.gather(-1, lower.long())  # (B, H, Tq, Tk)
-        z_upper = z.gather(-1, p.detach().ceil().long())
-        return (z_upper * weight + z_lower * (1.0 - weight)) / math.sqrt(q.shape[-1])
+        rows, keys = q.shape[-2], k.shape[-2]
+        # a position never exceeds the number of visible keys: the table's first Tk + 1
+        # columns suffice (same numbers, less memory at large P)
+        table = self.table[layer, :, : min(self.npos, keys + 1)].to(q.dtype)  # (d, P')
+        # query rows in chunks, so that the ~10 (B, H, rows, Tk) temporaries of the gates,
+        # their cumulative sum and the interpolation stay small; rows are independent
+        per_row = max(1, q.shape[0] * q.shape[1] * keys)
+        step = max(1, COPE_CHUNK_ELEMENTS // per_row)
+        chunks = []
+        for lo in range(0, rows, step):
+            hi = min(rows, lo + step)
+            # the chunk's queries are rows lo..hi-1 of the last Tq of the Tk keys: keep its
+            # keys up to its last row, so the causal alignment stays bottom-right
+            last = keys - rows + hi
+            p = self.context_positions(q[..., lo:hi, :], k[..., :last, :])  # (B, H, r, last)
+            z = q[..., lo:hi, :] @ table  # (B, H, r, P'): q_i . e[t] for every t
+            lower = p.detach().floor()
+            weight = p - lower  # differentiable: the gradient to the gates flows here
+            z_lower = z.gather(-1, lower.long())
+            z_upper = z.gather(-1, p.detach().ceil().long())
+            b = (z_upper * weight + z_lower * (1.0 - weight)) / math.sqrt(q.shape[-1])
+            chunks.append(torch.nn.functional.pad(b, (0, keys - last)))  # invisible keys: 0
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=-2)
