@@ -87,6 +87,25 @@ def test_duplicates_are_merged_and_rules_apply():
     assert any(c["pe"] == "alibi" and c["seed"] == 7 for c in runs.values())
 
 
+def test_arms_are_crossed_with_the_grid():
+    arms = [
+        {"pe": "none"},
+        {"pe": "rope", "randomized": True},
+        {"pe": "rope", "randomized": True, "learning_rate": 3e-4},
+    ]
+    runs = expand(
+        spec(arms=arms, grid={"task": ["parity_check", "reverse_string"], "seed": [0, 1]})
+    )
+    assert len(runs) == 3 * 2 * 2
+    got = {
+        (c["pe"], c["randomized"], c["learning_rate"], c["task"], c["seed"]) for c in runs.values()
+    }
+    assert ("none", False, 1e-3, "parity_check", 0) in got
+    assert ("rope", True, 3e-4, "reverse_string", 1) in got
+    # arms alone, without a grid, are runs too
+    assert len(expand(spec(arms=arms, grid={}, base={**BASE, "task": "parity_check"}))) == 3
+
+
 def test_presets_load():
     tiny, small = load_spec("tiny"), load_spec("small")
     assert len(expand(tiny)) == 12
@@ -113,6 +132,8 @@ def test_paper_preset_expands_to_4950_runs():
         ({"grid": {}}, r"empty grid"),
         ({"exclude": [{"task": ["parity_check", "reverse_string"]}]}, r"empty grid \(16 .*16 excl"),
         ({"base": {**BASE, "eval_max_length": 5}}, r"eval_max_length .* must be greater"),
+        ({"arms": [{"pe": "rope"}]}, r"arms\[0\] sets pe, which the grid varies"),
+        ({"arms": [{"pe": "rop"}], "grid": {"seed": [0]}}, r"run \(seed=0, pe='rop'\)"),
     ],
 )
 def test_bad_sweep_files_fail_clearly_and_write_nothing(tmp_path, changes, message):

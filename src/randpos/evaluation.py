@@ -14,7 +14,7 @@ numbers because accuracy is aggregated per sequence first.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -127,21 +127,42 @@ def batch_accuracy(logits: torch.Tensor, batch: Batch) -> float:
 
 @dataclass
 class EvalResult:
+    """The per-size metric of one model, with the in-distribution / unseen split.
+
+    ``per_length`` maps each evaluated size to the workload's metric. ``trained`` names the
+    sizes seen in training when they are not 1..N (an image model trained at one resolution:
+    every other resolution is unseen, smaller ones included). ``metrics`` holds the further
+    per-size metrics a workload may report (``{size: {name: value}}``; empty for the
+    algorithmic tasks).
+    """
+
     per_length: dict[int, float]
     max_train_length: int
+    trained: tuple[int, ...] | None = None
+    metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def _trained(self, n: int) -> bool:
+        return n in self.trained if self.trained is not None else n <= self.max_train_length
 
     @property
     def id_accuracy(self) -> float:
-        return mean_over(self.per_length, 1, self.max_train_length)
+        if self.trained is None:
+            return mean_over(self.per_length, 1, self.max_train_length)
+        return _mean([v for n, v in self.per_length.items() if self._trained(n)])
 
     @property
     def ood_accuracy(self) -> float:
-        return mean_over(self.per_length, self.max_train_length + 1, max(self.per_length))
+        if self.trained is None:
+            return mean_over(self.per_length, self.max_train_length + 1, max(self.per_length))
+        return _mean([v for n, v in self.per_length.items() if not self._trained(n)])
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def mean_over(per_length: dict[int, float], first: int, last: int) -> float:
-    values = [per_length[n] for n in range(first, last + 1) if n in per_length]
-    return sum(values) / len(values) if values else float("nan")
+    return _mean([per_length[n] for n in range(first, last + 1) if n in per_length])
 
 
 def evaluate_length(

@@ -30,6 +30,9 @@ RUN_FILES = (
     SUMMARY,
     "model.safetensors",
     "per_length.csv",
+    "metrics.csv",
+    "samples.npz",
+    "samples.png",
     "accuracy.png",
     "history.jsonl",
     "config.json",
@@ -56,6 +59,12 @@ def run_id(config: TrainConfig) -> str:
 def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
@@ -139,6 +148,11 @@ def make_summary(trainer, index: int, result, rid: str, eval_seconds: float) -> 
         "final_loss": last.get("loss"),
         f"final_train_{metric}": last.get(metric),
         "per_length": {str(n): acc for n, acc in sorted(result.per_length.items())},
+        **(
+            {"size_metrics": {str(n): m for n, m in sorted(result.metrics.items())}}
+            if result.metrics
+            else {}
+        ),
         "num_parameters": sum(p.numel() for p in member.model.parameters()),
         "timings": {
             "train_seconds": round(member.train_seconds, 3),
@@ -154,7 +168,7 @@ def make_summary(trainer, index: int, result, rid: str, eval_seconds: float) -> 
     }
 
 
-def write_run_files(out: Path, member, result, summary: dict, workload) -> None:
+def write_run_files(out: Path, member, result, summary: dict, workload, index: int = 0) -> None:
     """model.safetensors, history.jsonl, per_length.csv, accuracy.png, then summary.json."""
     from safetensors.torch import save_file
 
@@ -168,7 +182,15 @@ def write_run_files(out: Path, member, result, summary: dict, workload) -> None:
     lines = [f"{workload.size_name},{workload.metric}\n"]
     lines += [f"{n},{a:.6f}\n" for n, a in sorted(result.per_length.items())]
     atomic_write_text(out / "per_length.csv", "".join(lines))
+    if result.metrics:  # one row per size, one column per named metric
+        names = sorted({k for m in result.metrics.values() for k in m})
+        rows = [",".join([workload.size_name, *names]) + "\n"]
+        for n, m in sorted(result.metrics.items()):
+            values = (f"{m.get(k, float('nan')):.6g}" for k in names)
+            rows.append(",".join([str(n), *values]) + "\n")
+        atomic_write_text(out / "metrics.csv", "".join(rows))
     plot_runs([summary], out / "accuracy.png")
+    workload.write_files(out, index)
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
 
 
@@ -178,6 +200,7 @@ __all__ = [
     "StopFlag",
     "TrainingInterrupted",
     "atomic_torch_save",
+    "atomic_write_bytes",
     "atomic_write_text",
     "load_checkpoint",
     "make_summary",

@@ -555,6 +555,8 @@ class Trainer:
         mode = mode or cfg.eval_positions
         sizes = list(lengths) if lengths is not None else self.workload.eval_sizes()
         per_size: list[dict[int, float]] = [{} for _ in range(self.size)]
+        extras: list[dict[int, dict[str, float]]] = [{} for _ in range(self.size)]
+        metric = self.workload.metric
 
         def models(*args, **kwargs) -> torch.Tensor:
             return self._models(self.params, args, kwargs)
@@ -582,12 +584,19 @@ class Trainer:
                     models, self.size, n, mode=mode, device=self.device
                 )
                 for i, value in enumerate(values):
-                    per_size[i][n] = value
-                name = self.workload.size_name
-                bar.update(done, f"{name} {n}: mean {sum(values) / len(values):.3f}")
+                    if isinstance(value, dict):  # the metric and further ones at this size
+                        extras[i][n] = {k: float(v) for k, v in value.items()}
+                        value = value[metric]
+                    per_size[i][n] = float(value)
+                mean = sum(per_size[i][n] for i in range(len(values))) / len(values)
+                bar.update(done, f"{self.workload.size_name} {n}: mean {mean:.3f}")
                 if stop:  # the final checkpoint is on disk; a resume re-runs evaluation
                     raise TrainingInterrupted(self.step, None)
-        return [EvalResult(p, cfg.max_train_length) for p in per_size]
+        trained = self.workload.trained_sizes()
+        return [
+            EvalResult(p, cfg.max_train_length, trained, e)
+            for p, e in zip(per_size, extras, strict=True)
+        ]
 
 
 __all__ = ["CHECKPOINT_VERSION", "EXECUTIONS", "Member", "Trainer", "check_compatible"]

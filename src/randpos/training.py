@@ -175,7 +175,7 @@ def _train_members(configs, outs, states, *, store, progress, sweep, compile):
         if trainer.size > 1:
             summary["timings"]["ensemble_size"] = trainer.size
         if out is not None:
-            write_run_files(out, member, result, summary, trainer.workload)
+            write_run_files(out, member, result, summary, trainer.workload, i)
         if store is not None:
             store.finish_run(rid, summary, result.per_length, summary["timings"])
         outcomes.append(summary)
@@ -220,7 +220,7 @@ def evaluate_run(
         (result,) = trainer.evaluate(
             progress=progress,
             mode=config.eval_positions,
-            lengths=range(1, config.eval_max_length + 1),
+            lengths=trainer.workload.sizes_up_to(config.eval_max_length),
             stop=stop,
         )
     return result, config

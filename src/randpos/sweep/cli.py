@@ -38,8 +38,15 @@ def sweep_command(
 
         console = Console()
         console.print(f"sweep {loaded.name}: {len(plan)} runs")
+        keys = list(dict.fromkeys([k for arm in loaded.arms for k in arm] + list(loaded.grid)))
+
+        def value(cfg, key):
+            if key.startswith("options."):
+                return (cfg.get("options") or {}).get(key.removeprefix("options."))
+            return cfg.get(key)
+
         for rid, cfg in plan.items():
-            shown = " ".join(f"{k}={cfg[k]}" for k in loaded.grid)
+            shown = " ".join(f"{k}={value(cfg, k)}" for k in keys if value(cfg, k) is not None)
             console.print(f"  {rid}  {shown}", highlight=False)
         return None
     if executor == "local" and address:

@@ -15,7 +15,7 @@ import yaml
 from randpos.config import ConfigError, find_preset
 from randpos.store import config_hash
 
-SWEEP_KEYS = ("name", "description", "preset", "base", "grid", "exclude", "include")
+SWEEP_KEYS = ("name", "description", "preset", "base", "arms", "grid", "exclude", "include")
 
 
 class SweepError(ValueError):
@@ -30,6 +30,8 @@ class SweepSpec:
     base: dict[str, Any] = field(default_factory=dict)
     exclude: list[dict[str, Any]] = field(default_factory=list)
     include: list[dict[str, Any]] = field(default_factory=list)
+    #: named variants, each crossed with the whole grid (e.g. the arms of an experiment x seeds)
+    arms: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
     source: str | None = None
 
@@ -125,12 +127,16 @@ def parse_spec(
         if not values:
             raise SweepError(f"{where}grid.{key} is empty: the grid would expand to no runs")
     rules: dict[str, list[dict]] = {}
-    for section in ("exclude", "include"):
+    for section in ("arms", "exclude", "include"):
         items = data.get(section) or []
         if not isinstance(items, list):
             raise SweepError(f"{where}{section!r} must be a list of mappings")
         rules[section] = [check_fields(f"{section}[{i}]", item) for i, item in enumerate(items)]
-    if not grid and not rules["include"]:
+    for i, arm in enumerate(rules["arms"]):
+        both = sorted(set(arm) & set(grid))
+        if both:
+            raise SweepError(f"{where}arms[{i}] sets {', '.join(both)}, which the grid varies")
+    if not grid and not rules["include"] and not rules["arms"]:
         raise SweepError(f"{where}empty grid: no axes and no 'include' runs")
     description = data.get("description") or ""
     return SweepSpec(
@@ -139,6 +145,7 @@ def parse_spec(
         base=base,
         exclude=rules["exclude"],
         include=rules["include"],
+        arms=rules["arms"],
         description=str(description),
         source=source,
     )
@@ -193,7 +200,12 @@ def expand(
     combos = [
         dict(zip(keys, values, strict=True)) for values in itertools.product(*spec.grid.values())
     ]
-    candidates = [{**spec.base, **combo} for combo in combos] if keys else []
+    arms = spec.arms or [{}]
+    candidates = (
+        [{**spec.base, **arm, **combo} for arm in arms for combo in combos]
+        if keys or spec.arms
+        else []
+    )
     candidates += [{**spec.base, **extra} for extra in spec.include]
     runs: dict[str, dict[str, Any]] = {}
     excluded = 0
@@ -201,7 +213,8 @@ def expand(
         try:
             config = resolve(raw)
         except ValueError as exc:
-            shown = {k: raw[k] for k in keys if k in raw} or raw
+            varied = keys + sorted({k for arm in spec.arms for k in arm})
+            shown = {k: raw[k] for k in varied if k in raw} or raw
             detail = ", ".join(f"{k}={v!r}" for k, v in shown.items())
             where = f"{spec.source}: " if spec.source else ""
             raise SweepError(f"{where}run ({detail}): {exc}") from None

@@ -154,14 +154,29 @@ class Workload:
     ) -> list[float]:
         """The metric of each of ``copies`` models at ``size``, all on the same data (which
         depends only on ``eval_seed`` and ``size``). ``mode`` is the recorded evaluation
-        position mode (``TrainConfig.eval_positions``)."""
+        position mode (``TrainConfig.eval_positions``). An entry may instead be a dict of
+        named metrics holding :attr:`metric` among them: the others are kept per size in the
+        summary (``size_metrics``) and in ``metrics.csv``."""
         raise NotImplementedError
+
+    def sizes_up_to(self, largest: int) -> list[int]:
+        """The sizes ``randpos evaluate --eval-max-length M`` scores: 1..M by default."""
+        return list(range(1, largest + 1))
+
+    def trained_sizes(self) -> tuple[int, ...] | None:
+        """The sizes that count as in-distribution, when not 1..N (None): an image model
+        trained at one resolution returns that one, so smaller ones count as unseen too."""
+        return None
 
     def eval_mode(self) -> str:
         """The evaluation position mode recorded with the results."""
         return self.config.eval_positions
 
     # ----------------------------------------------------------------- reporting
+    def write_files(self, out, member: int) -> None:
+        """Extra files of member ``member``'s run directory ``out`` after evaluation (the
+        DiT's generated samples); none by default."""
+
     def summary_fields(self) -> dict[str, Any]:
         """Fields that lead the run's summary, after ``run_id`` (what identifies the run)."""
         return {"workload": self.name}
