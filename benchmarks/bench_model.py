@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 from machine import machine_info  # benchmarks/machine.py (the script's own folder)
 
-from randpos.encodings import PE_NAMES, get_encoding
+from randpos.encodings import PE_NAMES_1D as PE_NAMES
+from randpos.encodings import get_encoding
 from randpos.model import ModelConfig, Transformer
 from randpos.positions import contiguous_positions, randomized_distances, randomized_positions
 

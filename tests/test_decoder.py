@@ -14,7 +14,8 @@ import torch
 from tiny import TINY_BASE
 
 from randpos.config import ConfigError, TrainConfig
-from randpos.encodings import PE_NAMES, get_encoding
+from randpos.encodings import PE_NAMES_1D as PE_NAMES
+from randpos.encodings import get_encoding
 from randpos.model import KVCache, ModelConfig, Transformer
 from randpos.positions import DECODE_MODES, decode_positions, randomized_positions
 from randpos.tasks import get_task

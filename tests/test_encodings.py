@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from randpos.encodings import PE_NAMES, PositionalEncoding, get_encoding, register
+from randpos.encodings import PE_NAMES_1D as PE_NAMES
+from randpos.encodings import PositionalEncoding, get_encoding, register
 from randpos.encodings.alibi import alibi_slopes
 from randpos.encodings.base import toeplitz_index
 from randpos.model import ModelConfig

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from randpos.encodings import PE_NAMES, get_encoding
+from randpos.encodings import PE_NAMES_1D as PE_NAMES
+from randpos.encodings import get_encoding
 from randpos.model import ModelConfig, Transformer, attend
 from randpos.positions import (
     contiguous_positions,

@@ -118,7 +118,7 @@ BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Training bat
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")]
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", help="The workload: encoder (default) | decoder | module:Class."),
+    typer.Option("--model", help="The workload: encoder (default) | decoder | vit | dit | module:Class."),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda[:i].")]
 ConfigOpt = Annotated[
@@ -168,7 +168,8 @@ def encodings_table() -> Table:
     from randpos.encodings import ENCODINGS, PositionalEncoding
 
     table = Table(title="positional encodings")
-    for col in ("encoding", "hooks", "causal-only", "samplers (randomize)"):
+    table.add_column("encoding", no_wrap=True, min_width=max(map(len, ENCODINGS)))
+    for col in ("positions", "hooks", "causal-only", "samplers (randomize)"):
         table.add_column(col)
     for name, cls in ENCODINGS.items():
         hooks = [
@@ -179,8 +180,10 @@ def encodings_table() -> Table:
         samplers = ["positions", "pose"]
         samplers += ["distances"] if cls.uses_distances else []
         samplers += ["float"] if cls.float_positions else []
+        dims = {1: "1D", 2: "2D", None: "1D, 2D"}[cls.position_dims]
         table.add_row(
             name,
+            dims,
             ", ".join(hooks) or "-",
             "yes" if cls.causal_only else "",
             ", ".join(samplers) if cls.randomizable else "none (not randomizable)",
@@ -406,13 +409,19 @@ def print_summaries(summaries: list[dict]) -> None:
     n, m = first["max_train_length"], first["eval_max_length"]
     what = first.get("task", first.get("workload"))
     table = Table(
-        title=f"{what}: accuracy (mean over sizes)"
+        title=f"{what}: {first.get('metric', 'accuracy')} (mean over sizes)"
         if "task" not in first
         else f"{what}: accuracy (mean over lengths)"
     )
     table.add_column("run")
-    table.add_column(f"in-distribution 1..{n}", justify="right")
-    table.add_column(f"unseen {n + 1}..{m}", justify="right")
+    if "train_side" in first:  # images: trained at one side, every other one unseen
+        train = str(first["train_side"])
+        sides = ", ".join(s for s in first["per_length"] if s != train)
+        table.add_column(f"trained S={train}", justify="right")
+        table.add_column(f"unseen S in {{{sides}}}", justify="right")
+    else:
+        table.add_column(f"in-distribution 1..{n}", justify="right")
+        table.add_column(f"unseen {n + 1}..{m}", justify="right")
     table.add_column("train s", justify="right")
     table.add_column("steps/s", justify="right")
     for s in summaries:

@@ -82,6 +82,10 @@ class PositionalEncoding(nn.Module):
     #: False for encodings that cannot score new query rows against cached keys (those that
     #: always read a whole-sequence distance table): no KV cache for them.
     supports_cache: ClassVar[bool] = True
+    #: 1: sequence positions (B, T); 2: grid positions (B, N, 2) in (y, x) (the image
+    #: encodings, randpos.vision); None: any (NoPE). Models refuse the other kind
+    #: (:func:`check_position_dims`).
+    position_dims: ClassVar[int | None] = 1
     #: Attention depends only on position differences while every position is below this
     #: bound (FIRE: its normaliser's threshold); None: everywhere (or not relative at all).
     relative_below: ClassVar[int | None] = None
@@ -165,6 +169,23 @@ class PositionalEncoding(nn.Module):
         check_range("distances", distances, self.max_position)
         if bool((distances[:, :, 0] != 0).any()):
             raise ValueError("distances[:, :, 0] must be 0 (a query's distance to itself)")
+
+
+def names_taking(dims: int) -> list[str]:
+    """The registered encodings a model with ``dims``-dimensional positions takes."""
+    return [n for n, c in ENCODINGS.items() if c.position_dims in (None, dims)]
+
+
+def check_position_dims(encoding: str | type[PositionalEncoding], dims: int) -> None:
+    """One-line ``ValueError`` naming ``pe`` unless the encoding takes ``dims``-D positions."""
+    cls = get_encoding(encoding) if isinstance(encoding, str) else encoding
+    if cls.position_dims in (None, dims):
+        return
+    kind = {1: "1D (sequence)", 2: "2D (image grid)"}
+    raise ValueError(
+        f"pe {cls.name!r} is a {kind[cls.position_dims]} encoding; a {kind[dims]} model "
+        f"takes: {', '.join(names_taking(dims))}"
+    )
 
 
 def check_range(what: str, values: torch.Tensor, limit: int) -> None:

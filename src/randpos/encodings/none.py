@@ -11,3 +11,4 @@ class NoEncoding(PositionalEncoding):
     then equivariant to permutations of its input)."""
 
     float_positions = True  # its formula is continuous in the positions
+    position_dims = None  # sequences and image grids alike

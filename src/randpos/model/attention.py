@@ -162,6 +162,8 @@ class MultiHeadAttention(nn.Module):
         distances: torch.Tensor | None = None,
         cache: KVCache | None = None,
         key_positions: torch.Tensor | None = None,
+        *,
+        logit_scale: float | None = None,
     ) -> torch.Tensor:
         """``x`` (B, T, D) -> (B, T, D); ``pe`` is the model's encoding, ``layer`` this layer's
         index (for per-layer encoding state and distance tables).
@@ -169,7 +171,12 @@ class MultiHeadAttention(nn.Module):
         With a ``cache`` the T tokens of ``x`` come after the cached ones: their keys and values
         (rotated at ``positions``) are appended to the cache's layer ``layer`` and the queries
         attend to every cached key; ``key_positions`` (B or 1, Tk) are the positions of all of
-        them, for the bias encodings."""
+        them, for the bias encodings.
+
+        ``logit_scale`` (a python float; None: 1) multiplies the queries after the rotate hook,
+        so the ``q . k / sqrt(d)`` logits scale by it (the attention-logit scaling at larger
+        grids, log N_test / log N_train). An encoding's bias is computed from the unscaled
+        queries and is not scaled."""
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, H, T, d)
@@ -181,5 +188,7 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.extend(layer, k, v)  # (B, H, Tk, d)
         kwargs = {} if cache is None else {"key_positions": key_positions}
         bias = pe.bias(q, k, positions, layer, distances, **kwargs) if pe.has_bias else None
+        if logit_scale is not None:
+            q = q * logit_scale
         out = attend(q, k, v, bias, causal=self.causal, backend=self.backend)  # (B, H, T, d)
         return self.output(out.transpose(1, 2).flatten(2))  # (B, T, D)

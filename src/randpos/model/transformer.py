@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from randpos.encodings import PE_NAMES, build_encoding, get_encoding
+from randpos.encodings import PE_NAMES, build_encoding, check_position_dims, get_encoding
 from randpos.encodings.base import PositionalEncoding
 from randpos.model.attention import ATTENTION_BACKENDS, KVCache, MultiHeadAttention
 from randpos.model.config import ModelConfig
@@ -56,6 +56,7 @@ def check_config(config: ModelConfig) -> None:
         fail("attention", f"one of {', '.join(ATTENTION_BACKENDS)}")
     if config.pe not in PE_NAMES:
         get_encoding(config.pe)  # raises the registry's error, listing the valid names
+    check_position_dims(config.pe, 1)  # an image encoding on the sequence model
 
 
 def _is_integer(t: torch.Tensor) -> bool:

@@ -45,13 +45,17 @@ class EncoderWorkload(Workload):
     @classmethod
     def validate(cls, config) -> None:
         from randpos.config import ConfigError, check_choice
-        from randpos.encodings import PE_NAMES, get_encoding
+        from randpos.encodings import PE_NAMES, check_position_dims, get_encoding
         from randpos.tasks import TASK_NAMES
 
         super().validate(config)
         check_choice("task", config.task, TASK_NAMES)
         check_choice("pe", config.pe, PE_NAMES)
         encoding = get_encoding(config.pe)
+        try:
+            check_position_dims(encoding, 1)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         from randpos.encodings.rope import check_rope_config
 
         try:  # the rotary fields, whichever encoding (a bad value is never silently ignored)
