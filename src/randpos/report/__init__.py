@@ -28,6 +28,7 @@ import pandas as pd
 
 from randpos.report.architectures import CAPTION as ARCHITECTURE_CAPTION
 from randpos.report.architectures import accuracy_by_architecture, architecture_table, task_runs
+from randpos.report.images import write_images_section
 from randpos.report.tables import (
     LEVEL_NAMES,
     Table1,
@@ -113,7 +114,10 @@ def write_report(
                 out / "figures" / "accuracy_by_architecture.png",
             )
     paths.update({f"figure_{k}": v for k, v in figure_paths.items()})
-    paths["markdown"] = _write_text(out / "report.md", _markdown(report, figure_paths, out))
+    images, image_paths = write_images_section(store, report.runs, out, figures)
+    paths.update(image_paths)
+    markdown = _markdown(report, figure_paths, out, images)
+    paths["markdown"] = _write_text(out / "report.md", markdown)
     paths["html"] = _write_text(out / "report.html", _html(report, figure_paths))
     return paths
 
@@ -189,7 +193,9 @@ def _protocol_lines(report: Report) -> list[str]:
     return lines
 
 
-def _markdown(report: Report, figures: dict[str, Path], out: Path) -> str:
+def _markdown(
+    report: Report, figures: dict[str, Path], out: Path, images: list[str] | None = None
+) -> str:
     t = report.table
     parts = ["# Length generalization: plain vs randomized positional encodings"]
     if t is not None:
@@ -199,6 +205,7 @@ def _markdown(report: Report, figures: dict[str, Path], out: Path) -> str:
     if report.architectures is not None:
         frame = report.architectures
         parts += ["", "## Architectures", "", ARCHITECTURE_CAPTION, "", workload_markdown(frame)]
+    parts += images or []  # the images section (randpos.report.images), when there are any
     if figures:
         parts += ["", "## Figures", ""]
         for name, path in figures.items():
