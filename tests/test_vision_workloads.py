@@ -4,8 +4,6 @@ reach the report's images section; bad input gets one-line errors naming the fie
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch

@@ -118,7 +118,9 @@ BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Training bat
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")]
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", help="The workload: encoder (default) | decoder | vit | dit | module:Class."),
+    typer.Option(
+        "--model", help="The workload: encoder (default) | decoder | vit | dit | module:Class."
+    ),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda[:i].")]
 ConfigOpt = Annotated[
