@@ -131,6 +131,7 @@ def test_training_leaves_the_global_rng_alone(tmp_path):
         ({"dropout": 0.1}, r"dropout=0.1"),
         ({"pe": "learned2d", "options": {"pi": True}, "randomized": True}, r"options.pi"),
         ({"options": {"augment": "zoom"}}, r"options.augment"),
+        ({"rope_scaling": "ntk", "rope_scaling_factor": 2.0}, r"rope_scaling_factor=2.0"),
     ],
 )
 def test_bad_image_configs_fail_with_one_line_naming_the_field(changes, message):

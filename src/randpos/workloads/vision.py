@@ -137,6 +137,11 @@ class VisionWorkload(Workload):
                 f"pe {config.pe!r} cannot take non-integer positions (options.pi or "
                 "randomize: float need them)"
             )
+        if config.rope_scaling_factor != 1.0:
+            raise ConfigError(
+                f"rope_scaling_factor={config.rope_scaling_factor}: image grids take each axis' "
+                "scale from its extent over the training grid (FiT); leave it at 1"
+            )
         if opts.pi and config.randomized:
             raise ConfigError("options.pi applies to plain runs: set randomized=false")
         if opts.micro_cond and opts.augment != "crop":
