@@ -341,12 +341,9 @@ class _SweepProgress:
         if not self.enabled:
             return
         if summary is not None:
-            what = (
-                f"{summary.get('task')} {summary.get('pe')}"
-                f"{' randomized' if summary.get('randomized') else ''}"
-                if "task" in summary
-                else str(summary.get("workload"))  # another workload: its name
-            )
+            what = str(summary["task"] if "task" in summary else summary.get("workload"))
+            if "pe" in summary:  # the encoder's task, or another workload's name, then the PE
+                what += f" {summary['pe']}{' randomized' if summary.get('randomized') else ''}"
             text = (
                 f"[green]done[/green] {rid} {what} "
                 f"lr={summary.get('learning_rate')} seed={summary.get('seed')}: "
