@@ -119,7 +119,8 @@ LrOpt = Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")
 ModelOpt = Annotated[
     str | None,
     typer.Option(
-        "--model", help="The workload: encoder (default) | decoder | vit | dit | module:Class."
+        "--model",
+        help="The workload: encoder (default) | decoder | vit | dit | arpg | module:Class.",
     ),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda[:i].")]

@@ -1,4 +1,4 @@
-"""The report's images section (workloads ``vit`` and ``dit``; docs/images.md).
+"""The report's images section (workloads ``vit``, ``dit`` and ``arpg``; docs/images.md).
 
 Every number comes from the store: the per-side metrics are the runs' ``size_metrics``
 (summary JSON). Runs are grouped into *arms* (every config field that varies between the runs
@@ -16,13 +16,17 @@ import pandas as pd
 
 from randpos.report.workloads import group_columns
 
-IMAGE_WORKLOADS = ("vit", "dit")
+IMAGE_WORKLOADS = ("vit", "dit", "arpg")
 #: the metrics shown per workload, first the workload's own; lower is better for all but
 #: the accuracies
 METRICS = {
     "vit": ("accuracy", "loss"),
     "dit": ("sample_accuracy", "fd", "kid", "denoise", "components_gap", "ink_gap"),
+    "arpg": ("sample_accuracy", "fd", "kid", "nll_random", "nll_raster", "components_gap"),
 }
+#: the workloads that generate samples (samples.npz in their run directories)
+GENERATIVE = ("dit", "arpg")
+TITLES = {"vit": "ViT", "dit": "DiT", "arpg": "ARPG"}
 HIGHER_IS_BETTER = {"accuracy", "sample_accuracy"}
 
 
@@ -158,15 +162,16 @@ def metrics_figure(frame: pd.DataFrame, workload: str, train_side: int, path: Pa
     return path
 
 
-def sample_figures(frame: pd.DataFrame, out: Path) -> dict[str, Path]:
-    """Per canvas side, one PNG with a row of generated samples per DiT arm (its lowest seed
-    whose run directory still holds samples.npz). Returns name -> path."""
+def sample_figures(frame: pd.DataFrame, out: Path, workload: str = "dit") -> dict[str, Path]:
+    """Per canvas side, one PNG with a row of generated samples per arm of ``workload`` (its
+    lowest seed whose run directory still holds samples.npz): ``samples_S{side}.png`` for the
+    DiT, ``{workload}_samples_S{side}.png`` for the others. Returns name -> path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dit = frame[frame["workload"] == "dit"][["arm", "run_id", "seed", "out_dir"]]
+    dit = frame[frame["workload"] == workload][["arm", "run_id", "seed", "out_dir"]]
     arrays: dict[str, dict[str, np.ndarray]] = {}
     for arm, group in dit.drop_duplicates("run_id").sort_values("seed").groupby("arm"):
         for out_dir in group["out_dir"]:
@@ -197,13 +202,15 @@ def sample_figures(frame: pd.DataFrame, out: Path) -> dict[str, Path]:
                 if c < len(images):
                     ax.imshow(images[c], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             axes[r][0].set_ylabel(arm, rotation=0, ha="right", va="center", fontsize=6)
-        fig.suptitle(f"DiT samples at S={side} (two per class, first seed of each arm)", fontsize=8)
+        title = f"{TITLES[workload]} samples at S={side} (two per class, first seed of each arm)"
+        fig.suptitle(title, fontsize=8)
         fig.tight_layout(pad=0.2)
-        path = out / f"samples_S{side}.png"
+        prefix = "" if workload == "dit" else f"{workload}_"
+        path = out / f"{prefix}samples_S{side}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
         plt.close(fig)
-        paths[f"samples_S{side}"] = path
+        paths[path.stem] = path
     return paths
 
 
@@ -213,7 +220,9 @@ CAPTION = (
     "distance of the project's own feature network (trained on real canvases at that S), "
     "denoise = flow-matching MSE averaged over t in {0.1, 0.3, 0.5, 0.7, 0.9} on the held-out "
     "digits, components_gap / ink_gap = |generated - real| of the mean number of ink "
-    "components / of the mean intensity. Training side marked in the figures."
+    "components / of the mean intensity, nll_random / nll_raster = teacher-forced negative "
+    "log-likelihood (nats per token) of the held-out canvases, binarized, in random / raster "
+    "order (arpg). Training side marked in the figures."
 )
 
 
@@ -241,11 +250,11 @@ def write_images_section(store, runs: pd.DataFrame, out: Path, figures: bool) ->
             )
             paths[f"figure_images_{workload}"] = path
             lines += ["", f"![{workload} metrics](figures/{path.name})"]
-    if figures:
-        samples = sample_figures(frame, out / "figures")
+    for workload in [w for w in GENERATIVE if figures and w in set(frame["workload"])]:
+        samples = sample_figures(frame, out / "figures", workload)
         paths.update({f"figure_{k}": v for k, v in samples.items()})
         if samples:
-            lines += ["", "### DiT samples", ""]
+            lines += ["", f"### {TITLES[workload]} samples", ""]
             lines += [f"![{k}](figures/{v.name})" for k, v in samples.items()]
     return lines, paths
 

@@ -4,7 +4,7 @@
 ``encoder`` (the algorithmic tasks on the reference encoder) is the default.
 """
 
-from randpos.workloads import decoder, encoder, vision  # noqa: F401 (registers them)
+from randpos.workloads import arpg, decoder, encoder, vision  # noqa: F401 (registers them)
 from randpos.workloads.base import Batch, Models, Workload
 from randpos.workloads.registry import WORKLOADS, get_workload, register_workload
 

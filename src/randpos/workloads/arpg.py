@@ -1,0 +1,194 @@
+"""ARPG on the one loop (``workload: arpg``): random-order autoregressive generation of binary
+patch tokens with position-guided queries (:mod:`randpos.vision.arpg`, docs/images.md "ARPG").
+
+Training: canvases of the training side (the image workloads' data, crops and positions), each
+2 x 2 patch one of 16 tokens, a fresh order per sample from ``options.train_order`` (``random``:
+ARPG; ``raster``: the raster-order autoregressive baseline), teacher forcing with the
+cross-entropy of every token, class dropout for guidance.
+
+Per evaluated side S: ``nll_random`` and ``nll_raster`` (teacher-forced negative log-likelihood
+in nats per token of the held-out canvases, binarized, in fixed random orders and in raster
+order), and for ``options.eval_samples`` class-balanced samples decoded in ``options.gen_order``
+with ``options.decode_steps`` steps on ``options.schedule``: the DiT's sample metrics
+(``sample_accuracy``, ``fd``, ``kid``, pixel statistics), against the *binarized* held-out
+canvases (what the tokens can express), with the same per-side feature networks. One position
+draw per sample serves its whole generation.
+
+Streams: ``data`` (images, crops), ``positions``, ``noise`` (orders and dropped labels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from randpos.seeding import make_generator
+from randpos.workloads.base import Batch, Models
+from randpos.workloads.registry import register_workload
+from randpos.workloads.vision import DiTWorkload, VisionOptions
+
+
+@dataclass
+class ARPGOptions(VisionOptions):
+    """The image options plus ARPG's own (``sample_steps``, ``timestep_shift`` and
+    ``micro_cond`` are the DiT's and are refused here)."""
+
+    train_order: str = "random"  # random (ARPG) | raster (the raster AR baseline)
+    gen_order: str = "random"  # random | raster | spiral
+    decode_steps: int = 16  # decoding steps per image (N: one token per step)
+    schedule: str = "arccos"  # arccos | linear
+    temperature: float = 1.0  # 0: argmax
+
+
+@register_workload("arpg")
+class ARPGWorkload(DiTWorkload):
+    """Class-conditional ARPG over binary 2 x 2 patch tokens; the metric is the conditional
+    accuracy of generated samples per side."""
+
+    options = ARPGOptions
+    dynamic_axes = {"tokens": (1,), "positions": (1,), "orders": (1,)}
+
+    @classmethod
+    def validate(cls, config) -> None:
+        from randpos.config import ConfigError, check_choice
+        from randpos.vision.arpg import ORDERS, SCHEDULES, check_arpg_config
+
+        opts = cls.parse_options(config.options)
+        defaults = VisionOptions()
+        for name in ("sample_steps", "timestep_shift", "micro_cond"):
+            if getattr(opts, name) != getattr(defaults, name):
+                raise ConfigError(f"options.{name}: a DiT option; arpg does not take it")
+        super().validate(config)
+        check_choice("options.train_order", opts.train_order, ("random", "raster"))
+        check_choice("options.gen_order", opts.gen_order, ORDERS)
+        check_choice("options.schedule", opts.schedule, SCHEDULES)
+        if opts.patch != 2:
+            raise ConfigError(f"options.patch={opts.patch}: arpg's tokens are 2 x 2 patches")
+        if opts.decode_steps <= 0:
+            raise ConfigError(f"options.decode_steps={opts.decode_steps}: must be positive")
+        if opts.temperature < 0:
+            raise ConfigError(f"options.temperature={opts.temperature}: must be >= 0")
+        try:
+            check_arpg_config(cls.vision_config(config, opts, 10))
+        except ValueError as exc:
+            raise ConfigError(str(exc).replace("VisionConfig.", "")) from None
+
+    def build_model(self, generator: torch.Generator):
+        from randpos.vision.arpg import ARPG
+
+        return ARPG(self.model_config(), generator=generator)
+
+    def draw_batch(self, model, size, generators, device) -> Batch:
+        from randpos.vision.arpg import generation_orders, tokenize
+
+        images, labels, _ = self.training_images(size, generators)
+        B, grid = len(labels), size // self.opts.patch
+        g = generators["noise"]
+        orders = generation_orders(self.opts.train_order, B, grid, grid, g, device=g.device)
+        drop = torch.rand(B, generator=g, device=g.device) < self.opts.class_dropout
+        labels = torch.where(drop.cpu(), torch.full_like(labels, self.num_classes), labels)
+        return {
+            "tokens": tokenize(images, self.opts.patch).to(device),
+            "labels": labels.to(device),
+            "positions": self.positions(B, size, "train", generators["positions"], device),
+            "orders": orders.to(device),
+        }
+
+    def loss(self, model, batch: Batch):
+        logits = model(
+            batch["tokens"], batch["labels"], batch["positions"], batch["orders"], validate=False
+        )  # (B, N, V) in generation order
+        target = batch["tokens"].gather(1, batch["orders"])
+        correct = (logits.detach().argmax(-1) == target).float().mean(-1)  # (B,)
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten()), correct
+
+    def train_metric(self, aux, batch: Batch) -> torch.Tensor:
+        return aux.mean(-1)  # token accuracy under teacher forcing
+
+    def _nll(self, models: Models, copies, tokens, labels, positions, orders) -> torch.Tensor:
+        """Mean teacher-forced NLL (K,) in nats per token."""
+        total = torch.zeros(copies, device=tokens.device)
+        for lo in range(0, len(labels), 128):
+            hi = min(lo + 128, len(labels))
+            logits = models(
+                tokens[lo:hi], labels[lo:hi], positions[lo:hi], orders[lo:hi], validate=False
+            )  # (K, b, N, V)
+            target = tokens[lo:hi].gather(1, orders[lo:hi]).expand(copies, -1, -1)
+            total += (
+                F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none")
+                .view(copies, -1)
+                .sum(-1)
+            )
+        return total / tokens.numel()
+
+    def evaluate_size(self, models: Models, copies: int, size: int, *, mode: str, device):
+        from randpos.vision.arpg import (
+            binarize,
+            decode_counts,
+            detokenize,
+            generate,
+            generation_orders,
+            tokenize,
+        )
+        from randpos.vision.metrics import sample_metrics
+
+        opts, cfg = self.opts, self.config
+        grid = size // opts.patch
+        real, labels = self.eval_images(size)
+        real = binarize(real)
+        tokens, y = tokenize(real, opts.patch).to(device), labels.to(device)
+        positions = self.eval_positions(len(y), size, mode, device)
+        results: list[dict[str, float]] = [{} for _ in range(copies)]
+        g_orders = make_generator(cfg.eval_seed, f"arpg/orders/{size}")
+        for kind in ("random", "raster"):
+            orders = generation_orders(kind, len(y), grid, grid, g_orders).to(device)
+            nll = self._nll(models, copies, tokens, y, positions, orders)
+            for i in range(copies):
+                results[i][f"nll_{kind}"] = float(nll[i])
+        # generation: class-balanced labels, one order and one position draw per sample
+        n = opts.eval_samples
+        gen_labels = torch.arange(n) % self.num_classes
+        g = make_generator(cfg.eval_seed, f"arpg/gen_orders/{size}")
+        gen_orders = generation_orders(opts.gen_order, n, grid, grid, g).to(device)
+        g_positions = make_generator(cfg.eval_seed, f"vision/sample_positions/{size}")
+        gen_positions = self.positions(n, size, mode, g_positions, device)
+        counts = decode_counts(grid * grid, opts.decode_steps, opts.schedule)
+        net = self.feature_net(size)
+        grids = []
+        for i in range(copies):
+            g_sample = make_generator(cfg.eval_seed, f"arpg/sample/{size}")
+            sampled = generate(
+                models.member(i),
+                gen_labels.to(device),
+                gen_positions,
+                gen_orders,
+                counts,
+                null_class=self.num_classes,
+                cfg_scale=opts.cfg_scale,
+                temperature=opts.temperature,
+                generator=g_sample,
+            )
+            images = detokenize(sampled, grid, grid, opts.patch).cpu()
+            kid_g = make_generator(cfg.eval_seed, f"vision/kid/{size}")
+            metrics = sample_metrics(images, gen_labels, real, net, generator=kid_g)
+            results[i].update({k: float(v) for k, v in metrics.items()})
+            results[i]["sample_accuracy"] = results[i].pop("accuracy")
+            grids.append(images[: 2 * self.num_classes])  # two samples per class
+        self.samples[size] = grids
+        return results
+
+    def summary_fields(self):
+        fields = super().summary_fields()
+        opts = self.opts
+        fields.update(
+            train_order=opts.train_order,
+            gen_order=opts.gen_order,
+            decode_steps=opts.decode_steps,
+            schedule=opts.schedule,
+        )
+        return fields
+
+
+__all__ = ["ARPGOptions", "ARPGWorkload"]
