@@ -49,13 +49,15 @@ def _short(key: str, value) -> str | None:
         return name if value else None
     if value in ("none", "", "nan"):
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a column with gaps holds integers as floats
     return f"{name}={value}"
 
 
 def arm_labels(runs: pd.DataFrame) -> dict[str, str]:
-    """run_id -> its arm's label (the varying fields, seed aside; pe first)."""
-    keys = [k for k in group_columns(runs) if k not in ("workload",)]
-    keys = sorted(keys, key=lambda k: (k != "pe", k != "randomized", k))
+    """run_id -> its arm's label (pe, then the other varying fields, seed aside)."""
+    keys = [k for k in group_columns(runs) if k not in ("workload", "pe")]
+    keys = ["pe"] * ("pe" in runs) + sorted(keys, key=lambda k: (k != "randomized", k))
     labels = {}
     for row in runs[["run_id", *keys]].itertuples(index=False):
         parts = [_short(k, v) for k, v in zip(keys, row[1:], strict=True)]

@@ -123,58 +123,71 @@ class ARPGWorkload(DiTWorkload):
             )
         return total / tokens.numel()
 
-    def evaluate_size(self, models: Models, copies: int, size: int, *, mode: str, device):
-        from randpos.vision.arpg import (
-            binarize,
-            decode_counts,
-            detokenize,
-            generate,
-            generation_orders,
-            tokenize,
-        )
+    def real_canvases(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out canvases of ``size``, binarized (what the tokens express), and labels."""
+        from randpos.vision.arpg import binarize
+
+        real, labels = self.eval_images(size)
+        return binarize(real), labels
+
+    def sample_and_score(
+        self, model, size: int, *, mode: str, device, decode_steps: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``options.eval_samples`` class-balanced samples (B, 1, S, S) of one ``model`` (an
+        ARPG or a trained member) at ``size`` with the evaluation's fixed orders, positions and
+        sampling streams, decoded in ``decode_steps`` steps (None: ``options.decode_steps``),
+        and their sample metrics against the binarized held-out canvases."""
+        from randpos.vision.arpg import decode_counts, detokenize, generate, generation_orders
         from randpos.vision.metrics import sample_metrics
 
         opts, cfg = self.opts, self.config
         grid = size // opts.patch
-        real, labels = self.eval_images(size)
-        real = binarize(real)
-        tokens, y = tokenize(real, opts.patch).to(device), labels.to(device)
+        n = opts.eval_samples
+        labels = torch.arange(n) % self.num_classes
+        g = make_generator(cfg.eval_seed, f"arpg/gen_orders/{size}")
+        orders = generation_orders(opts.gen_order, n, grid, grid, g).to(device)
+        g_positions = make_generator(cfg.eval_seed, f"vision/sample_positions/{size}")
+        positions = self.positions(n, size, mode, g_positions, device)
+        steps = opts.decode_steps if decode_steps is None else decode_steps
+        sampled = generate(
+            model,
+            labels.to(device),
+            positions,
+            orders,
+            decode_counts(grid * grid, steps, opts.schedule),
+            null_class=self.num_classes,
+            cfg_scale=opts.cfg_scale,
+            temperature=opts.temperature,
+            generator=make_generator(cfg.eval_seed, f"arpg/sample/{size}"),
+        )
+        images = detokenize(sampled, grid, grid, opts.patch).cpu()
+        real, _ = self.real_canvases(size)
+        kid_g = make_generator(cfg.eval_seed, f"vision/kid/{size}")
+        metrics = sample_metrics(images, labels, real, self.feature_net(size), generator=kid_g)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics["sample_accuracy"] = metrics.pop("accuracy")
+        return images, metrics
+
+    def evaluate_size(self, models: Models, copies: int, size: int, *, mode: str, device):
+        from randpos.vision.arpg import generation_orders, tokenize
+
+        grid = size // self.opts.patch
+        real, labels = self.real_canvases(size)
+        tokens, y = tokenize(real, self.opts.patch).to(device), labels.to(device)
         positions = self.eval_positions(len(y), size, mode, device)
         results: list[dict[str, float]] = [{} for _ in range(copies)]
-        g_orders = make_generator(cfg.eval_seed, f"arpg/orders/{size}")
+        g_orders = make_generator(self.config.eval_seed, f"arpg/orders/{size}")
         for kind in ("random", "raster"):
             orders = generation_orders(kind, len(y), grid, grid, g_orders).to(device)
             nll = self._nll(models, copies, tokens, y, positions, orders)
             for i in range(copies):
                 results[i][f"nll_{kind}"] = float(nll[i])
-        # generation: class-balanced labels, one order and one position draw per sample
-        n = opts.eval_samples
-        gen_labels = torch.arange(n) % self.num_classes
-        g = make_generator(cfg.eval_seed, f"arpg/gen_orders/{size}")
-        gen_orders = generation_orders(opts.gen_order, n, grid, grid, g).to(device)
-        g_positions = make_generator(cfg.eval_seed, f"vision/sample_positions/{size}")
-        gen_positions = self.positions(n, size, mode, g_positions, device)
-        counts = decode_counts(grid * grid, opts.decode_steps, opts.schedule)
-        net = self.feature_net(size)
         grids = []
         for i in range(copies):
-            g_sample = make_generator(cfg.eval_seed, f"arpg/sample/{size}")
-            sampled = generate(
-                models.member(i),
-                gen_labels.to(device),
-                gen_positions,
-                gen_orders,
-                counts,
-                null_class=self.num_classes,
-                cfg_scale=opts.cfg_scale,
-                temperature=opts.temperature,
-                generator=g_sample,
+            images, metrics = self.sample_and_score(
+                models.member(i), size, mode=mode, device=device
             )
-            images = detokenize(sampled, grid, grid, opts.patch).cpu()
-            kid_g = make_generator(cfg.eval_seed, f"vision/kid/{size}")
-            metrics = sample_metrics(images, gen_labels, real, net, generator=kid_g)
-            results[i].update({k: float(v) for k, v in metrics.items()})
-            results[i]["sample_accuracy"] = results[i].pop("accuracy")
+            results[i].update(metrics)
             grids.append(images[: 2 * self.num_classes])  # two samples per class
         self.samples[size] = grids
         return results
