@@ -61,9 +61,13 @@ def one_thread():
     ],
 )
 def test_encoder_runs_give_the_numbers_recorded_before_the_one_loop(record, one_thread):
+    """Accuracies exactly; the final loss to 1e-6 relative: the recording was made on an AMD
+    CPU, and on an Intel one (AVX-512 kernels) the last float32 bits of the loss differ by
+    ~1e-8 relative while every accuracy stays identical."""
     summary = train(TrainConfig.from_dict(record["config"]), progress=False)
-    for key in ("run_id", "id_accuracy", "ood_accuracy", "final_loss", "final_train_accuracy"):
+    for key in ("run_id", "id_accuracy", "ood_accuracy", "final_train_accuracy"):
         assert summary[key] == record[key], key
+    assert summary["final_loss"] == pytest.approx(record["final_loss"], rel=1e-6)
     assert summary["per_length"] == record["per_length"]
     assert summary["num_parameters"] == record["num_parameters"]
 
