@@ -22,6 +22,7 @@ from randpos.vision.arpg import (
     detokenize,
     generate,
     generation_orders,
+    positions_in_order,
     spiral_order,
     tokenize,
 )
@@ -109,7 +110,7 @@ def test_teacher_forcing_equals_cached_decoding_one_token_per_step(pe):
     tokens, labels, positions, orders = _inputs()
     with torch.no_grad():
         full = model(tokens, labels, positions, orders)  # (B, N, V)
-        targets = positions.gather(1, orders[..., None].expand(-1, -1, 2))
+        targets = positions_in_order(positions, orders)
         ordered = tokens.gather(1, orders)
         cache, rows = ARPGCache(), []
         for i in range(tokens.shape[1]):
@@ -123,7 +124,7 @@ def test_teacher_forcing_equals_cached_decoding_one_token_per_step(pe):
 def test_cached_parallel_decoding_equals_the_uncached_computation(pe):
     model = _model(pe)
     tokens, labels, positions, orders = _inputs()
-    targets = positions.gather(1, orders[..., None].expand(-1, -1, 2))
+    targets = positions_in_order(positions, orders)
     ordered = tokens.gather(1, orders)
     cache, done, previous = ARPGCache(), 0, 0
     with torch.no_grad():
@@ -178,7 +179,7 @@ def test_generate_decodes_the_scheduled_number_of_tokens_per_step():
 def test_queries_are_independent_and_carry_their_target_position():
     model = _model()
     tokens, labels, positions, orders = _inputs()
-    targets = positions.gather(1, orders[..., None].expand(-1, -1, 2))
+    targets = positions_in_order(positions, orders)
     ordered = tokens.gather(1, orders)
     with torch.no_grad():
         prefix = (ordered[:, :6], labels, targets[:, :6])

@@ -168,18 +168,14 @@ def list_cmd() -> None:
 
 def encodings_table() -> Table:
     """Every registered encoding: its hooks, whether it is causal-only, the samplers it takes."""
-    from randpos.encodings import ENCODINGS, PositionalEncoding
+    from randpos.encodings import ENCODINGS
 
     table = Table(title="positional encodings")
     table.add_column("encoding", no_wrap=True, min_width=max(map(len, ENCODINGS)))
     for col in ("positions", "hooks", "causal-only", "samplers (randomize)"):
         table.add_column(col)
     for name, cls in ENCODINGS.items():
-        hooks = [
-            h
-            for h in ("embed", "rotate", "bias")
-            if getattr(cls, h) is not getattr(PositionalEncoding, h)
-        ]
+        hooks = cls.overridden_hooks()
         samplers = ["positions", "pose"]
         samplers += ["distances"] if cls.uses_distances else []
         samplers += ["float"] if cls.float_positions else []

@@ -103,6 +103,15 @@ class PositionalEncoding(nn.Module):
 
     # --- capabilities, derived from which hooks a subclass overrides ---------------------------
 
+    @classmethod
+    def overridden_hooks(cls) -> tuple[str, ...]:
+        """The hooks (of embed, rotate, bias) this class overrides; no instance needed."""
+        return tuple(
+            h
+            for h in ("embed", "rotate", "bias")
+            if getattr(cls, h) is not getattr(PositionalEncoding, h)
+        )
+
     @property
     def has_embed(self) -> bool:
         return type(self).embed is not PositionalEncoding.embed

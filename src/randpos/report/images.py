@@ -173,9 +173,9 @@ def sample_figures(frame: pd.DataFrame, out: Path, workload: str = "dit") -> dic
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dit = frame[frame["workload"] == workload][["arm", "run_id", "seed", "out_dir"]]
+    mine = frame[frame["workload"] == workload][["arm", "run_id", "seed", "out_dir"]]
     arrays: dict[str, dict[str, np.ndarray]] = {}
-    for arm, group in dit.drop_duplicates("run_id").sort_values("seed").groupby("arm"):
+    for arm, group in mine.drop_duplicates("run_id").sort_values("seed").groupby("arm"):
         for out_dir in group["out_dir"]:
             path = Path(str(out_dir)) / "samples.npz"
             if out_dir and path.is_file():

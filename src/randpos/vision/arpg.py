@@ -179,6 +179,13 @@ def decode_counts(num_tokens: int, steps: int, schedule: str = "arccos") -> list
 # --- the model --------------------------------------------------------------------------------
 
 
+def positions_in_order(positions: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+    """Grid positions (B or 1, N, 2) -> (B, N, 2) in generation order: row i is
+    ``positions[b, orders[b, i]]``."""
+    positions = positions.expand(orders.shape[0], -1, -1)
+    return positions.gather(1, orders.unsqueeze(-1).expand(-1, -1, positions.shape[-1]))
+
+
 def _heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
     return t.unflatten(-1, (num_heads, -1)).transpose(1, 2)  # (B, H, T, d)
 
@@ -298,13 +305,7 @@ def check_arpg_config(config: VisionConfig) -> None:
         raise ValueError(
             f"VisionConfig.depth={config.depth}: ARPG needs at least 2 layers (content + cross)"
         )
-    cls = get_encoding(config.pe)
-    hooks = {
-        name
-        for name in ("embed", "rotate", "bias")
-        if getattr(cls, name) is not getattr(PositionalEncoding, name)
-    }
-    if hooks != {"rotate"}:
+    if get_encoding(config.pe).overridden_hooks() != ("rotate",):
         raise ValueError(
             f"VisionConfig.pe={config.pe!r}: ARPG's queries carry their target position only "
             "through a rotary encoding; use rope2d_axial or rope2d_mixed"
@@ -428,8 +429,7 @@ class ARPG(nn.Module):
         B, N = tokens.shape
         if validate:
             self._check(tokens, labels, positions, orders)
-        positions = positions.expand(B, -1, -1)
-        targets = positions.gather(1, orders.unsqueeze(-1).expand(-1, -1, positions.shape[-1]))
+        targets = positions_in_order(positions, orders)
         ordered = tokens.gather(1, orders)  # (B, N)
         cls, cls_pos = self._class_slot(labels, targets)
         x = torch.cat([cls, self.token_embed(ordered[:, :-1])], dim=1)  # (B, N, D)
@@ -455,11 +455,7 @@ class ARPG(nn.Module):
         if (
             positions.dim() != 3
             or positions.shape[1:] != (N, 2)
-            or positions.shape[0]
-            not in (
-                1,
-                B,
-            )
+            or positions.shape[0] not in (1, B)
         ):
             raise ValueError(
                 f"positions must have shape (B or 1, N={N}, 2), got {tuple(positions.shape)}"
@@ -506,8 +502,7 @@ def generate(
         if null_class is None:
             raise ValueError("classifier-free guidance (cfg_scale != 1) needs null_class")
         labels = torch.cat([labels, torch.full_like(labels, null_class)])
-    positions = positions.expand(B, -1, -1)
-    targets = positions.gather(1, orders.unsqueeze(-1).expand(-1, -1, positions.shape[-1]))
+    targets = positions_in_order(positions, orders)
     if guided:
         targets = torch.cat([targets, targets])
     state = ARPGCache() if cache else None
@@ -547,6 +542,7 @@ __all__ = [
     "detokenize",
     "generate",
     "generation_orders",
+    "positions_in_order",
     "spiral_order",
     "tokenize",
     "vocab_size",

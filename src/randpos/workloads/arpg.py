@@ -87,8 +87,7 @@ class ARPGWorkload(DiTWorkload):
         B, grid = len(labels), size // self.opts.patch
         g = generators["noise"]
         orders = generation_orders(self.opts.train_order, B, grid, grid, g, device=g.device)
-        drop = torch.rand(B, generator=g, device=g.device) < self.opts.class_dropout
-        labels = torch.where(drop.cpu(), torch.full_like(labels, self.num_classes), labels)
+        labels = self.drop_labels(labels, g)
         return {
             "tokens": tokenize(images, self.opts.patch).to(device),
             "labels": labels.to(device),
@@ -138,7 +137,6 @@ class ARPGWorkload(DiTWorkload):
         sampling streams, decoded in ``decode_steps`` steps (None: ``options.decode_steps``),
         and their sample metrics against the binarized held-out canvases."""
         from randpos.vision.arpg import decode_counts, detokenize, generate, generation_orders
-        from randpos.vision.metrics import sample_metrics
 
         opts, cfg = self.opts, self.config
         grid = size // opts.patch
@@ -161,12 +159,7 @@ class ARPGWorkload(DiTWorkload):
             generator=make_generator(cfg.eval_seed, f"arpg/sample/{size}"),
         )
         images = detokenize(sampled, grid, grid, opts.patch).cpu()
-        real, _ = self.real_canvases(size)
-        kid_g = make_generator(cfg.eval_seed, f"vision/kid/{size}")
-        metrics = sample_metrics(images, labels, real, self.feature_net(size), generator=kid_g)
-        metrics = {k: float(v) for k, v in metrics.items()}
-        metrics["sample_accuracy"] = metrics.pop("accuracy")
-        return images, metrics
+        return images, self.score_samples(images, labels, self.real_canvases(size)[0], size)
 
     def evaluate_size(self, models: Models, copies: int, size: int, *, mode: str, device):
         from randpos.vision.arpg import generation_orders, tokenize

@@ -259,6 +259,13 @@ class VisionWorkload(Workload):
             images, crop = random_resize_crop(images, generators["data"], opts.crop_max_scale)
         return images, labels, crop
 
+    def drop_labels(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``labels`` with each replaced by the null class (``num_classes``) with probability
+        ``options.class_dropout`` (classifier-free guidance), one draw per label."""
+        B = len(labels)
+        drop = torch.rand(B, generator=generator, device=generator.device) < self.opts.class_dropout
+        return torch.where(drop.cpu(), torch.full_like(labels, self.num_classes), labels)
+
     def eval_images(self, side: int) -> tuple[torch.Tensor, torch.Tensor]:
         from randpos.vision.data import fixed_eval_set
 
@@ -366,8 +373,7 @@ class DiTWorkload(VisionWorkload):
         g = generators["noise"]
         noise = torch.randn(images.shape, generator=g, device=g.device)
         t = torch.rand(B, generator=g, device=g.device)
-        drop = torch.rand(B, generator=g, device=g.device) < self.opts.class_dropout
-        labels = torch.where(drop.cpu(), torch.full_like(labels, self.num_classes), labels)
+        labels = self.drop_labels(labels, g)
         batch = {
             "images": (images * 2 - 1).to(device),  # data in [-1, 1]
             "labels": labels.to(device),
@@ -404,6 +410,20 @@ class DiTWorkload(VisionWorkload):
             train_feature_net,
         )
 
+    def score_samples(
+        self, images: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, size: int
+    ) -> dict[str, float]:
+        """:func:`randpos.vision.metrics.sample_metrics` of generated ``images`` against
+        ``real`` with this side's feature network and fixed KID subsets; the accuracy is named
+        ``sample_accuracy``."""
+        from randpos.vision.metrics import sample_metrics
+
+        kid_g = make_generator(self.config.eval_seed, f"vision/kid/{size}")
+        metrics = sample_metrics(images, labels, real, self.feature_net(size), generator=kid_g)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics["sample_accuracy"] = metrics.pop("accuracy")
+        return metrics
+
     def identity_cond(self, batch: int, device) -> torch.Tensor | None:
         from randpos.vision.data import IDENTITY_CROP
 
@@ -413,7 +433,6 @@ class DiTWorkload(VisionWorkload):
 
     def evaluate_size(self, models: Models, copies: int, size: int, *, mode: str, device):
         from randpos.vision.flow import euler_sample
-        from randpos.vision.metrics import sample_metrics
 
         opts = self.opts
         real, labels = self.eval_images(size)
@@ -456,7 +475,6 @@ class DiTWorkload(VisionWorkload):
         gen_positions = self.positions(n, size, mode, g_positions, device)
         gen_cond = self.identity_cond(n, device)
         shift = size / self.config.max_train_length if opts.timestep_shift else 1.0
-        net = self.feature_net(size)
         grids = []
         for i in range(copies):
             samples = euler_sample(
@@ -471,10 +489,7 @@ class DiTWorkload(VisionWorkload):
                 shift=shift,
             )
             images = ((samples + 1) / 2).clamp(0, 1).cpu()
-            kid_g = make_generator(self.config.eval_seed, f"vision/kid/{size}")
-            metrics = sample_metrics(images, gen_labels, real, net, generator=kid_g)
-            results[i].update({k: float(v) for k, v in metrics.items()})
-            results[i]["sample_accuracy"] = results[i].pop("accuracy")
+            results[i].update(self.score_samples(images, gen_labels, real, size))
             grids.append(images[: 2 * self.num_classes])  # two samples per class
         self.samples[size] = grids
         return results
