@@ -1,7 +1,7 @@
 """Training-step speed of the reference encoder, per positional encoding and position sampler.
 
 Measures forward + backward + Adam step of the default model (5 x 64, 8 heads) at B = 128, T = 80
-(reverse_string at n = 40, the setting of SPEC §9) for every registered PE, with
+(reverse_string at n = 40, the setting of docs/reference-system.md §6) for every registered PE, with
 
 * ``contiguous``: positions 0..T-1 (no distance table);
 * ``random_positions``: a sorted draw from [0, L) per step (the position reading);

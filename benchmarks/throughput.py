@@ -16,7 +16,7 @@ a private inductor cache so compile times are real):
   fraction of the device's peak.
 
 Then it compares end to end with the reference implementation's costs measured on the same
-kind of 2-core CPU (SPEC §9; quoted, not re-measured) and writes
+kind of 2-core CPU (docs/reference-system.md §6; quoted, not re-measured) and writes
 ``benchmarks/results/throughput_<hostname>.json``. Numbers on a shared machine are inflated:
 the load average is recorded with every run, and process CPU time is reported next to wall time.
 
@@ -56,7 +56,8 @@ GPU_PEAKS = {
     "T4": {"bf16": None, "fp32": 8.1e12},
 }
 
-# SPEC §9: the reference (JAX) on a 2-core CPU of the kind this project's CI uses.
+# The reference (JAX) on a 2-core CPU of the kind this project's CI uses
+# (docs/reference-system.md §6).
 REFERENCE = {
     "step_s_n40_none": 1.12,
     "step_s_n40_noisy_relative": 1.58,
@@ -455,9 +456,10 @@ def summarize(payload: dict, e2e_steps) -> dict:
                 "speedup": round(ref / ours, 2),
             }
     e2e["reference_source"] = (
-        "SPEC §9 (the reference JAX code on the same kind of 2-core CPU), quoted, not "
-        "re-measured: S x 1.12 s (its step at n = 40, an upper bound for the curriculum mix) + "
-        "40 x 7.5 s training compiles + 100 x 3.7 s per evaluation length (a lower bound)"
+        "docs/reference-system.md §6 (the reference JAX code on the same kind of 2-core "
+        "CPU), quoted, not re-measured: S x 1.12 s (its step at n = 40, an upper bound for the "
+        "curriculum mix) + 40 x 7.5 s training compiles + 100 x 3.7 s per evaluation length "
+        "(a lower bound)"
     )
     if payload["machine"].get("gpu"):
         precision = payload["config"].get("precision", "fp32")

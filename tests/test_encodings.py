@@ -340,7 +340,8 @@ def test_per_layer_tables(name):
 
 
 def test_relative_reference_bug_reproduces_released_lookup():
-    # SPEC §4.2's demonstration: L = 16, T = 5; printed value = position whose sinusoid is used
+    # docs/reference-system.md §4.2's demonstration: L = 16, T = 5; printed value = position whose
+    # sinusoid is used
     config = ModelConfig(max_position=16)
     pe = get_encoding("relative_reference_bug")(config)
     a = torch.tensor([0, 3, 7, 11, 12])

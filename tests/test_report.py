@@ -118,7 +118,8 @@ def test_table_cells_and_headline_match_hand_computation(fixture):
     report = build_report(store, sweep="fixture")
     t = report.table
     best, mean, std = expected_cells(scores)
-    assert [task for _, task in t.best.index] == list(TASKS)  # SPEC §1 order, by level
+    # docs/reference-system.md §1 order, by level
+    assert [task for _, task in t.best.index] == list(TASKS)
     assert [level for level, _ in t.best.index] == list(TASKS.values())
     assert list(t.best.columns) == [
         (False, "none"),

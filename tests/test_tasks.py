@@ -1,9 +1,9 @@
-"""Tests of randpos.tasks against independent brute-force oracles (SPEC §1).
+"""Tests of randpos.tasks against independent brute-force oracles (docs/reference-system.md §1).
 
 The oracles below re-derive every target from the token input with plain Python (ints,
 recursion, lists); they share no code with the library. Each oracle also asserts the structure
-of the input (token ranges, grammar, separators), so a sampler that drifts from SPEC's input
-distribution fails here even when its targets are self-consistent.
+of the input (token ranges, grammar, separators), so a sampler that drifts from the reference's
+input distribution fails here even when its targets are self-consistent.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from randpos.tasks import TASK_LEVELS, TASK_NAMES, Batch, Task, get_task
 
-SPEC_TABLE = {
+REFERENCE_TABLE = {
     # name: (level, input vocab, output classes, output length as a function of n')
     "even_pairs": ("regular", 2, 2, lambda n: 1),
     "modular_arithmetic": ("regular", 9, 5, lambda n: 1),
@@ -274,8 +274,8 @@ def sample(name: str, batch_size: int, n: int, seed: int = 0) -> Batch:
 
 
 def test_registry_names_and_levels():
-    assert TASK_NAMES == tuple(SPEC_TABLE)
-    assert TASK_LEVELS == {name: row[0] for name, row in SPEC_TABLE.items()}
+    assert TASK_NAMES == tuple(REFERENCE_TABLE)
+    assert TASK_LEVELS == {name: row[0] for name, row in REFERENCE_TABLE.items()}
     for name in TASK_NAMES:
         task = get_task(name)
         assert isinstance(task, Task) and task.name == name
@@ -283,7 +283,7 @@ def test_registry_names_and_levels():
 
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_declared_sizes(name):
-    level, vocab, classes, out_len = SPEC_TABLE[name]
+    level, vocab, classes, out_len = REFERENCE_TABLE[name]
     task = get_task(name)
     assert (task.level, task.input_vocab_size, task.output_vocab_size) == (level, vocab, classes)
     for n in range(1, 60):
@@ -332,7 +332,7 @@ def test_oracle_check_is_not_vacuous(name):
 
 
 # ---------------------------------------------------------------------------------------------
-# Worked examples (SPEC §1); each also appears in the task's docstring.
+# Worked examples (docs/reference-system.md §1); each also appears in the task's docstring.
 
 EXAMPLES = [
     # (task, input, targets, mask or None for all True)
@@ -381,7 +381,8 @@ def test_worked_examples(name, inputs, targets, mask):
     batch = task.solve(torch.tensor([inputs]))
     assert batch.targets.tolist() == [targets]
     assert batch.mask.tolist() == [[bool(v) for v in (mask or [1] * len(targets))]]
-    # The oracles agree with SPEC's examples too (they are checked against the same truth).
+    # The oracles agree with the worked examples of docs/reference-system.md §1 too (they are
+    # checked against the same truth).
     assert ORACLES[name](inputs, len(inputs))[0] == targets
     # The example is documented in the class docstring.
     compact = str(inputs).replace(" ", "")

@@ -1,8 +1,8 @@
 """The run configuration: one flat, typed dataclass whose defaults are the reference protocol.
 
-Every protocol setting of SPEC §2 and §5 is a field here; YAML presets (``configs/``) and the CLI
-only override fields. ``TrainConfig.from_dict`` rejects unknown fields and bad values with a
-message naming the field, the value and what is allowed (DESIGN §4.1).
+Every protocol setting of docs/reference-system.md §2 and §5 is a field here; YAML presets
+(``configs/``) and the CLI only override fields. ``TrainConfig.from_dict`` rejects unknown fields
+and bad values with a message naming the field, the value and what is allowed (docs/design.md §4.1).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Everything that decides a run's result (plus a few run-time knobs such as ``device``).
 
-    Defaults follow the reference: the example script's protocol (SPEC §5.1) and the papers'
-    settings where the two agree (N = 40, batch 128, clipping 1.0, Adam, uniform curriculum).
+    Defaults follow the reference: the example script's protocol (docs/reference-system.md §5.1)
+    and the papers' settings where the two agree (N = 40, batch 128, clipping 1.0, Adam, uniform
+    curriculum).
     """
 
     # The kind of model (randpos.workloads): "encoder", the algorithmic tasks on the reference
@@ -48,8 +49,9 @@ class TrainConfig:
     randomized: bool = False  # train on a sorted random subset of [0, max_position)
     max_position: int = 2048  # L, the simulated position range (used when randomized)
     # "positions": sample sorted positions; attention-level PEs see their differences.
-    # "distances": the reference's reading for relative/alibi (SPEC §4.2): a sorted sample of
-    #   distances replaces |j - i|; absolute PEs and RoPE still use sampled positions.
+    # "distances": the reference's reading for relative/alibi (docs/reference-system.md §4.2):
+    #   a sorted sample of distances replaces |j - i|; absolute PEs and RoPE still use sampled
+    #   positions.
     # "float": Random Float Sampling, sorted continuous positions from [0, L) (encodings with
     #   continuous formulas only); "pose": PoSE's two contiguous chunks with a random skip.
     randomize: str = "positions"
@@ -71,16 +73,17 @@ class TrainConfig:
     seed: int = 0  # init, data, positions and dropout streams
     # The length sequence has its own seed, shared by default: runs that differ only in seed or
     # learning rate then see the same lengths step by step and can train as one ensemble. The
-    # reference likewise kept its data seed fixed across the paper's init seeds (SPEC §5.2).
+    # reference likewise kept its data seed fixed across the paper's init seeds
+    # (docs/reference-system.md §5.2).
     curriculum_seed: int = 0
 
-    # Evaluation protocol (SPEC §2.3).
+    # Evaluation protocol (docs/reference-system.md §2.3).
     eval_max_length: int = 100  # M; the papers use 500
     eval_batch_size: int = 512  # sequences per length
     eval_sub_batch_size: int = 64  # accuracy is the mean over sub-batches of this size
     eval_seed: int = 1  # the reference evaluates on a fixed RNG seed
 
-    # Architecture (SPEC §3).
+    # Architecture (docs/reference-system.md §3).
     num_layers: int = 5
     width: int = 64
     num_heads: int = 8

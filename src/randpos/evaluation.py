@@ -1,4 +1,5 @@
-"""Per-length evaluation and the metric definitions (SPEC §2.2-2.3, DESIGN §3).
+"""Per-length evaluation and the metric definitions (docs/reference-system.md §2.2-2.3,
+docs/design.md §3).
 
 * Per-token accuracy pooled over a sub-batch, counting only masked-in positions; a length's
   accuracy is the unweighted mean over its sub-batches (the reference's aggregation).
@@ -6,9 +7,9 @@
 
 The evaluation data of length n depends only on (eval_seed, n), so every model of a comparison
 sees the same sequences, and evaluating a subset of lengths gives the same numbers as the full
-range. The model runs in eval mode (no dropout, SPEC §10.1) under ``torch.inference_mode``; the
-forward passes are chunked to bound attention memory at long lengths, which never changes the
-numbers because accuracy is aggregated per sequence first.
+range. The model runs in eval mode (no dropout, docs/reference-system.md §8) under
+``torch.inference_mode``; the forward passes are chunked to bound attention memory at long lengths,
+which never changes the numbers because accuracy is aggregated per sequence first.
 """
 
 from __future__ import annotations

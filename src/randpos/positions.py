@@ -1,12 +1,12 @@
 """Position samplers: the randomized method of the paper, as data fed to any encoding.
 
-A positional encoding never invents positions; it receives them (DESIGN §1). Randomization is a
-choice of sampler, so it composes with every encoding.
+A positional encoding never invents positions; it receives them (docs/design.md §1). Randomization
+is a choice of sampler, so it composes with every encoding.
 
 Notation: B = batch size, T = sequence length (``length``), L = ``max_position`` (the range of
 simulated positions, ``noise_max_length`` in the reference), G = number of distance tables.
 
-Two readings of "randomized" exist in the reference (SPEC §4.2):
+Two readings of "randomized" exist in the reference (docs/reference-system.md §4.2):
 
 * positions (sin/cos, learned, RoPE): a sorted draw of T distinct positions from ``[0, L)``
   replaces ``0, 1, ..., T-1`` (:func:`randomized_positions`);
@@ -23,7 +23,7 @@ import numbers
 
 import torch
 
-#: Position modes for evaluation (SPEC §10.1) and for :func:`sample_positions`.
+#: Position modes for evaluation (docs/reference-system.md §8) and for :func:`sample_positions`.
 EVAL_MODES = ("random", "contiguous", "spread")
 #: The samplers behind the "random" mode (``TrainConfig.randomize`` names them; "distances"
 #: draws positions too, plus distance tables): sorted integer subsets, Random Float Sampling,

@@ -1,4 +1,4 @@
-"""Explicit, named random streams derived from one seed (DESIGN §4.4).
+"""Explicit, named random streams derived from one seed (docs/design.md §4.4).
 
 A run's seed is split into independent streams (model init, data, positions, dropout,
 curriculum, evaluation) so that changing how one stream is consumed never shifts another, and so

@@ -1,4 +1,4 @@
-"""The positional-encoding zoo: one family per module, one registry (DESIGN §3).
+"""The positional-encoding zoo: one family per module, one registry (docs/design.md §3).
 
 ``get_encoding(name)`` returns the class registered as ``name``; ``PE_NAMES`` lists them. Adding
 an encoding = one module with a ``@register("name")`` class, imported below.

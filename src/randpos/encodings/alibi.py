@@ -1,4 +1,5 @@
-"""ALiBi, bidirectional form (the reference's ``ALIBI`` / ``NOISY_ALIBI``; SPEC §4.1, §4.2).
+"""ALiBi, bidirectional form (the reference's ``ALIBI`` / ``NOISY_ALIBI``; docs/reference-system.md
+§4.1, §4.2).
 
 Notation: B = batch, H = heads, T = length, m_h = the head's slope, L = max_position.
 

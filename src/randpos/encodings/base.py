@@ -13,11 +13,12 @@ which by asking :attr:`has_embed` / :attr:`has_rotate` / :attr:`has_bias`, never
   (B, H, T, T), in the same units as ``q . k / sqrt(d)`` (it is added after that scaling). It gets
   the (already rotated) q and k because some encodings (relative) depend on them.
 
-Positions are data (DESIGN §1): a PE never invents them, and accepts any integer positions in
-``[0, L)``, sorted or not, contiguous or not. Encodings that live inside attention may instead
-read the reference's randomized *distances* (``uses_distances``; SPEC §4.2, docs/encodings.md).
-Per-layer state (relative's W_R, u, v) is stacked along a leading layer axis and indexed with the
-``layer`` argument, so one module serves every layer and the parameter count is not duplicated.
+Positions are data (docs/design.md §1): a PE never invents them, and accepts any integer positions
+in ``[0, L)``, sorted or not, contiguous or not. Encodings that live inside attention may instead
+read the reference's randomized *distances* (``uses_distances``; docs/reference-system.md §4.2,
+docs/encodings.md). Per-layer state (relative's W_R, u, v) is stacked along a leading layer axis
+and indexed with the ``layer`` argument, so one module serves every layer and the parameter count
+is not duplicated.
 """
 
 from __future__ import annotations
@@ -223,7 +224,8 @@ def inverse_frequencies(num: int, width: int, device: torch.device | None = None
 
 
 def sinusoid(values: torch.Tensor, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Sin/cos encoding of integer ``values`` (...,) -> (..., width), SPEC §4.1 layout.
+    """Sin/cos encoding of integer ``values`` (...,) -> (..., width), in the reference's layout
+    (docs/reference-system.md §4.1).
 
     ``out[..., k] = sin(p w_k)`` and ``out[..., K + k] = cos(p w_k)`` with w_k = 10000^(-2k/width):
     all sines in the first half, all cosines in the second (not interleaved).
@@ -266,7 +268,7 @@ def signed_offsets(table: torch.Tensor, length: int) -> torch.Tensor:
 
     Entry ``delta + T - 1`` is ``+a_delta`` for a key to the right (table[0]), ``-b_|delta|`` for a
     key to the left (table[1]) and 0 for the query itself: the intended signed-distance semantics
-    of the reference's randomized relative encoding (SPEC §4.2).
+    of the reference's randomized relative encoding (docs/reference-system.md §4.2).
     """
     right = table[0, :length]  # (T,)   delta = 0..T-1
     left = table[1, 1:length].flip(0)  # (T-1,) delta = -(T-1)..-1

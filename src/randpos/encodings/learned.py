@@ -1,4 +1,4 @@
-"""Learned absolute encoding (the reference's ``LEARNT``; SPEC §4.1).
+"""Learned absolute encoding (the reference's ``LEARNT``; docs/reference-system.md §4.1).
 
 Notation: B = batch, T = length, D = width, L = max_position.
 A trainable table of L rows; row p is added at position p. Unlike the reference (which silently

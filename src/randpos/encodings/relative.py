@@ -1,4 +1,5 @@
-"""Relative encoding, Transformer-XL style, non-causal (the reference's ``RELATIVE``; SPEC §4.1).
+"""Relative encoding, Transformer-XL style, non-causal (the reference's ``RELATIVE``;
+docs/reference-system.md §4.1).
 
 Notation: B = batch, H = heads, T = length, D = width, d = D / H, K = D / 2, L = max_position,
 R(x) = the sin/cos vector of a (signed) relative position x (width D, see ``base.sinusoid``),
@@ -15,8 +16,8 @@ is key minus query, as in the reference. Two readings of x_ij (docs/encodings.md
 * distances: x_ij = the signed distance of offset j - i from a table (+a right, -b left; the
   reference's randomized relative). W_R R is computed for the 2T-1 offsets and gathered.
 
-``relative_reference_bug`` reproduces the released code's clamped lookup (SPEC §4.2) under an
-explicit name; it is never the default.
+``relative_reference_bug`` reproduces the released code's clamped lookup (docs/reference-system.md
+§4.2) under an explicit name; it is never the default.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ class RelativeEncoding(PositionalEncoding):
 
 @register("relative_reference_bug")
 class RelativeReferenceBugEncoding(RelativeEncoding):
-    """The released NOISY_RELATIVE lookup, kept only to compare against (SPEC §4.2, §10.1).
+    """The released NOISY_RELATIVE lookup, kept only to compare against (docs/reference-system.md
+    §4.2, §8).
 
     The released code builds the sinusoid table for positions 0..L-1 but indexes it at L + x, and
     JAX clamps out-of-range gathers: every key at or to the right of the query gets R(L-1), and a

@@ -1,4 +1,5 @@
-"""Rotary encoding (the reference's ``ROTARY``; SPEC §4.1) and RoPE scaling for context extension.
+"""Rotary encoding (the reference's ``ROTARY``; docs/reference-system.md §4.1) and RoPE scaling for
+context extension.
 
 Notation: B = batch, H = heads, T = length, d = head width, K = d / 2 rotary pairs,
 theta_m = base^(-m / K) with base = ``rope_theta`` (10000 by default).

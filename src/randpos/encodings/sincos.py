@@ -1,4 +1,4 @@
-"""Absolute sinusoidal encoding (the reference's ``SIN_COS``; SPEC §4.1).
+"""Absolute sinusoidal encoding (the reference's ``SIN_COS``; docs/reference-system.md §4.1).
 
 Notation: B = batch, T = length, D = width, K = D / 2, w_k = 10000^(-2k/D).
 PE[p, k] = sin(p w_k), PE[p, K + k] = cos(p w_k), added to the sqrt(D)-scaled embeddings.

@@ -2,7 +2,7 @@
 positions.
 
 Notation: B = batch, N = patches, D = width (divisible by 4), E = D / 2 channels per axis.
-PE(y, x) = concat(s(x), s(y)) with s the 1D encoding of SPEC §4.1 at width E
+PE(y, x) = concat(s(x), s(y)) with s the 1D encoding of docs/reference-system.md §4.1 at width E
 (:func:`randpos.encodings.base.sinusoid`: E/2 sines then E/2 cosines, w_k = 10000^(-2k/E)).
 The first half encodes x (the column) although DiT's code names it ``emb_h``: its meshgrid puts
 the column index first (a quirk inherited from MAE, invisible on square grids, kept here).

@@ -1,4 +1,4 @@
-"""The reference encoder (SPEC §3) and its configuration."""
+"""The reference encoder (docs/reference-system.md §3) and its configuration."""
 
 from randpos.model.attention import ATTENTION_BACKENDS, KVCache, MultiHeadAttention, attend
 from randpos.model.config import ModelConfig

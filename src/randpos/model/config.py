@@ -1,4 +1,5 @@
-"""Configuration of the reference encoder (SPEC §3); defaults are the reference architecture."""
+"""Configuration of the reference encoder (docs/reference-system.md §3); defaults are the reference
+architecture."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Small building blocks with the reference's (Haiku) initialization and explicit randomness.
 
 Modules are constructed without touching any RNG; :meth:`reset_parameters` takes the generator
-(DESIGN §4: no global RNG inside modules).
+(docs/design.md §4: no global RNG inside modules).
 """
 
 from __future__ import annotations

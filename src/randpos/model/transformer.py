@@ -1,4 +1,5 @@
-"""The reference encoder (SPEC §3): post-LN, bidirectional, positions fed in as data.
+"""The reference encoder (docs/reference-system.md §3): post-LN, bidirectional, positions fed in as
+data.
 
 Notation: B = batch, T = length, D = width, V = vocab_size, C = num_classes, L = max_position,
 G = number of distance tables (1 or num_layers).
@@ -7,8 +8,8 @@ G = number of distance tables (1 or num_layers).
     every layer:  h = LN(h + Dropout(Attention(h)));  h = LN(h + Dropout(FFN(h)))
     logits = Linear(h)                      on every position, (B, T, C)
 
-Randomness is explicit (DESIGN §4): ``Transformer(config, generator=g)`` initializes from ``g``
-and ``forward(..., generator=g)`` draws every dropout mask from ``g``, in one call
+Randomness is explicit (docs/design.md §4): ``Transformer(config, generator=g)`` initializes from
+``g`` and ``forward(..., generator=g)`` draws every dropout mask from ``g``, in one call
 (:meth:`Transformer.draw_dropout_noise`, S = :attr:`Transformer.dropout_sites` uniform (B, T, D)
 slices, one per dropout site in forward order). Passing that tensor as ``dropout_noise`` instead
 gives the same masks, which is how a vmapped ensemble (``randpos.ensemble``) reproduces each
@@ -107,7 +108,8 @@ class EncoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    """The encoder of SPEC §3; ``forward(tokens, positions) -> logits (B, T, C)``."""
+    """The encoder of docs/reference-system.md §3; ``forward(tokens, positions) -> logits (B, T,
+    C)``."""
 
     def __init__(self, config: ModelConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__()

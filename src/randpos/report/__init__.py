@@ -1,4 +1,4 @@
-"""Reports: a pure function of the results store (DESIGN §4.8).
+"""Reports: a pure function of the results store (docs/design.md §4.8).
 
 ``write_report(store, out_dir, sweep=...)`` writes::
 
@@ -179,7 +179,7 @@ def _protocol_lines(report: Report) -> list[str]:
     lines = [
         f"- Source: `{report.source}`, {p['runs']} finished runs.",
         f"- Score of a run: mean accuracy over the unseen lengths {p['unseen']} "
-        "(per-token accuracy, masked as in SPEC §2.2).",
+        "(per-token accuracy, masked as in docs/reference-system.md §2.2).",
         f"- Table 1 cell: max over {p['seeds_text']} and {p['lrs_text']} (the best run).",
         "- Seed table: per cell the learning rate with the best mean over seeds, then mean ± "
         "sample std (ddof=1) over seeds.",

@@ -4,7 +4,7 @@ Aggregation (stated in every caption):
 
 * a run's score is its ``ood_accuracy``: mean accuracy over the unseen lengths N+1..M;
 * Table 1 cell (task, PE, plain|randomized) = the MAX of that score over every finished run in
-  the cell (seeds x learning rates), the paper's "best run" reading (SPEC §5.2);
+  the cell (seeds x learning rates), the paper's "best run" reading (docs/reference-system.md §5.2);
 * the seed table picks, per cell, the learning rate with the best mean over seeds and shows the
   mean ± sample standard deviation (ddof=1) over those seeds;
 * headline = mean over the (task, PE) pairs that have both a plain and a randomized cell of
@@ -24,7 +24,7 @@ LEVEL_NAMES = {
     "dcf": "Deterministic context-free (DCF)",
     "cs": "Context-sensitive (CS)",
 }
-# SPEC §1 summary table; used when the task registry cannot be imported.
+# docs/reference-system.md §1 summary table; used when the task registry cannot be imported.
 FALLBACK_TASKS = {
     "regular": ("even_pairs", "modular_arithmetic", "parity_check", "cycle_navigation"),
     "dcf": (
@@ -51,7 +51,7 @@ AXES = {"task", "pe", "randomized", "seed", "learning_rate"}
 
 
 def task_levels() -> dict[str, str]:
-    """Task name -> level, in the SPEC §1 order."""
+    """Task name -> level, in the docs/reference-system.md §1 order."""
     try:
         from randpos.tasks import TASK_NAMES, get_task
 

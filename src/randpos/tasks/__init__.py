@@ -1,4 +1,5 @@
-"""The 15 algorithmic tasks of the paper (SPEC §1), as seeded, batch-vectorized torch samplers.
+"""The 15 algorithmic tasks of the paper (docs/reference-system.md §1), as seeded, batch-vectorized
+torch samplers.
 
 >>> import torch
 >>> from randpos.tasks import get_task
@@ -28,8 +29,8 @@ from randpos.tasks.dcf import (
 )
 from randpos.tasks.regular import CycleNavigation, EvenPairs, ModularArithmetic, ParityCheck
 
-# The order of SPEC §1's summary table: regular, then deterministic context-free, then
-# context-sensitive.
+# The order of docs/reference-system.md §1's summary table: regular, then deterministic
+# context-free, then context-sensitive.
 _TASK_CLASSES: tuple[type[Task], ...] = (
     EvenPairs,
     ModularArithmetic,

@@ -1,4 +1,4 @@
-"""The task contract shared by all 15 algorithmic tasks (DESIGN §3).
+"""The task contract shared by all 15 algorithmic tasks (docs/design.md §3).
 
 Notation: B = batch size, n = requested input length, n' = actual input length (n' == n except
 for ``modular_arithmetic``), k = ``output_length(n')``.

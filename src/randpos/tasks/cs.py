@@ -1,5 +1,6 @@
-"""The seven context-sensitive tasks (SPEC §1.3): duplicate_string, missing_duplicate_string,
-odds_first, binary_addition, binary_multiplication, compute_sqrt, bucket_sort.
+"""The seven context-sensitive tasks (docs/reference-system.md §1.3): duplicate_string,
+missing_duplicate_string, odds_first, binary_addition, binary_multiplication, compute_sqrt,
+bucket_sort.
 
 Notation: B = batch size, n = input length, W = width of a bit tensor. Big numbers (up to 500
 bits) live in bit tensors: BoolTensor[B, W], little-endian (column 0 = least significant bit).

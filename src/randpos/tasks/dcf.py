@@ -1,5 +1,5 @@
-"""The four deterministic context-free tasks (SPEC §1.2): stack_manipulation, reverse_string,
-modular_arithmetic_brackets, solve_equation.
+"""The four deterministic context-free tasks (docs/reference-system.md §1.2): stack_manipulation,
+reverse_string, modular_arithmetic_brackets, solve_equation.
 
 Notation: B = batch size, n = input length, K = number of pending expression nodes.
 """

@@ -1,5 +1,5 @@
-"""The four regular-language tasks (SPEC §1.1): even_pairs, modular_arithmetic, parity_check,
-cycle_navigation. All are classification tasks (one output, mask all True).
+"""The four regular-language tasks (docs/reference-system.md §1.1): even_pairs, modular_arithmetic,
+parity_check, cycle_navigation. All are classification tasks (one output, mask all True).
 
 Notation: B = batch size, n = requested length, n' = actual input length.
 """

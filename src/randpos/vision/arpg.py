@@ -4,7 +4,7 @@
 Notation: B = batch, h x w = the token grid, N = h * w, V = vocabulary, D = width, H = heads,
 d = D / H. Grid index n = row * w + column (row-major, as :func:`randpos.vision.models.patchify`).
 An *order* (B, N) is a permutation of the grid indices: ``orders[b, i]`` is the grid index
-generated i-th. Positions are data (DESIGN §1): ``positions`` (B or 1, N, 2) give each grid
+generated i-th. Positions are data (docs/design.md §1): ``positions`` (B or 1, N, 2) give each grid
 index its (y, x) position, exactly as for the ViT and the DiT, so randomized 2D positions plug in
 unchanged (the order only permutes them).
 
@@ -44,9 +44,10 @@ RMSNorm and SwiGLU; no dropout; a constant guidance scale; the tokens of one par
 other causally in the content blocks, as in training (ARPG's inference lets them attend to each
 other bidirectionally, a train/test mismatch not copied here).
 
-Randomness is explicit (DESIGN §4): construction draws nothing, ``reset_parameters(generator)``
-initialises every parameter, orders and sampling take generators. The training forward has no
-data-dependent Python control flow, so it runs under ``torch.func.functional_call`` and vmap.
+Randomness is explicit (docs/design.md §4): construction draws nothing,
+``reset_parameters(generator)`` initialises every parameter, orders and sampling take generators.
+The training forward has no data-dependent Python control flow, so it runs under
+``torch.func.functional_call`` and vmap.
 """
 
 from __future__ import annotations

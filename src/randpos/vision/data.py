@@ -15,8 +15,8 @@ Two families, each defined at every side S, so that every test resolution has gr
   gives the same scenes at every S. Procedural shapes have no held-out set beyond fresh draws:
   ``split`` changes nothing for them.
 
-Randomness is explicit (DESIGN §4): every random function takes a ``torch.Generator`` and never
-touches torch's global RNG; the digits split uses scikit-learn with a seed derived by
+Randomness is explicit (docs/design.md §4): every random function takes a ``torch.Generator`` and
+never touches torch's global RNG; the digits split uses scikit-learn with a seed derived by
 :func:`randpos.seeding.derive_seed`.
 """
 

@@ -4,8 +4,8 @@ Notation: B = batch, C = channels, H x W = image size, p = patch, h = H / p, w =
 grid, not necessarily square), N = h * w patch tokens in row-major order, P = p * p * C (one
 flattened patch), D = width, L = ``max_position`` (per axis).
 
-Positions are data (DESIGN §1): ``positions`` (B or 1, N, 2) give each patch token its (y, x)
-grid position, integer (or float for encodings that take them), each axis in [0, L). The
+Positions are data (docs/design.md §1): ``positions`` (B or 1, N, 2) give each patch token its (y,
+x) grid position, integer (or float for encodings that take them), each axis in [0, L). The
 positional encoding comes from the project's registry and enters only through its hooks:
 ``embed`` adds to the patch tokens (absolute encodings: DiT's 2D sin-cos is one of them),
 ``rotate`` acts inside :class:`randpos.model.MultiHeadAttention` (the project's one attention
@@ -28,11 +28,11 @@ these deliberate deviations:
   (B, cond_dim) -> 64-dim sinusoid of ``1000 * value`` -> concat -> Linear -> SiLU -> Linear(D),
   added to c like the timestep and label embeddings.
 
-Randomness is explicit (DESIGN §4): construction draws nothing; ``reset_parameters(generator)``
-initialises every parameter from ``generator`` (None: a fixed seed-0 generator, never torch's
-global RNG). Forward passes have no data-dependent Python control flow (the input range checks
-sit behind ``validate=True``), so they run under ``torch.func.functional_call`` and vmap with
-``validate=False``.
+Randomness is explicit (docs/design.md §4): construction draws nothing;
+``reset_parameters(generator)`` initialises every parameter from ``generator`` (None: a fixed
+seed-0 generator, never torch's global RNG). Forward passes have no data-dependent Python control
+flow (the input range checks sit behind ``validate=True``), so they run under
+``torch.func.functional_call`` and vmap with ``validate=False``.
 """
 
 from __future__ import annotations

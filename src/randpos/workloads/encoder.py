@@ -1,11 +1,12 @@
-"""The paper's workload: the 15 algorithmic tasks on the reference encoder (SPEC §1-§5).
+"""The paper's workload: the 15 algorithmic tasks on the reference encoder
+(docs/reference-system.md §1-§5).
 
 One step of a member: the task samples a batch of length n from the ``data`` stream; k blank
 tokens are appended; positions are drawn from the ``positions`` stream (contiguous, or a sorted
 random subset of [0, L) when randomized, :func:`randpos.evaluation.draw_positions`); dropout
 draws come from the ``dropout`` stream; the model's logits at the k blank positions give an
-unmasked mean cross-entropy (SPEC §2.1) and a masked accuracy. Evaluation scores every length
-1..M on sequences and positions that depend only on (eval_seed, n).
+unmasked mean cross-entropy (docs/reference-system.md §2.1) and a masked accuracy. Evaluation
+scores every length 1..M on sequences and positions that depend only on (eval_seed, n).
 """
 
 from __future__ import annotations
