@@ -5,11 +5,14 @@ from __future__ import annotations
 import random
 import re
 import statistics
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from report_fixture import GOLDEN_FILES, build_small_store
 
 from randpos.report import build_report, write_report
+from randpos.report.compare import compare_reports
 from randpos.report.tables import headline_gain
 from randpos.store import ResultsStore, StoreError, config_hash
 
@@ -221,3 +224,32 @@ def test_report_of_whole_store_and_bad_inputs(fixture, tmp_path):
         write_report(old, tmp_path / "d")
     for name in "abcd":
         assert not (tmp_path / name).exists()  # nothing written on bad input
+
+
+GOLDEN = Path(__file__).with_name("data") / "report_golden"
+
+
+def test_a_regenerated_report_keeps_every_recorded_column_byte_identical(tmp_path):
+    """The CSV columns and JSON keys written by the report code before the seed statistics
+    (tests/data/report_golden) come out byte for byte the same; new ones may only be added."""
+    store, _ = build_small_store(tmp_path / "store.sqlite")
+    write_report(store, tmp_path / "report", sweep="small", figures=False)
+    checks = {c.name: c for c in compare_reports(GOLDEN, tmp_path / "report")}
+    assert set(GOLDEN_FILES) <= set(checks)
+    for name in GOLDEN_FILES:
+        assert checks[name].ok, checks[name].line()
+        assert checks[name].kept, name
+
+
+def test_the_column_comparison_catches_a_changed_cell_and_a_dropped_key(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    new.mkdir()
+    (old / "t.csv").write_text("a,b\n1,0.1\n2,0.2\n")
+    (new / "t.csv").write_text("a,c,b\n1,x,0.1\n2,y,0.20\n")  # same number, other text
+    (old / "h.json").write_text('{"k": 1.0, "j": [1, 2]}')
+    (new / "h.json").write_text('{"k": 1.0, "extra": 3}')
+    checks = {c.name: c for c in compare_reports(old, new)}
+    assert checks["t.csv"].kept == ["a"] and checks["t.csv"].added == ["c"]
+    assert "column 'b' differs (first at row 2)" in checks["t.csv"].problems
+    assert checks["h.json"].problems == ["key 'j' missing"] and checks["h.json"].added == ["extra"]
