@@ -36,7 +36,9 @@ class FileCheck:
         state = "ok" if self.ok else "CHANGED"
         text = f"{state:7s} {self.name}: {len(self.kept)} existing columns/keys identical"
         if self.added:
-            text += f"; added {', '.join(self.added)}"
+            shown = ", ".join(self.added[:8])
+            more = f", ... ({len(self.added)} in all)" if len(self.added) > 8 else ""
+            text += f"; added {shown}{more}"
         if self.problems:
             text += "; " + "; ".join(self.problems)
         return text
