@@ -175,27 +175,30 @@ def test_a_test_workload_sweeps_as_ensembles_of_two_and_reaches_the_report(tmp_p
 
 
 def test_the_committed_reproduction_report_regenerates_byte_identically(tmp_path):
-    """docs/reproduction was written from its store before workloads existed; the report of
-    the same store must not change by a byte (figures aside: their pixels depend on the
-    matplotlib and FreeType versions installed, not on randpos)."""
+    """docs/reproduction was written from its store before workloads existed (and written
+    again, with its numbers unchanged, when the seed statistics and chance levels were added);
+    the report of the same store must not change by a byte (figures aside: their pixels depend
+    on the matplotlib and FreeType versions installed, not on randpos)."""
     committed = Path(__file__).resolve().parents[1] / "docs" / "reproduction"
     store = tmp_path / "store.sqlite"
     store.write_bytes((committed / "store.sqlite").read_bytes())
     write_report(ResultsStore(store), tmp_path / "out", sweep="repro_cpu")
-    # the store's path is printed in the protocol; it was /tmp/repro/store.sqlite then
+    # the store's path is printed in the protocol: docs/reproduction/store.sqlite
     for name in (
         "report.md",
         "report.html",
         "runs.csv",
         "table1.csv",
         "table1_seeds.csv",
+        "table1_stats.csv",
+        "chance.csv",
         "table1.tex",
         "headline.json",
         "per_length.parquet",
     ):
         got = (tmp_path / "out" / name).read_bytes()
         if name.startswith("report."):
-            got = got.replace(str(store).encode(), b"/tmp/repro/store.sqlite")
+            got = got.replace(str(store).encode(), b"docs/reproduction/store.sqlite")
             if name == "report.html":  # inlined figures: compare the text around them
                 got, want = (_strip_images(x) for x in (got, (committed / name).read_bytes()))
                 assert got == want, name

@@ -113,6 +113,16 @@ def draw_positions(
     return PositionPlan(shared, distances, layer_positions)
 
 
+def evaluation_batch(
+    task: Task, length: int, eval_seed: int, sequences: int, device: torch.device | str = "cpu"
+) -> Batch:
+    """The evaluation sequences of one length: a function of (eval_seed, length) alone, drawn
+    from their own stream, so every model of a comparison is scored on the same batch (and the
+    report measures the task's chance level on it, randpos.report.chance)."""
+    generator = make_generator(eval_seed, f"eval-data/{length}", device)
+    return task.sample(sequences, length, generator)
+
+
 def masked_correct(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence counts of correct masked positions and of masked positions: (..., B), (B,).
 
@@ -198,9 +208,8 @@ def evaluate_length_batched(
     rewrites each chunk's plan right after it is drawn, from the same position stream (the
     decoder places its generated tokens this way).
     """
-    data_gen = make_generator(config.eval_seed, f"eval-data/{length}", device)
+    batch = evaluation_batch(task, length, config.eval_seed, config.eval_batch_size, device)
     pos_gen = make_generator(config.eval_seed, f"eval-positions/{length}", device)
-    batch = task.sample(config.eval_batch_size, length, data_gen)
     tokens = model_inputs(batch, task)  # (E, T)
     E, T = tokens.shape
     k = batch.targets.shape[1]

@@ -2,13 +2,20 @@
 
 ``write_report(store, out_dir, sweep=...)`` writes::
 
-    report.md            Table 1, the seed table, the headline and the protocol, linking figures
+    report.md            Table 1, the seed tables, the headline and the protocol, linking figures
     report.html          the same in one self-contained file (figures inlined as base64 PNG)
     table1.tex           Table 1 as a LaTeX table (booktabs)
-    table1.csv           Table 1 values (0..1), plus table1_seeds.csv (mean, std over seeds)
+    table1.csv           Table 1 values (0..1) and each task's chance level, plus
+                         table1_seeds.csv (mean, std, median, quartiles, success rate over seeds)
+                         and table1_stats.csv (one row per cell, every statistic)
+    chance.csv           the chance level of every (task, length) the report used
     runs.csv             one row per finished run
     per_length.csv/.parquet  every (run, length, accuracy) with the run's config
     figures/accuracy_<task>.png, figures/table1_heatmap.png
+
+Next to the paper's max over seeds and learning rates, every table states the median, the
+interquartile range and the success rate over seeds (randpos.report.stats; the threshold tau is
+``success_threshold``) and, for the algorithmic tasks, the chance level (randpos.report.chance).
 
 Table 1 holds the paper's workload (``encoder``) only; runs of other workloads get a table and
 a figure each (:mod:`randpos.report.workloads`), and a store without encoder runs a report
@@ -28,18 +35,28 @@ import pandas as pd
 
 from randpos.report.architectures import CAPTION as ARCHITECTURE_CAPTION
 from randpos.report.architectures import accuracy_by_architecture, architecture_table, task_runs
+from randpos.report.chance import ChanceLevels
 from randpos.report.images import write_images_section
+from randpos.report.stats import DEFAULT_SUCCESS_THRESHOLD, QUANTILE_METHOD, check_threshold
 from randpos.report.tables import (
     LEVEL_NAMES,
     Table1,
     build_table1,
+    chance_caption,
     headline_text,
+    seed_statistics_caption,
     to_html_table,
     to_latex,
     to_markdown,
 )
 from randpos.report.workloads import CAPTION as WORKLOAD_CAPTION
-from randpos.report.workloads import figure_name, is_encoder, metric_vs_size, workload_tables
+from randpos.report.workloads import (
+    figure_name,
+    is_encoder,
+    metric_vs_size,
+    seed_caption,
+    workload_tables,
+)
 from randpos.report.workloads import to_html as workload_html
 from randpos.report.workloads import to_markdown as workload_markdown
 from randpos.store import ResultsStore, default_store_path
@@ -53,10 +70,24 @@ class Report:
     source: str  # "<store path> (sweep NAME)" for the captions
     workloads: dict[str, pd.DataFrame] = field(default_factory=dict)  # other workloads' tables
     architectures: pd.DataFrame | None = None  # encoder vs decoder, when both are present
+    threshold: float = DEFAULT_SUCCESS_THRESHOLD  # tau of the success rates
+    chance: ChanceLevels = field(default_factory=ChanceLevels)  # the chance levels measured
 
 
-def build_report(store: ResultsStore, sweep: str | None = None) -> Report:
-    """Everything the outputs show, computed from the store alone."""
+def build_report(
+    store: ResultsStore,
+    sweep: str | None = None,
+    *,
+    success_threshold: float = DEFAULT_SUCCESS_THRESHOLD,
+    chance_sequences: int | None = None,
+) -> Report:
+    """Everything the outputs show, computed from the store alone (and, for the chance levels,
+    the task registry). ``success_threshold`` is tau of the success rates;
+    ``chance_sequences`` the sequences per length of the chance levels (None: each run's own
+    evaluation sequences)."""
+    threshold = check_threshold(success_threshold)
+    if chance_sequences is not None and chance_sequences < 1:
+        raise ValueError(f"chance_sequences must be at least 1, got {chance_sequences}")
     if sweep is not None and sweep not in store.sweeps():
         known = ", ".join(store.sweeps()) or "(none)"
         raise ValueError(f"no sweep named {sweep!r} in {store.path}; known: {known}")
@@ -65,16 +96,22 @@ def build_report(store: ResultsStore, sweep: str | None = None) -> Report:
         where = f"sweep {sweep!r} of " if sweep else ""
         raise ValueError(f"no finished runs in {where}{store.path}: nothing to report")
     encoder = is_encoder(runs)
-    table = build_table1(runs[encoder]) if encoder.any() else None
     per_length = store.per_length(sweep=sweep)
+    chance = ChanceLevels(chance_sequences)
+    levels = chance.of_runs(runs, per_length)
+    table = None
+    if encoder.any():
+        table = build_table1(runs[encoder], success_threshold=threshold, chance=levels)
     source = str(store.path) + (f" (sweep {sweep})" if sweep else "")
     return Report(
         table,
         runs,
         per_length,
         source,
-        workload_tables(runs[~encoder]),
-        architecture_table(runs),
+        workload_tables(runs[~encoder], threshold, levels),
+        architecture_table(runs, threshold, levels),
+        threshold,
+        chance,
     )
 
 
@@ -84,11 +121,16 @@ def write_report(
     *,
     sweep: str | None = None,
     figures: bool = True,
+    success_threshold: float = DEFAULT_SUCCESS_THRESHOLD,
+    chance_sequences: int | None = None,
 ) -> dict[str, Path]:
     """Write every report output into ``out_dir``; returns the paths by name."""
     if not isinstance(store, ResultsStore):
         store = _open_existing(store)
-    report = build_report(store, sweep)  # raises before anything is written
+    # raises before anything is written
+    report = build_report(
+        store, sweep, success_threshold=success_threshold, chance_sequences=chance_sequences
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -113,6 +155,8 @@ def write_report(
                 task_runs(report.runs),
                 out / "figures" / "accuracy_by_architecture.png",
             )
+    if report.chance.values:
+        paths["chance_csv"] = _write_frame(report.chance.table(), out / "chance.csv")
     paths.update({f"figure_{k}": v for k, v in figure_paths.items()})
     images, image_paths = write_images_section(store, report.runs, out, figures)
     paths.update(image_paths)
@@ -126,10 +170,15 @@ def _write_table1(t: Table1, report: Report, out: Path, paths: dict, figures: bo
     """Table 1's files (csv, LaTeX, headline) and figures; returns the figures' paths."""
     flat = t.best.copy()
     flat.columns = [f"{pe}{'_randomized' if r else ''}" for r, pe in flat.columns]
+    flat["chance"] = t.chance_row  # new columns go after the existing ones
     paths["table1_csv"] = _write_frame(flat.reset_index(), out / "table1.csv")
-    seeds = pd.concat({"mean": t.mean, "std": t.std}, axis=1)
+    stats = {"mean": t.mean, "std": t.std, "median": t.median, "q1": t.q1, "q3": t.q3}
+    stats |= {"success_rate": t.success, "seeds": t.seeds.astype("Int64")}
+    seeds = pd.concat(stats, axis=1)
     seeds.columns = [f"{pe}{'_randomized' if r else ''}_{stat}" for stat, r, pe in seeds.columns]
+    seeds["chance"] = t.chance_row
     paths["table1_seeds_csv"] = _write_frame(seeds.reset_index(), out / "table1_seeds.csv")
+    paths["table1_stats_csv"] = _write_frame(t.stats, out / "table1_stats.csv")
     paths["latex"] = _write_text(out / "table1.tex", to_latex(t))
 
     figure_paths: dict[str, Path] = {}
@@ -140,14 +189,42 @@ def _write_table1(t: Table1, report: Report, out: Path, paths: dict, figures: bo
         encoder_runs = report.runs[is_encoder(report.runs)]
         for _, task in t.best.index:
             figure_paths[f"accuracy_{task}"] = accuracy_vs_length(
-                report.per_length, encoder_runs, task, out / "figures" / f"accuracy_{task}.png"
+                report.per_length,
+                encoder_runs,
+                task,
+                out / "figures" / f"accuracy_{task}.png",
+                seed_runs=t.seed_runs,
+                chance=_chance_curve(report, encoder_runs, task),
             )
-    _write_text(
-        out / "headline.json",
-        json.dumps({**t.headline, "protocol": t.protocol}, indent=2, default=str),
-    )
+    headline = {**t.headline, "protocol": t.protocol}
+    headline |= {**t.median_headline, "seed_statistics": _seed_protocol(report)}
+    headline["chance"] = {task: value for (_, task), value in t.chance_row.dropna().items()}
+    _write_text(out / "headline.json", json.dumps(headline, indent=2, default=str))
     paths["headline"] = out / "headline.json"
     return figure_paths
+
+
+def _chance_curve(report: Report, runs: pd.DataFrame, task: str) -> pd.Series | None:
+    """The task's chance level at every length its runs were evaluated at (None without)."""
+    mine = runs[runs["task"] == task]
+    if report.table.chance_row.isna().all() or mine.empty:
+        return None
+    from randpos.tasks import TASK_NAMES
+
+    if task not in TASK_NAMES:
+        return None
+    lengths = report.per_length[report.per_length["run_id"].isin(mine["run_id"])]["length"]
+    return report.chance.curve(mine, task, sorted(lengths.astype(int).unique()))
+
+
+def _seed_protocol(report: Report) -> dict:
+    """How the seed statistics and chance levels were computed (headline.json)."""
+    return {
+        "learning_rate": "per cell, the one with the best mean score over seeds",
+        "quantiles": f"numpy.quantile, method={QUANTILE_METHOD!r} (numpy's default)",
+        "success_threshold": report.threshold,
+        "chance_sequences": report.chance.sequences or "each run's eval_batch_size",
+    }
 
 
 def _open_existing(path) -> ResultsStore:
@@ -184,8 +261,15 @@ def _protocol_lines(report: Report) -> list[str]:
         "- Seed table: per cell the learning rate with the best mean over seeds, then mean ± "
         "sample std (ddof=1) over seeds.",
         "- Headline: mean over (task, encoding) pairs of randomized − plain Table 1 cells, "
-        "in percentage points.",
+        "in percentage points; the median-based one: the same mean over the same pairs of "
+        "randomized − plain medians over seeds.",
+        "- Median, quartiles and success rate: over the seeds at each cell's learning rate "
+        f"with the best mean; quartiles by numpy.quantile, method={QUANTILE_METHOD!r} (linear "
+        f"interpolation); success: unseen-length accuracy at least tau = {report.threshold:g}.",
     ]
+    chance = chance_caption(report.table, report.chance.sequences)
+    if chance:
+        lines.append(f"- {chance}")
     if p["steps"]:
         lines.append(f"- Training steps: {', '.join(str(s) for s in p['steps'])}.")
     if p["max_position"]:
@@ -201,10 +285,12 @@ def _markdown(
     if t is not None:
         parts += _markdown_table1(report)
     for name, frame in report.workloads.items():
-        parts += ["", f"## Workload {name}", "", WORKLOAD_CAPTION, "", workload_markdown(frame)]
+        caption = f"{WORKLOAD_CAPTION} {_seed_caption(report, frame)}"
+        parts += ["", f"## Workload {name}", "", caption, "", workload_markdown(frame)]
     if report.architectures is not None:
         frame = report.architectures
-        parts += ["", "## Architectures", "", ARCHITECTURE_CAPTION, "", workload_markdown(frame)]
+        caption = f"{ARCHITECTURE_CAPTION} {_seed_caption(report, frame)}"
+        parts += ["", "## Architectures", "", caption, "", workload_markdown(frame)]
     parts += images or []  # the images section (randpos.report.images), when there are any
     if figures:
         parts += ["", "## Figures", ""]
@@ -212,6 +298,21 @@ def _markdown(
             parts.append(f"![{name}]({path.relative_to(out).as_posix()})")
             parts.append("")
     return "\n".join(parts) + "\n"
+
+
+def _seed_caption(report: Report, frame: pd.DataFrame) -> str:
+    return seed_caption(report.threshold, chance="chance unseen" in frame.columns)
+
+
+def _table1_caption(report: Report) -> str:
+    chance = chance_caption(report.table, report.chance.sequences)
+    return report.table.caption + (f" {chance}" if chance else "")
+
+
+SEEDS_CAPTION = (
+    "Mean and sample standard deviation (%) of the unseen-length accuracy over seeds, at the "
+    "learning rate with the best mean."
+)
 
 
 def _markdown_table1(report: Report) -> list[str]:
@@ -222,16 +323,27 @@ def _markdown_table1(report: Report) -> list[str]:
         "",
         "## Table 1",
         "",
-        t.caption,
+        _table1_caption(report),
         "",
         to_markdown(t),
         "",
         "## Mean ± std over seeds",
         "",
-        "Mean and sample standard deviation (%) of the unseen-length accuracy over seeds, at the "
-        "learning rate with the best mean.",
+        SEEDS_CAPTION,
         "",
         to_markdown(t, seeds=True),
+        "",
+        "## Median [q1, q3] over seeds",
+        "",
+        seed_statistics_caption(t, "median"),
+        "",
+        to_markdown(t, view="median"),
+        "",
+        f"## Success rate over seeds (τ = {t.threshold:g})",
+        "",
+        seed_statistics_caption(t, "success"),
+        "",
+        to_markdown(t, view="success"),
         "",
         "## Protocol",
         "",
@@ -266,10 +378,12 @@ def _html(report: Report, figures: dict[str, Path]) -> str:
     if t is not None:
         parts += _html_table1(report)
     for name, frame in report.workloads.items():
-        parts += [f"<h2>Workload {esc(name)}</h2>", f"<p class=caption>{esc(WORKLOAD_CAPTION)}"]
+        caption = f"{WORKLOAD_CAPTION} {_seed_caption(report, frame)}"
+        parts += [f"<h2>Workload {esc(name)}</h2>", f"<p class=caption>{esc(caption)}"]
         parts += ["</p>", workload_html(frame)]
     if report.architectures is not None:
-        parts += ["<h2>Architectures</h2>", f"<p class=caption>{esc(ARCHITECTURE_CAPTION)}</p>"]
+        caption = f"{ARCHITECTURE_CAPTION} {_seed_caption(report, report.architectures)}"
+        parts += ["<h2>Architectures</h2>", f"<p class=caption>{esc(caption)}</p>"]
         parts.append(workload_html(report.architectures))
     if figures:
         parts.append("<h2>Figures</h2>")
@@ -290,12 +404,17 @@ def _html_table1(report: Report) -> list[str]:
     return [
         f"<p class=headline>{esc(headline_text(t))}</p>",
         "<h2>Table 1</h2>",
-        f"<p class=caption>{esc(t.caption)}</p>",
+        f"<p class=caption>{esc(_table1_caption(report))}</p>",
         to_html_table(t),
         "<h2>Mean ± std over seeds</h2>",
-        "<p class=caption>Mean and sample standard deviation (%) of the unseen-length accuracy "
-        "over seeds, at the learning rate with the best mean.</p>",
+        f"<p class=caption>{esc(SEEDS_CAPTION)}</p>",
         to_html_table(t, seeds=True),
+        "<h2>Median [q1, q3] over seeds</h2>",
+        f"<p class=caption>{esc(seed_statistics_caption(t, 'median'))}</p>",
+        to_html_table(t, view="median"),
+        f"<h2>Success rate over seeds (τ = {t.threshold:g})</h2>",
+        f"<p class=caption>{esc(seed_statistics_caption(t, 'success'))}</p>",
+        to_html_table(t, view="success"),
         "<h2>Protocol</h2><ul>",
         *(f"<li>{esc(line[2:])}</li>" for line in _protocol_lines(report)),
         "</ul>",
@@ -307,11 +426,20 @@ def report_command(
     sweep: str | None = None,
     out: str | os.PathLike = "report",
     figures: bool = True,
+    success_threshold: float = DEFAULT_SUCCESS_THRESHOLD,
+    chance_sequences: int | None = None,
 ) -> dict[str, Path]:
     """Body of ``randpos report``: write the outputs and print the headline and Table 1."""
     from rich.console import Console
 
-    paths = write_report(store or default_store_path(), out, sweep=sweep, figures=figures)
+    paths = write_report(
+        store or default_store_path(),
+        out,
+        sweep=sweep,
+        figures=figures,
+        success_threshold=success_threshold,
+        chance_sequences=chance_sequences,
+    )
     console = Console()
     text = Path(paths["markdown"]).read_text()
     headline = next((line for line in text.splitlines() if line.startswith("**Headline")), "")

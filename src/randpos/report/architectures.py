@@ -5,7 +5,9 @@ autoregressively, greedy decoding), ``encoder (causal)`` (the encoder with ``cau
 ``encoder``. When a store holds task runs of more than one architecture, the report adds a table
 with one row per (task, encoding, architecture, plain | randomized): the run count, the mean ±
 sample std (ddof=1) over seeds of the unseen-length score (``ood_accuracy``, lengths N+1..M)
-and the mean in-distribution score (lengths 1..N); and a figure of accuracy per length per task.
+and the mean in-distribution score (lengths 1..N), then the seed statistics (median, quartiles,
+success rate; randpos.report.stats) and the task's chance level (randpos.report.chance); and a
+figure of accuracy per length per task.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from randpos.report.stats import DEFAULT_SUCCESS_THRESHOLD, best_lr_runs, length_band
+from randpos.report.workloads import seed_columns
 
 TASK_WORKLOADS = ("encoder", "decoder")
 
@@ -47,8 +52,14 @@ def architecture(runs: pd.DataFrame) -> pd.Series:
     return out
 
 
-def architecture_table(runs: pd.DataFrame) -> pd.DataFrame | None:
-    """The comparison table, or None when the task runs have a single architecture."""
+def architecture_table(
+    runs: pd.DataFrame,
+    threshold: float = DEFAULT_SUCCESS_THRESHOLD,
+    chance: pd.Series | None = None,
+) -> pd.DataFrame | None:
+    """The comparison table, or None when the task runs have a single architecture. The seed
+    statistics and ``chance`` (each run's chance level, index of ``runs``) follow the columns
+    of the mean (randpos.report.workloads.seed_columns)."""
     if "task" not in runs or runs.empty:
         return None
     mine = task_runs(runs).copy()
@@ -68,6 +79,7 @@ def architecture_table(runs: pd.DataFrame) -> pd.DataFrame | None:
                 "mean unseen": ood.mean(),
                 "std unseen": ood.std(ddof=1) if len(group) > 1 else np.nan,
                 "mean in-distribution": group["id_accuracy"].astype(float).mean(),
+                **seed_columns(group, threshold, chance),
             }
         )
     return pd.DataFrame(rows)
@@ -75,7 +87,8 @@ def architecture_table(runs: pd.DataFrame) -> pd.DataFrame | None:
 
 def accuracy_by_architecture(per_length: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
     """Accuracy per length, one panel per task, a line per (architecture, encoding, plain |
-    randomized): the mean over the runs (seeds)."""
+    randomized): the mean over the runs (seeds), with the interquartile range over the seeds at
+    the row's learning rate with the best mean as a band where there are two or more."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,12 +109,23 @@ def accuracy_by_architecture(per_length: pd.DataFrame, runs: pd.DataFrame, path:
             mean = rows.groupby("length")["accuracy"].mean()
             label = f"{arch}, {pe}{' randomized' if randomized else ''}"
             style = "-" if arch == "decoder" else "--"
-            ax.plot(mean.index, mean.to_numpy(), style, lw=1.3, label=label)
+            (line,) = ax.plot(mean.index, mean.to_numpy(), style, lw=1.3, label=label)
+            seeds = best_lr_runs(group)["run_id"]
+            if len(seeds) > 1:
+                band = length_band(rows, seeds)
+                ax.fill_between(
+                    band.index, band["q1"], band["q3"], color=line.get_color(), alpha=0.15, lw=0
+                )
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("length")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy (mean over seeds)")
+    fig.suptitle(
+        "mean over seeds (line), interquartile range over the seeds at the best-mean learning "
+        "rate (band, 2+ seeds)",
+        fontsize=9,
+    )
     axes[0][-1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from randpos.report.stats import length_band  # noqa: E402
 from randpos.report.tables import Table1, column_label, pe_order  # noqa: E402
 
 PLAIN_STYLE = {"color": "tab:red", "linestyle": "--", "label": "plain"}
@@ -25,10 +27,20 @@ def best_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_vs_length(
-    per_length: pd.DataFrame, runs: pd.DataFrame, task: str, path: str | Path
+    per_length: pd.DataFrame,
+    runs: pd.DataFrame,
+    task: str,
+    path: str | Path,
+    *,
+    seed_runs: dict | None = None,
+    chance: pd.Series | None = None,
 ) -> Path:
-    """One panel per PE: the best plain and best randomized run's accuracy at each length, the
-    spread over all runs of the cell as a band, the training lengths shaded."""
+    """One panel per PE: the best plain and best randomized run's accuracy at each length; the
+    interquartile range over the seeds of the cell's learning rate with the best mean
+    (``seed_runs``: (task, randomized, pe) -> run ids, the seed table's runs) as a dark band
+    where there are two or more seeds, and the min-max over all runs of the cell (seeds x
+    learning rates) as a light one; the task's ``chance`` level per length (dotted), the
+    training lengths shaded."""
     path = Path(path)
     cell_runs = runs[runs["task"] == task]
     pes = pe_order(cell_runs["pe"].unique())
@@ -50,10 +62,18 @@ def accuracy_vs_length(
             cell = data[data["run_id"].isin(ids["run_id"])]
             band = cell.groupby("length")["accuracy"].agg(["min", "max"])
             ax.fill_between(
-                band.index, band["min"], band["max"], color=style["color"], alpha=0.15, linewidth=0
+                band.index, band["min"], band["max"], color=style["color"], alpha=0.1, linewidth=0
             )
+            seeds = (seed_runs or {}).get((task, randomized, pe), [])
+            if len(seeds) > 1:
+                iqr = length_band(cell, seeds)
+                ax.fill_between(
+                    iqr.index, iqr["q1"], iqr["q3"], color=style["color"], alpha=0.3, linewidth=0
+                )
             top = cell[cell["run_id"] == best[(pe, randomized)]].sort_values("length")
             ax.plot(top["length"], top["accuracy"], lw=1.2, **style)
+        if chance is not None and not chance.empty:
+            ax.plot(chance.index, chance.to_numpy(), color="0.35", ls=":", lw=1.1, label="chance")
         ax.set_title(pe, fontsize=10)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
@@ -70,11 +90,16 @@ def accuracy_vs_length(
     if n_train:
         handles.append(plt.Rectangle((0, 0), 1, 1, color="0.92"))
         labels.append(f"training lengths 1..{n_train}")
-    fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, fontsize=9)
-    fig.suptitle(
-        f"{task}: best run per cell (line), range over seeds and learning rates (band)", fontsize=10
+    fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False, fontsize=9)
+    title = (
+        f"{task}: best run per cell (line); interquartile range over the seeds at the learning "
+        "rate with the best mean (dark band, 2+ seeds); min-max over all seeds and learning "
+        "rates (light band); chance: best order-free answer (dotted)"
     )
-    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    fig.suptitle(textwrap.fill(title, width=int(62 * cols)), fontsize=8)
+    lines = title.count("\n") + len(textwrap.wrap(title, width=int(62 * cols)))
+    top = 1 - 0.045 * lines / rows
+    fig.tight_layout(rect=(0, 0.09 / rows ** 0.5, 1, top))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

@@ -255,9 +255,14 @@ def write_images_section(store, runs: pd.DataFrame, out: Path, figures: bool) ->
     for workload in [w for w in GENERATIVE if figures and w in set(frame["workload"])]:
         samples = sample_figures(frame, out / "figures", workload)
         paths.update({f"figure_{k}": v for k, v in samples.items()})
+        lines += ["", f"### {TITLES[workload]} samples", ""]
         if samples:
-            lines += ["", f"### {TITLES[workload]} samples", ""]
             lines += [f"![{k}](figures/{v.name})" for k, v in samples.items()]
+        else:
+            lines.append(
+                "Not drawn: none of the runs' folders holds samples.npz here (run folders are "
+                "not part of a store; re-running the sweep writes them)."
+            )
     return lines, paths
 
 

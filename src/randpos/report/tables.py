@@ -9,6 +9,12 @@ Aggregation (stated in every caption):
   mean ± sample standard deviation (ddof=1) over those seeds;
 * headline = mean over the (task, PE) pairs that have both a plain and a randomized cell of
   (randomized - plain), in percentage points: the paper's "+12.0% on average".
+
+Next to these, per cell and at the seed table's learning rate (randpos.report.stats): the median
+and interquartile range over seeds, the success rate (fraction of seeds scoring at least tau)
+and the headline's gain from medians; per task, its chance level (randpos.report.chance), the
+accuracy of the best answer that ignores the order of the output positions, averaged over the
+same unseen lengths.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from randpos.report.stats import DEFAULT_SUCCESS_THRESHOLD, QUANTILE_METHOD, summarize
 
 LEVELS = ("regular", "dcf", "cs")
 LEVEL_NAMES = {
@@ -87,6 +95,19 @@ class Table1:
     headline: dict  # mean_gain (points), cells, per_pe gains, per-cell gains
     caption: str
     protocol: dict = field(default_factory=dict)
+    # Seed statistics (randpos.report.stats), same layout, over the seeds at the seed table's
+    # learning rate: median, quartiles, success rate (fraction >= threshold), seed count.
+    median: pd.DataFrame | None = None
+    q1: pd.DataFrame | None = None
+    q3: pd.DataFrame | None = None
+    success: pd.DataFrame | None = None
+    seeds: pd.DataFrame | None = None
+    threshold: float = DEFAULT_SUCCESS_THRESHOLD
+    chance: pd.DataFrame | None = None  # per cell: chance level over the cell's unseen lengths
+    chance_row: pd.Series | None = None  # per (level, task): the mean of its cells' chance
+    stats: pd.DataFrame | None = None  # one row per cell, every statistic (table1_stats.csv)
+    median_headline: dict = field(default_factory=dict)  # the headline from medians
+    seed_runs: dict = field(default_factory=dict)  # (task, randomized, pe) -> run ids at the lr
 
 
 def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -118,11 +139,14 @@ def _layout(values: pd.Series, levels: dict[str, str], pes: list[str]) -> pd.Dat
     return frame
 
 
-def headline_gain(best: pd.DataFrame) -> dict:
-    """Mean over (task, PE) of randomized - plain, in percentage points."""
+def headline_gain(best: pd.DataFrame, pairs: set | None = None) -> dict:
+    """Mean over (task, PE) of randomized - plain, in percentage points; ``pairs`` (a set of
+    (task, pe)) restricts it to those pairs."""
     gains = {}
     for task_key in best.index:
         for pe in best.columns.get_level_values("pe").unique():
+            if pairs is not None and (task_key[1], pe) not in pairs:
+                continue
             if (False, pe) in best.columns and (True, pe) in best.columns:
                 plain, rand = best.loc[task_key, (False, pe)], best.loc[task_key, (True, pe)]
                 if pd.notna(plain) and pd.notna(rand):
@@ -138,8 +162,37 @@ def headline_gain(best: pd.DataFrame) -> dict:
     }
 
 
-def build_table1(runs: pd.DataFrame) -> Table1:
-    """Table 1 (max over seeds and learning rates), the seed table and the headline."""
+def median_headline(t: Table1) -> dict:
+    """The headline from the medians over seeds, over the same (task, PE) pairs as the
+    max-based one, with the mean success rate of those pairs' plain and randomized cells."""
+    pairs = {tuple(key.split("/", 1)) for key in t.headline["gains"]}
+    h = headline_gain(t.median, pairs)
+    rates = {False: [], True: []}
+    for (_, task), row in t.success.iterrows():
+        for randomized in (False, True):
+            for pe in {p for tk, p in pairs if tk == task}:
+                rates[randomized].append(row[(randomized, pe)])
+    return {
+        "median_gain": h["mean_gain"],
+        "median_cells": h["cells"],
+        "median_per_pe": h["per_pe"],
+        "median_gains": h["gains"],
+        "success_rate_plain": float(np.mean(rates[False])) if pairs else float("nan"),
+        "success_rate_randomized": float(np.mean(rates[True])) if pairs else float("nan"),
+    }
+
+
+def build_table1(
+    runs: pd.DataFrame,
+    *,
+    success_threshold: float = DEFAULT_SUCCESS_THRESHOLD,
+    chance: pd.Series | None = None,
+) -> Table1:
+    """Table 1 (max over seeds and learning rates), the seed table, the seed statistics and the
+    headline. ``chance`` is each run's chance level (index of ``runs``; see
+    randpos.report.chance.ChanceLevels.of_runs), NaN or absent where there is none."""
+    if chance is not None:
+        runs = runs.assign(chance=chance.reindex(runs.index))
     done = finished_runs(runs)
     if done.empty:
         raise ValueError("no finished runs with an unseen-length accuracy to report")
@@ -156,6 +209,16 @@ def build_table1(runs: pd.DataFrame) -> Table1:
     chosen.index = chosen.index.droplevel("lr")
     mean = _layout(chosen["mean"], levels, pes)
     std = _layout(chosen["std"], levels, pes)
+    stats, seed_runs = _seed_statistics(done.assign(lr=lr_key), keys, best_lr, success_threshold)
+    stats["mean"], stats["std"] = chosen["mean"], chosen["std"]
+    stats["best"] = done.groupby(keys)["ood_accuracy"].max()
+    stats["runs"] = done.groupby(keys)["ood_accuracy"].size()
+    if "chance" in done:
+        stats["chance"] = done.groupby(keys)["chance"].mean()
+    else:
+        stats["chance"] = np.nan
+    grids = {name: _layout(stats[name], levels, pes) for name in stats.columns}
+    chance_row = grids["chance"].mean(axis=1)  # NaN where no cell of the row has one
     protocol = describe_protocol(done)
     caption = (
         f"Accuracy (%) averaged over the unseen lengths {protocol['unseen']}; each cell is the "
@@ -169,7 +232,75 @@ def build_table1(runs: pd.DataFrame) -> Table1:
     if protocol["varying"]:
         varied = "; ".join(f"{k} in {v}" for k, v in protocol["varying"].items())
         caption += f" Note: runs in a cell also differ in {varied}; the max runs over those too."
-    return Table1(best, mean, std, counts, headline_gain(best), caption, protocol)
+    t = Table1(
+        best,
+        mean,
+        std,
+        counts,
+        headline_gain(best),
+        caption,
+        protocol,
+        median=grids["median"],
+        q1=grids["q1"],
+        q3=grids["q3"],
+        success=grids["success_rate"],
+        seeds=grids["seeds"],
+        threshold=success_threshold,
+        chance=grids["chance"],
+        chance_row=chance_row,
+        stats=_stats_frame(stats, levels, success_threshold),
+        seed_runs=seed_runs,
+    )
+    t.median_headline = median_headline(t)
+    return t
+
+
+def _seed_statistics(
+    done: pd.DataFrame, keys: list[str], best_lr: pd.Series, threshold: float
+) -> tuple[pd.DataFrame, dict]:
+    """Per cell (index ``keys``): the chosen learning rate and the seed statistics of its runs;
+    and the run ids behind them."""
+    groups = done.groupby(keys + ["lr"])
+    rows, seed_runs = {}, {}
+    for key in best_lr:
+        runs = groups.get_group(key)
+        cell, lr = tuple(key[:-1]), key[-1]
+        rows[cell] = {"learning_rate": np.nan if lr == -1.0 else lr}
+        rows[cell].update(summarize(runs["ood_accuracy"], threshold))
+        seed_runs[cell] = list(runs["run_id"]) if "run_id" in runs else []
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index = pd.MultiIndex.from_tuples(frame.index, names=keys)
+    return frame, seed_runs
+
+
+STATS_COLUMNS = (
+    "runs",
+    "best",
+    "learning_rate",
+    "seeds",
+    "mean",
+    "std",
+    "median",
+    "q1",
+    "q3",
+    "iqr",
+    "success_rate",
+    "success_threshold",
+    "chance",
+)
+
+
+def _stats_frame(stats: pd.DataFrame, levels: dict[str, str], threshold: float) -> pd.DataFrame:
+    """One row per cell in Table 1's order: level, task, pe, randomized and every statistic."""
+    frame = stats.assign(success_threshold=threshold).reset_index()
+    frame.insert(0, "level", frame["task"].map(lambda t: levels.get(t, "other")))
+    rank = {t: i for i, t in enumerate(levels)}
+    pes = pe_order(frame["pe"].unique())
+    frame = frame.assign(
+        _t=frame["task"].map(lambda t: rank.get(t, len(rank))),
+        _p=frame["pe"].map(pes.index),
+    ).sort_values(["_t", "task", "randomized", "_p"], kind="mergesort")
+    return frame[["level", "task", "pe", "randomized", *STATS_COLUMNS]].reset_index(drop=True)
 
 
 def _values_text(values, name: str) -> str:
@@ -243,37 +374,81 @@ def columns_of(table: pd.DataFrame) -> list[tuple[bool, str]]:
     return list(table.columns)
 
 
-def to_markdown(t: Table1, *, seeds: bool = False) -> str:
-    table = t.mean if seeds else t.best
+#: the tables a Table1 renders: best run (Table 1), mean ± std, median [q1, q3], success k/n
+VIEWS = ("best", "seeds", "median", "success")
+
+
+def _view(seeds: bool, view: str | None) -> str:
+    view = view or ("seeds" if seeds else "best")
+    if view not in VIEWS:
+        raise ValueError(f"unknown table view {view!r}; one of {', '.join(VIEWS)}")
+    return view
+
+
+def _values(t: Table1, view: str) -> pd.DataFrame:
+    return {"best": t.best, "seeds": t.mean, "median": t.median, "success": t.success}[view]
+
+
+def _has_chance(t: Table1) -> bool:
+    return t.chance_row is not None and bool(t.chance_row.notna().any())
+
+
+def _chance_cell(t: Table1, key) -> str:
+    return _pct(t.chance_row.get(key, np.nan))
+
+
+def _cell_text(t: Table1, view: str, key, col) -> str:
+    value = _values(t, view).loc[key, col]
+    if view == "seeds":
+        sd = t.std.loc[key, col]
+        return _pct(value) + (f" ± {100 * sd:.1f}" if pd.notna(sd) else "")
+    if view == "median":
+        if pd.isna(value) or t.seeds.loc[key, col] < 2:
+            return _pct(value)
+        return f"{_pct(value)} [{_pct(t.q1.loc[key, col])}, {_pct(t.q3.loc[key, col])}]"
+    if view == "success":
+        seeds = t.seeds.loc[key, col]
+        if pd.isna(value) or pd.isna(seeds):
+            return ""
+        return f"{round(value * seeds)}/{int(seeds)}"
+    return _pct(value)
+
+
+def to_markdown(t: Table1, *, seeds: bool = False, view: str | None = None) -> str:
+    """One of the :data:`VIEWS` as a markdown table (``seeds=True``: the mean ± std view), with
+    the task's chance level after its name when there is one."""
+    view = _view(seeds, view)
+    table = _values(t, view)
     cols = columns_of(table)
-    head = ["level", "task"] + [column_label(p, r) for r, p in cols]
+    chance = ["chance"] if _has_chance(t) else []
+    head = ["level", "task", *chance] + [column_label(p, r) for r, p in cols]
     lines = [
         "| " + " | ".join(head) + " |",
-        "| " + " | ".join(["---", "---"] + ["---:"] * len(cols)) + " |",
+        "| " + " | ".join(["---", "---"] + ["---:"] * (len(cols) + len(chance))) + " |",
     ]
     for (level, task), row in table.iterrows():
         best = _row_best(row)
-        cells = []
+        cells = [_chance_cell(t, (level, task))] if chance else []
         for col in cols:
             value = row[col]
-            if seeds:
-                sd = t.std.loc[(level, task), col]
-                text = _pct(value) + (f" ± {100 * sd:.1f}" if pd.notna(sd) else "")
-            else:
-                text = _pct(value)
-            if not seeds and pd.notna(value) and value == best:
+            text = _cell_text(t, view, (level, task), col)
+            if view == "best" and pd.notna(value) and value == best:
                 text = f"**{text}**"
             cells.append(text)
         lines.append("| " + " | ".join([level, task] + cells) + " |")
     return "\n".join(lines)
 
 
-def to_html_table(t: Table1, *, seeds: bool = False) -> str:
-    table = t.mean if seeds else t.best
+def to_html_table(t: Table1, *, seeds: bool = False, view: str | None = None) -> str:
+    view = _view(seeds, view)
+    table = _values(t, view)
     cols = columns_of(table)
+    chance = _has_chance(t)
     plain = [c for c in cols if not c[0]]
     rand = [c for c in cols if c[0]]
     out = ["<table>", "<thead><tr><th rowspan=2>level</th><th rowspan=2>task</th>"]
+    if chance:
+        out.append("<th rowspan=2>chance</th>")
     if plain:
         out.append(f"<th colspan={len(plain)}>plain</th>")
     if rand:
@@ -284,18 +459,17 @@ def to_html_table(t: Table1, *, seeds: bool = False) -> str:
         best = _row_best(row)
         tr = "<tr class=level-start>" if level != previous else "<tr>"
         out.append(tr + f"<td>{level if level != previous else ''}</td><td>{task}</td>")
+        if chance:
+            out.append(f"<td>{_chance_cell(t, (level, task))}</td>")
         previous = level
         for col in cols:
             value = row[col]
-            text = _pct(value)
-            if seeds:
-                sd = t.std.loc[(level, task), col]
-                text += f" ± {100 * sd:.1f}" if pd.notna(sd) else ""
+            text = _cell_text(t, view, (level, task), col)
             style = ""
-            if pd.notna(value):
+            if pd.notna(value) and view != "success":
                 # Cell shade from chance-ish (white) to perfect (green), for reading at a glance.
                 style = f' style="background: rgba(46, 160, 67, {max(0.0, value - 0.5) * 1.2:.2f})"'
-            bold = not seeds and pd.notna(value) and value == best
+            bold = view == "best" and pd.notna(value) and value == best
             out.append(f"<td{style}>{'<b>' + text + '</b>' if bold else text}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
@@ -311,7 +485,8 @@ def to_latex(t: Table1) -> str:
     cols = columns_of(table)
     plain = [c for c in cols if not c[0]]
     rand = [c for c in cols if c[0]]
-    spec = "ll" + "r" * len(plain) + ("|" if plain and rand else "") + "r" * len(rand)
+    chance = _has_chance(t)
+    spec = "ll" + "r" * (len(plain) + chance) + ("|" if plain and rand else "") + "r" * len(rand)
     lines = [
         "% Generated by `randpos report` from the results store.",
         r"\begin{table}[t]",
@@ -325,8 +500,10 @@ def to_latex(t: Table1) -> str:
         groups.append(rf"\multicolumn{{{len(plain)}}}{{c}}{{Plain}}")
     if rand:
         groups.append(rf"\multicolumn{{{len(rand)}}}{{c}}{{Randomized (ours)}}")
-    lines.append(" & & " + " & ".join(groups) + r" \\")
-    lines.append("Level & Task & " + " & ".join(_tex(p) for _, p in cols) + r" \\")
+    lead = " & & & " if chance else " & & "
+    lines.append(lead + " & ".join(groups) + r" \\")
+    head = "Level & Task & " + ("Chance & " if chance else "")
+    lines.append(head + " & ".join(_tex(p) for _, p in cols) + r" \\")
     lines.append(r"\midrule")
     previous = None
     for (level, task), row in table.iterrows():
@@ -344,17 +521,36 @@ def to_latex(t: Table1) -> str:
             if level != previous
             else ""
         )
+        if chance:
+            cells.insert(0, _chance_cell(t, (level, task)))
         lines.append(f"{name} & {_tex(task)} & " + " & ".join(cells) + r" \\")
         previous = level
     lines += [
         r"\bottomrule",
         r"\end{tabular}",
         rf"\caption{{{_tex(t.caption)} Average gain of randomized over plain: "
-        rf"{t.headline['mean_gain']:+.1f} points over {t.headline['cells']} task/encoding pairs.}}",
+        rf"{t.headline['mean_gain']:+.1f} points over {t.headline['cells']} task/encoding pairs"
+        rf"{_tex(_latex_median_note(t))}.{_tex(_latex_chance_note(t))}}}",
         r"\label{tab:randpos-table1}",
         r"\end{table}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _latex_median_note(t: Table1) -> str:
+    m = t.median_headline
+    if not m or not m.get("median_cells"):
+        return ""
+    return f" ({m['median_gain']:+.1f} from the medians over seeds)"
+
+
+def _latex_chance_note(t: Table1) -> str:
+    if not _has_chance(t):
+        return ""
+    return (
+        " Chance: accuracy of the best answer that ignores the order of the output positions, "
+        "over the same lengths."
+    )
 
 
 def headline_text(t: Table1) -> str:
@@ -366,8 +562,66 @@ def headline_text(t: Table1) -> str:
         f"Randomized positions change the unseen-length accuracy by {h['mean_gain']:+.1f} "
         f"percentage points on average (mean over {h['cells']} task/encoding pairs of "
         f"randomized - plain, each cell the best run; the paper's way of stating its +12.0%). "
-        f"Per encoding: {per_pe}."
+        f"Per encoding: {per_pe}." + median_headline_text(t)
     )
+
+
+def median_headline_text(t: Table1) -> str:
+    """The sentence on the gain from medians and the success rates (empty without them)."""
+    m = t.median_headline
+    if not m or not m.get("median_cells"):
+        return ""
+    per_pe = ", ".join(f"{pe} {g:+.1f}" for pe, g in m["median_per_pe"].items())
+    return (
+        f" From the medians over seeds instead (each cell at the learning rate with the best "
+        f"mean): {m['median_gain']:+.1f} points over the same pairs (per encoding: {per_pe}). "
+        f"Seeds reaching {100 * t.threshold:g}% unseen-length accuracy: "
+        f"{100 * m['success_rate_plain']:.0f}% plain, "
+        f"{100 * m['success_rate_randomized']:.0f}% randomized (mean success rate of those pairs)."
+    )
+
+
+def seed_statistics_caption(t: Table1, view: str) -> str:
+    """The caption of the median and success-rate tables."""
+    common = (
+        "the seeds of each cell at its learning rate with the best mean score over seeds (as in "
+        "the seed table)"
+    )
+    if view == "median":
+        return (
+            f"Median [q1, q3] (%) of the unseen-length accuracy over {common}; q1 and q3 are the "
+            f"25th and 75th percentiles (numpy.quantile, method={QUANTILE_METHOD!r}: numpy's "
+            "default linear interpolation), shown where a cell has two or more seeds."
+        )
+    return (
+        f"Success rate: how many of {common} reach an unseen-length accuracy of at least "
+        f"tau = {t.threshold:g} ({100 * t.threshold:g}%)."
+    )
+
+
+def chance_caption(t: Table1, sequences: int | None = None) -> str:
+    """What the chance column holds (empty when no task has one)."""
+    if not _has_chance(t):
+        return ""
+    where = (
+        "on each run's own evaluation sequences (its eval_seed and eval_batch_size)"
+        if sequences is None
+        else f"on {sequences} sequences per length from the runs' evaluation streams"
+    )
+    text = (
+        "Chance (%): accuracy of the best answer that ignores the order of the output positions "
+        "(a sequence task: each sequence answered with the most frequent class among its own "
+        "scored targets; a classification task: the most frequent class over all targets of "
+        f"the length), measured {where}, pooled per token like the accuracy and averaged over "
+        "the same unseen lengths as the scores."
+    )
+    spread = t.chance.max(axis=1) - t.chance.min(axis=1)
+    if (spread > 0).any():
+        text += (
+            " In some rows the cells' chance levels differ (their runs' lengths or evaluation "
+            "sets differ): the column is their mean, table1_stats.csv has each cell's."
+        )
+    return text
 
 
 __all__ = [
@@ -379,6 +633,8 @@ __all__ = [
     "column_label",
     "headline_gain",
     "headline_text",
+    "median_headline",
+    "median_headline_text",
     "task_levels",
     "to_html_table",
     "to_latex",

@@ -17,6 +17,13 @@ import numpy as np
 import pandas as pd
 
 from randpos.config import ENSEMBLE_VARYING_FIELDS, RUNTIME_FIELDS, TrainConfig
+from randpos.report.stats import (
+    DEFAULT_SUCCESS_THRESHOLD,
+    QUANTILE_METHOD,
+    best_lr_runs,
+    length_band,
+    seed_statistics,
+)
 
 DEFAULT = "encoder"
 
@@ -40,8 +47,31 @@ def group_columns(runs: pd.DataFrame) -> list[str]:
     ]
 
 
-def workload_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per workload name (in order of appearance), its table of run groups."""
+def seed_columns(
+    group: pd.DataFrame, threshold: float, chance: pd.Series | None = None
+) -> dict[str, float]:
+    """The seed-statistics columns of a group of runs (randpos.report.stats): median, q1, q3
+    and success rate of the unseen score over the seeds at the group's best-mean learning rate;
+    with ``chance`` (per run, index of the runs), the group's mean chance level."""
+    stats = seed_statistics(group, threshold)
+    columns = {
+        "median unseen": stats["median"],
+        "q1 unseen": stats["q1"],
+        "q3 unseen": stats["q3"],
+        "success rate unseen": stats["success_rate"],
+    }
+    if chance is not None:
+        columns["chance unseen"] = chance.reindex(group.index).mean()
+    return columns
+
+
+def workload_tables(
+    runs: pd.DataFrame,
+    threshold: float = DEFAULT_SUCCESS_THRESHOLD,
+    chance: pd.Series | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Per workload name (in order of appearance), its table of run groups. ``chance`` is each
+    run's chance level (index of ``runs``); a workload whose runs have none gets no column."""
     tables: dict[str, pd.DataFrame] = {}
     if runs.empty:
         return tables
@@ -49,6 +79,9 @@ def workload_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
         mine = runs[runs["workload"] == name]
         keys = group_columns(mine)
         groups = mine.groupby(keys, sort=True, dropna=False) if keys else [((), mine)]
+        levels = chance.reindex(mine.index) if chance is not None else None
+        if levels is not None and levels.isna().all():
+            levels = None
         rows = []
         for key, group in groups:
             key = key if isinstance(key, tuple) else (key,)
@@ -61,6 +94,7 @@ def workload_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
                     "mean unseen": ood.mean(),
                     "std unseen": ood.std(ddof=1) if len(group) > 1 else np.nan,
                     "mean in-distribution": group["id_accuracy"].astype(float).mean(),
+                    **seed_columns(group, threshold, levels),
                 }
             )
         tables[name] = pd.DataFrame(rows)
@@ -103,12 +137,29 @@ CAPTION = (
 )
 
 
+def seed_caption(threshold: float, chance: bool = False) -> str:
+    """The sentence on the seed-statistics columns (and the chance column, when shown)."""
+    text = (
+        "Median, q1 and q3 (25th and 75th percentiles, numpy.quantile with "
+        f"method={QUANTILE_METHOD!r}, numpy's default linear interpolation) and success rate "
+        f"(fraction of seeds with an unseen score of at least tau = {threshold:g}) run over the "
+        "seeds at the group's learning rate with the best mean (all of its runs when it has one)."
+    )
+    if chance:
+        text += (
+            " Chance: accuracy of the best answer that ignores the order of the output "
+            "positions, on the runs' evaluation sequences and over the same unseen sizes."
+        )
+    return text
+
+
 def figure_name(workload: str) -> str:
     return "workload_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", workload)
 
 
 def metric_vs_size(per_length: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
-    """The per-size metric of a workload's run groups (mean over each group's runs)."""
+    """The per-size metric of a workload's run groups: the mean over each group's runs, and the
+    interquartile range over the seeds at its best-mean learning rate as a band (2+ seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,10 +177,21 @@ def metric_vs_size(per_length: pd.DataFrame, runs: pd.DataFrame, path: Path) -> 
     ax.axvspan(0.5, n_train + 0.5, color="0.92", label=f"training sizes 1..{n_train}")
     for group, frame in rows.groupby("group", sort=True):
         mean = frame.groupby("length")["accuracy"].mean()
-        ax.plot(mean.index, mean.to_numpy(), lw=1.4, label=group)
+        (line,) = ax.plot(mean.index, mean.to_numpy(), lw=1.4, label=group)
+        members = runs[runs["run_id"].isin(frame["run_id"])]
+        seeds = best_lr_runs(members)["run_id"]
+        if len(seeds) > 1:
+            band = length_band(frame, seeds)
+            ax.fill_between(
+                band.index, band["q1"], band["q3"], color=line.get_color(), alpha=0.15, lw=0
+            )
     ax.set_xlabel("size")
     ax.set_ylabel("metric")
-    ax.set_title(f"{runs['workload'].iloc[0]}: metric per size (mean over seeds)", fontsize=10)
+    ax.set_title(
+        f"{runs['workload'].iloc[0]}: metric per size (mean over seeds; band: interquartile "
+        "range over the seeds at the best-mean learning rate)",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

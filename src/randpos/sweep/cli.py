@@ -178,11 +178,38 @@ def report_cli(
     figures: Annotated[
         bool, typer.Option("--figures/--no-figures", help="Draw the PNG figures.")
     ] = True,
+    success_threshold: Annotated[
+        float,
+        typer.Option(
+            "--success-threshold",
+            min=0.0,
+            max=1.0,
+            help="tau of the success rate: the fraction of seeds whose unseen-length accuracy "
+            "is at least tau (0..1).",
+        ),
+    ] = 0.9,
+    chance_sequences: Annotated[
+        int | None,
+        typer.Option(
+            "--chance-sequences",
+            min=1,
+            help="Sequences per length for the tasks' chance levels (default: each run's own "
+            "evaluation sequences, eval_batch_size).",
+        ),
+    ] = None,
 ) -> None:
-    """Table 1, mean ± std over seeds, the headline gain and figures, from the store alone."""
+    """Table 1, mean ± std, median [IQR] and success rate over seeds, chance levels, the
+    headline gains (max- and median-based) and figures, from the store alone."""
     from randpos.report import report_command
 
-    report_command(store=store, sweep=sweep, out=out, figures=figures)
+    report_command(
+        store=store,
+        sweep=sweep,
+        out=out,
+        figures=figures,
+        success_threshold=success_threshold,
+        chance_sequences=chance_sequences,
+    )
 
 
 def register_commands(app: typer.Typer) -> None:
