@@ -12,7 +12,13 @@ import torch
 
 from randpos.config import TrainConfig
 from randpos.evaluation import PositionPlan, evaluate_length_batched, evaluation_batch
-from randpos.report.chance import ChanceLevels, chance_at_length, order_free_hits
+from randpos.report.chance import (
+    ChanceLevels,
+    chance_at_length,
+    majority_class,
+    order_free_hits,
+)
+from randpos.seeding import make_generator
 from randpos.tasks import get_task
 
 S = 512  # sequences per length, the paper's evaluation batch
@@ -58,16 +64,15 @@ def test_reverse_string_chance_averaged_over_the_unseen_lengths():
     assert abs(measured - 0.5648) < 0.005  # the floor the report prints, 56.5%
 
 
-def test_parity_check_chance_is_the_majority_class_of_fair_bits():
-    # parity_check's label is a fair bit, so at one length the most frequent class over the S
-    # targets is right max(K, S - K) times, K ~ Binomial(S, 1/2): its expectation is 0.5 plus
-    # E|K - S/2| / S ~ 0.4 / sqrt(S) = 0.0176 (the majority is chosen on the very sequences it
-    # is scored on). Over L independent lengths the mean has standard error sqrt(var / L).
+def test_parity_check_chance_is_one_half():
+    # parity_check's label is a fair bit. The constant class is chosen on an independent draw, so
+    # on each of the S scored sequences of a length it is right with probability 1/2: the
+    # per-length level is Binomial(S, 1/2) / S, mean 0.5, variance 0.25 / S, and over L lengths
+    # the mean has standard error sqrt(0.25 / (S L)) (0.0022 here). Choosing the class on the
+    # scored sequences themselves would add E|K - S/2| / S ~ 0.4 / sqrt(S) = 0.0176.
     lengths = range(41, 141)
-    mean, var = majority_moments(S)
     measured = np.mean([chance_at_length("parity_check", n, 1, S, 64) for n in lengths])
-    assert abs(measured - mean) <= 5 * math.sqrt(var / len(lengths))
-    assert 0.5 < measured < 0.5 + 1 / math.sqrt(S)  # 0.5 within the sampling error
+    assert abs(measured - 0.5) <= 5 * math.sqrt(0.25 / (S * len(lengths)))
 
 
 @pytest.mark.parametrize("task", ["stack_manipulation", "binary_addition", "cycle_navigation"])
@@ -76,8 +81,10 @@ def test_chance_is_the_hand_count_on_the_evaluation_sequences(task):
     n, sequences, sub = 13, 48, 16
     batch = evaluation_batch(get_task(task), n, 1, sequences)
     targets, mask = batch.targets.tolist(), batch.mask.tolist()
-    if get_task(task).is_classification:  # one class for the length
-        best, _ = Counter(t[0] for t in targets).most_common(1)[0]
+    if get_task(task).is_classification:  # one class, the majority of an independent draw
+        other = get_task(task).sample(sequences, n, make_generator(1, f"chance-choice/{n}"))
+        counts = Counter(t[0] for t in other.targets.tolist())
+        best = min(c for c in counts if counts[c] == max(counts.values()))  # a tie: the lower
         hits = [int(t[0] == best) for t in targets]
     else:
         hits = [
@@ -119,14 +126,16 @@ def test_a_model_answering_the_majority_bit_scores_the_chance_level(task):
 def test_order_free_hits_per_sequence_and_per_length():
     targets = torch.tensor([[0, 1, 1, 2], [2, 2, 0, 0], [1, 0, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
-    hits, counted = order_free_hits(targets, mask, classification=False)
+    hits, counted = order_free_hits(targets, mask)
     assert hits.tolist() == [2, 2, 1] and counted.tolist() == [3, 4, 2]
     labels = torch.tensor([[3], [1], [3], [0]])
     everything = torch.ones_like(labels, dtype=torch.bool)
-    hits, counted = order_free_hits(labels, everything, classification=True)
+    assert majority_class(labels, everything) == 3
+    assert majority_class(torch.tensor([[2], [0], [2], [0]]), everything) == 0  # tie: lower
+    hits, counted = order_free_hits(labels, everything, constant=3)
     assert hits.tolist() == [1, 0, 1, 0] and counted.tolist() == [1, 1, 1, 1]
     # a sequence task at a length with one output: the answer is known
-    hits, _ = order_free_hits(labels, everything, classification=False)
+    hits, _ = order_free_hits(labels, everything)
     assert hits.tolist() == [1, 1, 1, 1]
 
 
