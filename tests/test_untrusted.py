@@ -1,4 +1,5 @@
-"""Loading a run never runs its code (README, "Untrusted run directories"; randpos.trust).
+"""Loading a run never runs its code (docs/protocol.md, "Run directories received from others";
+randpos.trust).
 
 * a crafted ``checkpoint.pt`` (a pickle whose ``__reduce__`` calls ``os.system``) runs nothing
   under ``randpos evaluate``, ``randpos generate`` or ``randpos train --resume``: one-line error,

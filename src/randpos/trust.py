@@ -1,5 +1,6 @@
 """Reading files that someone else may have written: run directories and stores received from
-others. Loading a run never runs its code (README, "Untrusted run directories"):
+others. Loading a run never runs its code (docs/protocol.md, "Run directories received from
+others"; docs/workloads.md for the workload rule):
 
 * ``checkpoint.pt`` is read with ``torch.load(weights_only=True)`` (:func:`randpos.runs.
   load_checkpoint`): tensors and plain Python data only, so a pickle that would call a function
