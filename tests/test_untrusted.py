@@ -12,6 +12,7 @@ randpos.trust).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -514,5 +515,6 @@ def test_the_crafted_checkpoints_are_live(tmp_path, kind):
     no marker test something."""
     marker = tmp_path / "marker"
     write_crafted(tmp_path / "checkpoint.pt", marker, kind)
-    torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    with contextlib.suppress(RuntimeError):  # a bare pickle: unpickled, then "no magic number"
+        torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert marker.exists()
