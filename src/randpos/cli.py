@@ -135,6 +135,15 @@ StoreOpt = Annotated[
 ]
 NoStoreOpt = Annotated[bool, typer.Option("--no-store", help="Do not record in the store.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+TrustOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--trust-workload",
+        metavar="MODULE:CLASS",
+        help="Import this module:Class workload if the run's files name it (its code runs: "
+        "only for runs you trust). Registered workloads need nothing.",
+    ),
+]
 
 
 @app.command("list")
@@ -256,6 +265,7 @@ def evaluate(
     device: DeviceOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="JSON file to write.")] = None,
     quiet: QuietOpt = False,
+    trust_workload: TrustOpt = None,
 ) -> None:
     """Evaluate a saved model on lengths 1..M with a chosen position mode."""
     from randpos.training import atomic_write_text, evaluate_run
@@ -268,6 +278,7 @@ def evaluate(
         eval_max_length=eval_max_length,
         eval_positions=eval_positions,
         progress=not quiet,
+        trust_workload=trust_workload,
     )
     record = {
         "run_dir": str(run_dir),
@@ -303,6 +314,7 @@ def generate(
         bool, typer.Option("--show-positions", help="Print each example's positions.")
     ] = False,
     device: DeviceOpt = None,
+    trust_workload: TrustOpt = None,
 ) -> None:
     """Print fresh examples of a run's task at one length: input, target, the model's output."""
     from randpos.training import predict_run
@@ -319,6 +331,7 @@ def generate(
         eval_positions=eval_positions,
         decode_positions=decode_positions,
         device=device or "auto",
+        trust_workload=trust_workload,
     )
     mode = cfg.eval_positions if cfg.randomized else "contiguous"
     how = f"positions {mode}"
@@ -429,8 +442,8 @@ def print_summaries(summaries: list[dict]) -> None:
             run_label(s),
             f"{s['id_accuracy']:.1%}",
             f"{s['ood_accuracy']:.1%}",
-            f"{t['train_seconds']:.0f}",
-            f"{t['steps_per_second'] or 0:.2f}",
+            f"{t.get('train_seconds') or 0:.0f}",
+            f"{t.get('steps_per_second') or 0:.2f}",
         )
     console.print(table)
 

@@ -126,7 +126,12 @@ class TrainConfig:
         """Build from a mapping (YAML, JSON, CLI); unknown fields and bad values raise."""
         merged = dict(data or {})
         merged.update(overrides)
-        options = dict(merged.get("options") or {})
+        options = merged.get("options") or {}
+        if not isinstance(options, dict):
+            raise ConfigError(
+                f"options must be a mapping of the workload's fields, got {options!r}"
+            )
+        options = dict(options)
         for key in [k for k in merged if k.startswith("options.")]:
             options[key.removeprefix("options.")] = merged.pop(key)  # CLI: options.NAME=VALUE
         if options:

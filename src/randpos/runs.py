@@ -21,6 +21,7 @@ import torch
 
 import randpos
 from randpos.config import ConfigError, TrainConfig
+from randpos.trust import check_checkpoint, error_line, unpickling_detail
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
@@ -89,13 +90,55 @@ def prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A run's checkpoint, read without running anything it holds and checked.
+
+    ``torch.load(weights_only=True)`` rebuilds tensors and plain Python data (dicts, lists,
+    numbers, strings) only, which is all a checkpoint holds (``randpos.trainer.Member.state``):
+    a pickle naming any other callable is refused before it is called. The structure is then
+    checked (:func:`randpos.trust.check_checkpoint`); any failure is a one-line ``ConfigError``.
+    """
+    import pickle
+    import warnings
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # any unreadable or truncated file
-        raise ConfigError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise ConfigError(f"{path} is not a randpos checkpoint (version {CHECKPOINT_VERSION})")
-    return state
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. on the pickle protocol of a foreign file
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ConfigError(
+            f"cannot read checkpoint {path}: torch's weights-only loader, which rebuilds "
+            f"tensors and plain data alone, refused it before anything in it ran "
+            f"({unpickling_detail(exc)})"
+        ) from None
+    except Exception as exc:  # any unreadable, truncated or foreign file
+        raise ConfigError(
+            f"cannot read checkpoint {path}: not a torch checkpoint, or truncated "
+            f"({error_line(exc)})"
+        ) from None
+    return check_checkpoint(state, path)
+
+
+def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], Any]:
+    """``model.safetensors``: its tensors and the config stored in its metadata (parsed JSON,
+    not yet checked: :func:`randpos.trust.config_from_file`). One-line ``ConfigError`` for a
+    truncated or foreign file."""
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        weights = load_file(str(path))
+    except Exception as exc:  # SafetensorError, OSError, ...: unreadable, truncated, foreign
+        raise ConfigError(
+            f"cannot read {path}: not a safetensors file, or truncated ({error_line(exc)})"
+        ) from None
+    if "config" not in meta:
+        raise ConfigError(f"{path} is not a randpos model file: its metadata holds no config")
+    try:
+        config = json.loads(meta["config"])
+    except ValueError as exc:
+        raise ConfigError(f"{path}: the config in its metadata is not JSON ({exc})") from None
+    return weights, config
 
 
 # ----------------------------------------------------------------------------- signals
@@ -205,6 +248,7 @@ __all__ = [
     "load_checkpoint",
     "make_summary",
     "prepare_out_dir",
+    "read_model_file",
     "run_id",
     "write_run_files",
 ]

@@ -48,6 +48,7 @@ from randpos.evaluation import EvalResult
 from randpos.progress import ProgressReporter
 from randpos.runs import CHECKPOINT_VERSION, StopFlag, TrainingInterrupted, atomic_torch_save
 from randpos.seeding import make_generator, resolve_device
+from randpos.trust import check_adam_state, check_weights
 
 #: How the members run (docs/performance.md has the measurements):
 #: "vmap": one vmapped eager pass for all members (batched kernels; the CUDA default);
@@ -158,21 +159,34 @@ class Member:
             "train_seconds": self.train_seconds,
         }
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        """Continue from ``state`` (:func:`randpos.runs.load_checkpoint`: its structure is
+        checked); ``ConfigError`` naming ``source`` unless it was written by this config's run."""
         # fields added after a checkpoint was written take their defaults
         saved = result_fields(TrainConfig())
         saved.update({k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS})
         if saved != result_fields(self.config):
             diff = sorted(k for k in saved if saved.get(k) != result_fields(self.config).get(k))
             raise ConfigError(
-                "checkpoint was written with a different config (fields: "
+                f"{source} was written with a different config (fields: "
                 f"{', '.join(diff)}); resume with the same settings or start a new --out"
             )
+        check_weights(self.model, state["model"], source, "model weights")
+        check_adam_state(state["optimizer"], list(self.model.parameters()), source)
+        missing = [s for s in self.generators if s not in state["generators"]]
+        if missing:
+            raise ConfigError(f"{source}: no state of the random stream(s) {', '.join(missing)}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for s, g in self.generators.items():
-            g.set_state(state["generators"][s])
-        self.curriculum.set_state(state["curriculum"])
+        try:
+            for s, g in self.generators.items():
+                g.set_state(state["generators"][s])
+            self.curriculum.set_state(state["curriculum"])
+        except RuntimeError as exc:
+            message = str(exc).strip().splitlines()[0]
+            raise ConfigError(
+                f"{source}: a random stream's state does not fit ({message})"
+            ) from None
         self.step = state["step"]
         self.history = list(state["history"])
         self.train_seconds = state["train_seconds"]
@@ -325,11 +339,17 @@ class Trainer:
         self.sync()
         return [m.model for m in self.members]
 
-    def load_states(self, states: Sequence[dict[str, Any] | None]) -> None:
-        """Resume from single-run checkpoints (``None``: that member starts fresh)."""
-        for member, state in zip(self.members, states, strict=True):
+    def load_states(
+        self,
+        states: Sequence[dict[str, Any] | None],
+        sources: Sequence[Any] | None = None,
+    ) -> None:
+        """Resume from single-run checkpoints (``None``: that member starts fresh); ``sources``
+        (the checkpoints' paths) name them in errors."""
+        sources = list(sources) if sources is not None else ["checkpoint"] * self.size
+        for member, state, source in zip(self.members, states, sources, strict=True):
             if state is not None:
-                member.load_state(state)
+                member.load_state(state, str(source))
         self._load_from_members()
 
     def load_weights(self, weights: Sequence[dict[str, torch.Tensor] | None]) -> None:

@@ -33,11 +33,13 @@ from randpos.runs import (
     load_checkpoint,
     make_summary,
     prepare_out_dir,
+    read_model_file,
     run_id,
     write_run_files,
 )
 from randpos.seeding import resolve_device
 from randpos.trainer import Trainer, check_compatible
+from randpos.trust import check_weights, config_from_file, read_summary
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -106,8 +108,8 @@ def train_runs(
             continue
         prepare_out_dir(out, resume=resume, overwrite=overwrite)
         if resume and (out / SUMMARY).exists():
-            summary = json.loads((out / SUMMARY).read_text())
-            if summary.get("run_id") == run_id(config):
+            summary = read_summary(out / SUMMARY)
+            if summary["run_id"] == run_id(config):
                 outcomes[i] = summary  # already complete: resuming a finished run is a no-op
             else:
                 outcomes[i] = ConfigError(f"{out} holds a finished run with a different config")
@@ -137,7 +139,7 @@ def train_runs(
 def _train_members(configs, outs, states, *, store, progress, sweep, compile):
     rids = [run_id(c) for c in configs]
     trainer = Trainer(configs, compile=compile)
-    trainer.load_states(states)
+    trainer.load_states(states, [out / CHECKPOINT if out is not None else None for out in outs])
     if store is not None:
         for rid, config, out in zip(rids, configs, outs, strict=True):
             store.start_run(rid, config.to_dict(), sweep=sweep, out_dir=str(out) if out else None)
@@ -205,12 +207,14 @@ def evaluate_run(
     eval_max_length: int | None = None,
     eval_positions: str | None = None,
     progress: bool = True,
+    trust_workload: str | Sequence[str] | None = None,
 ) -> tuple[EvalResult, TrainConfig]:
     """Evaluate a finished (or checkpointed) run of any workload again, on sizes
     1..``eval_max_length`` with the position mode ``eval_positions`` (default: the run's),
     through the same loop that evaluated it first (``randpos evaluate``). Returns the result
-    and the run's config with those two settings applied."""
-    model, config = load_model(run_dir, device)
+    and the run's config with those two settings applied. ``trust_workload``: the
+    ``module:Class`` workload the run may name (:func:`load_model`)."""
+    model, config = load_model(run_dir, device, trust_workload=trust_workload)
     trainer = Trainer(config)
     trainer.load_weights([model.state_dict()])
     changes = {"eval_max_length": eval_max_length, "eval_positions": eval_positions}
@@ -235,18 +239,20 @@ def predict_run(
     eval_positions: str | None = None,
     decode_positions: str | None = None,
     device: str = "auto",
+    trust_workload: str | Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], TrainConfig]:
     """``count`` fresh examples of the run's task at ``length`` with the model's outputs
     (``randpos generate``): for each its input, target and output symbols, the positions it
     was given and the masked count of correct symbols. A decoder generates token by token with
     its KV cache; an encoder answers in one pass. Positions follow the run's evaluation mode
-    (``eval_positions``) and, for a decoder, ``decode_positions``."""
+    (``eval_positions``) and, for a decoder, ``decode_positions``. ``trust_workload``: the
+    ``module:Class`` workload the run may name (:func:`load_model`)."""
     from randpos.evaluation import draw_positions
     from randpos.seeding import make_generator
 
     if not isinstance(length, int) or length < 1:
         raise ConfigError(f"--length must be a positive integer, got {length!r}")
-    model, config = load_model(run_dir, device)
+    model, config = load_model(run_dir, device, trust_workload=trust_workload)
     changes = {"eval_positions": eval_positions}
     if decode_positions is not None:
         changes["options"] = {**config.options, "decode_positions": decode_positions}
@@ -287,31 +293,33 @@ def predict_run(
     return rows, config
 
 
-def load_model(run_dir: str | Path, device: str = "auto") -> tuple[torch.nn.Module, TrainConfig]:
-    """Load a finished run's model (model.safetensors) or a checkpoint.pt."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
+def load_model(
+    run_dir: str | Path,
+    device: str = "auto",
+    *,
+    trust_workload: str | Sequence[str] | None = None,
+) -> tuple[torch.nn.Module, TrainConfig]:
+    """Load a finished run's model (model.safetensors) or a checkpoint.pt, without running
+    anything the files hold (:mod:`randpos.trust`): a config naming a ``module:Class``
+    workload is refused unless that path is in ``trust_workload``, and files that are not what
+    randpos writes, or do not fit the model their config describes, give a one-line
+    ``ConfigError``."""
     run_dir = Path(run_dir)
     weights_path = run_dir / "model.safetensors"
     dev = resolve_device(device)
     if weights_path.exists():
-        try:
-            with safe_open(str(weights_path), framework="pt") as f:
-                meta = f.metadata() or {}
-            weights = load_file(str(weights_path))
-            config = TrainConfig.from_dict(json.loads(meta["config"]))
-        except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as exc:
-            raise ConfigError(f"cannot read {weights_path}: {exc}") from None
+        source = weights_path
+        weights, raw = read_model_file(weights_path)
     elif (run_dir / CHECKPOINT).exists():
-        state = load_checkpoint(run_dir / CHECKPOINT)
-        config = TrainConfig.from_dict(state["config"])
-        weights = state["model"]
+        source = run_dir / CHECKPOINT
+        state = load_checkpoint(source)
+        weights, raw = state["model"], state["config"]
     else:
         raise ConfigError(f"no model.safetensors or {CHECKPOINT} in {run_dir}")
-    config = config.replace(device=str(dev))
+    config = config_from_file(raw, source, trust_workload).replace(device=str(dev))
     workload = config.workload_class()(config)
     model = workload.build_model(torch.Generator())
+    check_weights(model, weights, source)
     model.load_state_dict(weights)
     return model.to(dev), config
 

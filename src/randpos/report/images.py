@@ -9,6 +9,8 @@ side; sample grids are read from the runs' ``samples.npz`` where their directori
 
 from __future__ import annotations
 
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -179,8 +181,13 @@ def sample_figures(frame: pd.DataFrame, out: Path, workload: str = "dit") -> dic
         for out_dir in group["out_dir"]:
             path = Path(str(out_dir)) / "samples.npz"
             if out_dir and path.is_file():
-                with np.load(path) as data:
-                    arrays[arm] = {k: data[k] for k in data.files}
+                try:  # a store's run directories may come from others: arrays only, no pickles
+                    with np.load(path, allow_pickle=False) as data:
+                        arrays[arm] = {
+                            k: data[k] for k in data.files if re.fullmatch(r"side_\d+", k)
+                        }
+                except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+                    continue  # unreadable, or holding pickled objects: the next seed's
                 break
     paths = {}
     sides = sorted({int(k.split("_")[-1]) for a in arrays.values() for k in a})

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from randpos.config import ensemble_key
-from randpos.store import STALE_AFTER_S, ResultsStore, config_hash, default_store_path
+from randpos.store import STALE_AFTER_S, ResultsStore, default_store_path
 from randpos.sweep.executors import Job, LocalExecutor, Outcome, RayExecutor, make_executor
 from randpos.sweep.jobs import SUMMARY, EachRun, GroupFn, RunFn, train_group, train_run
 from randpos.sweep.plan import SweepError, SweepSpec, expand, load_spec
+from randpos.trust import check_summary
 
 
 @dataclass
@@ -242,15 +243,13 @@ def _claim(store, rid, config, sweep, runs_dir, retry_failed, stale_after, resul
 
 
 def _finished_on_disk(out_dir: Path, rid: str) -> dict | None:
+    """The run's summary.json when it is a well-formed summary of run ``rid``
+    (:func:`randpos.trust.check_summary`), else None: the run is trained (or resumed) again."""
     try:
-        summary = json.loads((out_dir / SUMMARY).read_text())
-    except (OSError, ValueError):
+        summary = check_summary(json.loads((out_dir / SUMMARY).read_text()), out_dir / SUMMARY)
+    except (OSError, ValueError):  # ConfigError is a ValueError
         return None
-    if not isinstance(summary, dict) or "per_length" not in summary:
-        return None
-    if summary.get("run_id") != rid and config_hash(summary.get("config") or {}) != rid:
-        return None
-    return summary
+    return summary if summary["run_id"] == rid else None
 
 
 def _per_length(summary: dict) -> dict[int, float]:
