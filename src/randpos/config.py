@@ -7,25 +7,28 @@ and bad values with a message naming the field, the value and what is allowed (d
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
-import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from randpos.core.fields import (
+    ConfigError,
+    check_choice,
+    check_positive,
+    coerce_value,
+    field_types,
+    unknown_fields_error,
+)
+
 CURRICULA = ("uniform", "fixed")
 RANDOMIZE_MODES = ("positions", "distances", "float", "pose")
 EVAL_POSITION_MODES = ("random", "contiguous", "spread")
 ATTENTION_BACKENDS = ("fast", "math")
 PRECISIONS = ("fp32", "bf16")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and what is allowed."""
 
 
 @dataclass
@@ -178,7 +181,7 @@ class TrainConfig:
             "log_every",
             "checkpoint_every",
         ):
-            _positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         for name in ("seed", "curriculum_seed", "eval_seed", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -218,6 +221,12 @@ class TrainConfig:
             raise ConfigError(f"workload: {exc}") from None
 
     # ---------------------------------------------------------------- derived quantities
+    def position_spec(self):
+        """This run's :class:`randpos.positions.PositionSpec`."""
+        from randpos.positions.spec import LEGACY_FIELDS, spec_from_legacy
+
+        return spec_from_legacy({name: getattr(self, name) for name in LEGACY_FIELDS})
+
     def sequence_length(self, n: int) -> int:
         """Model sequence length T for a requested task length n (inputs + blanks)."""
         return _sequence_length(self.task, n)
@@ -345,82 +354,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-@functools.cache
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
-
-
-def _field_type(name: str) -> Any:
-    return _field_types()[name]
-
-
-def unknown_fields_error(unknown, known, what: str) -> ConfigError:
-    """The message for ``unknown`` keys: each named, with a close match, then the allowed names."""
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, sorted(known), n=1)
-        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    return ConfigError(f"unknown {what}: {', '.join(hints)}; allowed: {', '.join(sorted(known))}")
-
-
 def _coerce(name: str, value: Any) -> Any:
-    return coerce_value(name, value, _field_type(name))
-
-
-def coerce_value(name: str, value: Any, kind: Any) -> Any:
-    """Convert a CLI/YAML value to the type ``kind``, rejecting (naming ``name``) what does
-    not fit; used for config fields and for workload options."""
-    args = typing.get_args(kind)
-    if type(None) in args:  # an optional field: None (also "none"/"null" from the CLI) or a value
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        kind = next(a for a in args if a is not type(None))
-    if typing.get_origin(kind) is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name} must be a mapping, got {value!r}")
-        return dict(value)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if kind is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
-        return value
-    return value  # pragma: no cover
-
-
-def check_choice(name: str, value: str, allowed) -> None:
-    """``ConfigError`` naming the field unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(allowed)}")
-
-
-def _positive(name: str, value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"{name} must be >= 1, got {value}")
+    return coerce_value(name, value, field_types(TrainConfig)[name])
 
 
 __all__ = [

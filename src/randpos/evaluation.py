@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 
 from randpos.config import TrainConfig
-from randpos.positions import contiguous_positions, sample_distances, sample_positions
+from randpos.positions import PositionPlan, plan_positions
 from randpos.seeding import make_generator
 from randpos.tasks import Batch, Task, get_task
 
@@ -41,22 +40,6 @@ def model_inputs(batch: Batch, task: Task) -> torch.Tensor:
     return torch.cat([batch.inputs, blanks], dim=1)
 
 
-class PositionPlan(NamedTuple):
-    """What the model is told about positions for one forward pass.
-
-    positions:       (B, T) or (1, T)
-    distances:       (G, 2, T) distance tables, the reference's reading for relative/ALiBi
-    layer_positions: (num_layers, B or 1, T) per-layer positions for attention-level PEs
-    """
-
-    positions: torch.Tensor
-    distances: torch.Tensor | None = None
-    layer_positions: torch.Tensor | None = None
-
-    def model_kwargs(self) -> dict[str, torch.Tensor | None]:
-        return {"distances": self.distances, "layer_positions": self.layer_positions}
-
-
 def draw_positions(
     config: TrainConfig,
     batch_size: int,
@@ -66,51 +49,17 @@ def draw_positions(
     mode: str = "random",
     device: torch.device | str = "cpu",
 ) -> PositionPlan:
-    """Positions for a forward pass of ``batch_size`` sequences of ``length`` tokens.
-
-    Plain (non-randomized) runs always use contiguous positions 0..T-1. Randomized runs use the
-    given mode: ``random`` (the training rule and the reference's evaluation: a sorted sample
-    from [0, L), or with ``randomize="float"`` sorted continuous draws, with ``"pose"`` PoSE's
-    two chunks with a skip), ``contiguous`` or ``spread`` (evenly spaced over [0, L)). With
-    ``randomize="distances"`` (the reference's reading) relative/ALiBi get sorted distance
-    tables and, with ``redraw_per_layer``, every layer draws its own tables and its own RoPE
-    positions, as the reference does.
-    """
-    if not config.randomized or mode == "contiguous":
-        return PositionPlan(contiguous_positions(batch_size, length, device=device))
-    L = config.max_position
-
-    sampler = config.randomize if config.randomize in ("float", "pose") else "positions"
-
-    def positions() -> torch.Tensor:  # (B, T)
-        return sample_positions(
-            mode,
-            batch_size,
-            length,
-            L,
-            generator,
-            per_sequence=config.per_sequence_positions,
-            device=device,
-            sampler=sampler,
-        )
-
-    shared = positions()
-    if config.randomize != "distances":
-        return PositionPlan(shared)
-    redraw = config.redraw_per_layer and mode == "random"
-    distances = sample_distances(
-        mode,
-        config.num_layers if redraw else 1,
+    """The positions of a forward pass of a run of ``config``
+    (:func:`randpos.positions.plan_positions` with the run's spec and depth)."""
+    return plan_positions(
+        config.position_spec(),
+        config.num_layers,
+        batch_size,
         length,
-        L,
         generator,
-        both_sides=config.both_sides,
+        mode=mode,
         device=device,
-    )  # (G, 2, T)
-    layer_positions = None
-    if redraw:
-        layer_positions = torch.stack([positions() for _ in range(config.num_layers)])
-    return PositionPlan(shared, distances, layer_positions)
+    )
 
 
 def evaluation_batch(

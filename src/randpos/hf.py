@@ -43,7 +43,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
         "randpos.hf needs the transformers package: pip install 'randpos[hf]'"
     ) from err
 
-from randpos.positions import _sorted_subset, decode_positions, pose_positions, spread_positions
+from randpos.positions import decode_positions, pose_positions, sorted_subset, spread_positions
 
 __all__ = [
     "DECODE_POSITIONS",
@@ -86,7 +86,7 @@ def rooted_positions(
     zero = torch.zeros(1, dtype=torch.long)
     if length == 1:
         return zero
-    tail = _sorted_subset(1, length - 1, max_position - 1, generator, "cpu")[0] + 1
+    tail = sorted_subset(1, length - 1, max_position - 1, generator, "cpu")[0] + 1
     return torch.cat([zero, tail])
 
 

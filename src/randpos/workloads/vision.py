@@ -7,7 +7,7 @@ A *size* is the canvas side S (the patch grid is S/p x S/p). Training always use
 ``options.eval_sides``; only the training side counts as in-distribution (smaller sides are
 unseen too). Positions are (B, N, 2) grid positions (y, x): contiguous for plain runs (or, with
 ``options.pi``, position interpolation at larger grids), and for randomized runs sorted draws
-from [0, L) per axis (``randpos.vision.positions``), one draw per sample when
+from [0, L) per axis (``randpos.positions.grid``), one draw per sample when
 ``per_sequence_positions``; evaluation uses ``eval_positions`` (random | contiguous | spread),
 recorded with every result. One position draw per sample serves the whole sampling trajectory.
 
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from randpos.positions import sample_grid_positions
 from randpos.seeding import make_generator
 from randpos.workloads.base import Batch, Models, Workload
 from randpos.workloads.registry import register_workload
@@ -213,15 +214,12 @@ class VisionWorkload(Workload):
     def positions(self, batch: int, side: int, mode: str, generator, device) -> torch.Tensor:
         """Grid positions (B, N, 2) for canvases of ``side``: the training rule for
         ``mode="random"`` (contiguous for plain runs), else the evaluation mode."""
-        from randpos.vision.positions import sample_grid_positions
-
         cfg = self.config
         grid = side // self.opts.patch
         if not cfg.randomized:
             mode = "interpolate" if (self.opts.pi and mode != "train") else "contiguous"
         elif mode == "train":
             mode = "random"
-        sampler = cfg.randomize if cfg.randomize in ("float", "pose") else "positions"
         return sample_grid_positions(
             mode,
             batch,
@@ -229,7 +227,7 @@ class VisionWorkload(Workload):
             grid,
             cfg.max_position,
             generator,
-            sampler=sampler,
+            sampler=cfg.position_spec().sampler,
             per_sample=cfg.per_sequence_positions,
             train_side=cfg.max_train_length // self.opts.patch,
             device=device,

@@ -1,7 +1,5 @@
-"""Position samplers: the randomized method of the paper, as data fed to any encoding.
-
-A positional encoding never invents positions; it receives them (docs/design.md §1). Randomization
-is a choice of sampler, so it composes with every encoding.
+"""Position samplers: the paper's randomized positions and the other draws, as data fed to any
+encoding (docs/design.md §1).
 
 Notation: B = batch size, T = sequence length (``length``), L = ``max_position`` (the range of
 simulated positions, ``noise_max_length`` in the reference), G = number of distance tables.
@@ -23,15 +21,10 @@ import numbers
 
 import torch
 
-#: Position modes for evaluation (docs/reference-system.md §8) and for :func:`sample_positions`.
-EVAL_MODES = ("random", "contiguous", "spread")
-#: The samplers behind the "random" mode (``TrainConfig.randomize`` names them; "distances"
-#: draws positions too, plus distance tables): sorted integer subsets, Random Float Sampling,
-#: PoSE's chunked skips.
-SAMPLERS = ("positions", "float", "pose")
+from randpos.positions.spec import EVAL_MODES
 
 
-def _check_sizes(
+def check_sizes(
     batch_size: int, length: int, max_position: int | None = None, batch_name: str = "batch_size"
 ) -> None:
     sizes = [(batch_name, batch_size), ("length", length)]
@@ -50,7 +43,7 @@ def _check_sizes(
         )
 
 
-def _sorted_subset(
+def sorted_subset(
     rows: int,
     length: int,
     population: int,
@@ -77,7 +70,7 @@ def contiguous_positions(
     batch_size: int, length: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """Positions ``0, 1, ..., T-1`` for every sequence: LongTensor[B, T]."""
-    _check_sizes(batch_size, length)
+    check_sizes(batch_size, length)
     return torch.arange(length, device=device).expand(batch_size, length).contiguous()
 
 
@@ -97,10 +90,10 @@ def randomized_positions(
     ``per_sequence=True`` draws every row independently. Raises ``ValueError`` when
     ``length > max_position``.
     """
-    _check_sizes(batch_size, length, max_position)
+    check_sizes(batch_size, length, max_position)
     if per_sequence:
-        return _sorted_subset(batch_size, length, max_position, generator, device)
-    row = _sorted_subset(1, length, max_position, generator, device)
+        return sorted_subset(batch_size, length, max_position, generator, device)
+    row = sorted_subset(1, length, max_position, generator, device)
     return row.expand(batch_size, length).contiguous()
 
 
@@ -120,7 +113,7 @@ def float_positions(
     (ties have probability zero), shared by the batch unless ``per_sequence``. Only encodings
     whose formula is continuous in the positions take them (``float_positions``).
     """
-    _check_sizes(batch_size, length, max_position)
+    check_sizes(batch_size, length, max_position)
     rows = batch_size if per_sequence else 1
     dev = generator.device if generator is not None else device  # draw on the generator's
     draws = torch.rand(rows, length, generator=generator, device=dev, dtype=torch.float64)
@@ -144,7 +137,7 @@ def pose_positions(
     between them, rooted at 0, so relative distances up to L-1 are seen while every chunk
     stays contiguous. One draw is shared by the batch unless ``per_sequence``.
     """
-    _check_sizes(batch_size, length, max_position)
+    check_sizes(batch_size, length, max_position)
     rows = batch_size if per_sequence else 1
     dev = generator.device if generator is not None else device  # draw on the generator's
     first = torch.randint(1, (length + 1) // 2 + 1, (rows, 1), generator=generator, device=dev)
@@ -165,7 +158,7 @@ def spread_positions(
     Deterministic and strictly increasing (consecutive values differ by at least L/T >= 1); an
     evaluation mode that covers the whole trained range without sampling noise.
     """
-    _check_sizes(batch_size, length, max_position)
+    check_sizes(batch_size, length, max_position)
     row = torch.arange(length, device=device) * max_position // length
     return row.expand(batch_size, length).contiguous()
 
@@ -179,10 +172,11 @@ def sample_positions(
     *,
     per_sequence: bool = False,
     device: torch.device | str | None = None,
-    sampler: str = "positions",
+    sampler: str = "random",
 ) -> torch.Tensor:
     """Dispatch on ``mode`` in :data:`EVAL_MODES`: (B, T) positions within ``[0, L)``; the
-    ``random`` mode draws with ``sampler`` (:data:`SAMPLERS`; float positions for "float").
+    ``random`` mode draws with ``sampler`` (``random``, ``float`` (float positions) or ``pose``;
+    :data:`~randpos.positions.spec.SAMPLERS`).
 
     ``contiguous`` also checks ``length <= max_position`` so every mode fails the same way.
     """
@@ -192,7 +186,7 @@ def sample_positions(
             batch_size, length, max_position, generator, per_sequence=per_sequence, device=device
         )
     if mode == "contiguous":
-        _check_sizes(batch_size, length, max_position)
+        check_sizes(batch_size, length, max_position)
         return contiguous_positions(batch_size, length, device=device)
     if mode == "spread":
         return spread_positions(batch_size, length, max_position, device=device)
@@ -220,12 +214,12 @@ def randomized_distances(
     draw, the reference's ``randomize_both_sides``). ``num_tables`` is 1 for a table shared by all
     layers, or the number of layers for the reference's per-layer redraw.
     """
-    _check_sizes(num_tables, length, max_position, "num_tables")
+    check_sizes(num_tables, length, max_position, "num_tables")
     sides = 2 if both_sides else 1
     rows = num_tables * sides
     if length > 1:
         # a sorted (T-1)-subset of {0..L-2}, shifted to {1..L-1}
-        tail = _sorted_subset(rows, length - 1, max_position - 1, generator, device) + 1
+        tail = sorted_subset(rows, length - 1, max_position - 1, generator, device) + 1
     else:
         tail = torch.empty(rows, 0, dtype=torch.long, device=device)
     zero = torch.zeros(rows, 1, dtype=torch.long, device=tail.device)  # a_0: the query itself
@@ -240,7 +234,7 @@ def contiguous_distances(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Identity tables ``a_d = d`` on both sides: LongTensor[G, 2, T] (the unrandomized case)."""
-    _check_sizes(num_tables, length, batch_name="num_tables")
+    check_sizes(num_tables, length, batch_name="num_tables")
     return torch.arange(length, device=device).expand(num_tables, 2, length).contiguous()
 
 
@@ -251,7 +245,7 @@ def spread_distances(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Evenly spaced distances ``a_d = floor(d * L / T)`` on both sides: LongTensor[G, 2, T]."""
-    _check_sizes(num_tables, length, max_position, "num_tables")
+    check_sizes(num_tables, length, max_position, "num_tables")
     row = torch.arange(length, device=device) * max_position // length
     return row.expand(num_tables, 2, length).contiguous()
 
@@ -272,88 +266,8 @@ def sample_distances(
             num_tables, length, max_position, generator, both_sides=both_sides, device=device
         )
     if mode == "contiguous":
-        _check_sizes(num_tables, length, max_position, "num_tables")
+        check_sizes(num_tables, length, max_position, "num_tables")
         return contiguous_distances(num_tables, length, device=device)
     if mode == "spread":
         return spread_distances(num_tables, length, max_position, device=device)
     raise ValueError(f"unknown distance mode {mode!r}; valid modes: {', '.join(EVAL_MODES)}")
-
-
-# --- positions of generated tokens (incremental decoding) -------------------------------------
-
-#: How the tokens a causal model generates are placed after its prompt (``decode_positions``).
-DECODE_MODES = ("arange", "spread", "random")
-
-
-def decode_positions(
-    prompt_positions: torch.Tensor,
-    new_tokens: int,
-    max_position: int,
-    mode: str = "random",
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Positions of ``new_tokens`` generated after a prompt at ``prompt_positions`` (B, P):
-    (B, N), each row strictly increasing and after the prompt's last position p.
-
-    * ``arange``: p+1, p+2, ..., p+N;
-    * ``spread``: evenly spaced over (p, L): p + ceil((i + 1) (L-1-p) / N), i = 0..N-1, the last
-      at L-1;
-    * ``random``: a sorted uniform draw of N distinct positions from (p, L), made once for the
-      whole generation (not gap by gap, which would drift towards L). For a sorted uniform
-      subset of [0, L), the elements after its P smallest are exactly such a draw, so a prompt
-      drawn that way and its continuation are distributed like one training sequence.
-      Float prompt positions (Random Float Sampling) continue with sorted uniform floats.
-
-    Rows sharing one draw (``prompt_positions`` of batch 1, or expanded) share the result.
-    ``ValueError`` when the N positions do not fit below L (positions are never clamped).
-    """
-    if mode not in DECODE_MODES:
-        raise ValueError(
-            f"unknown decode_positions {mode!r}; valid modes: {', '.join(DECODE_MODES)}"
-        )
-    if prompt_positions.dim() != 2 or prompt_positions.shape[1] == 0:
-        raise ValueError(
-            f"prompt positions must have a non-empty shape (B, P), got "
-            f"{tuple(prompt_positions.shape)}"
-        )
-    _check_sizes(prompt_positions.shape[0], new_tokens, max_position, "prompt batch")
-    last = prompt_positions[:, -1:]  # (B, 1)
-    shared = bool((last == last[:1]).all())
-    rows = 1 if shared else last.shape[0]
-    last = last[:rows]
-    room = max_position - 1 - last  # positions available after the prompt, per row
-    if bool((room < new_tokens).any()):
-        worst = int(last.max())
-        raise ValueError(
-            f"{new_tokens} generated tokens do not fit after the prompt's last position {worst}"
-            f" below max_position {max_position}; shorten the generation or raise max_position"
-        )
-    step = torch.arange(1, new_tokens + 1, device=last.device)  # (N,)
-    if mode == "arange":
-        out = last + step.to(last.dtype)
-    elif mode == "spread":
-        out = last + torch.div(
-            step * room.long() + new_tokens - 1, new_tokens, rounding_mode="floor"
-        )
-        out = out.to(last.dtype)
-    elif last.is_floating_point():
-        draws = torch.rand(
-            rows,
-            new_tokens,
-            generator=generator,
-            dtype=torch.float64,
-            device=generator.device if generator is not None else last.device,
-        ).to(last.device)
-        span = (max_position - last).clamp(min=0)
-        out = (last + draws * span).clamp(max=max_position - 1e-9).sort(dim=-1).values
-        out = out.to(last.dtype)
-    else:
-        # a sorted subset of (p, L) per row: the N smallest of i.i.d. keys over the positions
-        # after p (earlier ones are pushed past every real key)
-        population = torch.arange(max_position, device=last.device)  # (L,)
-        dev = generator.device if generator is not None else last.device
-        keys = torch.rand(rows, max_position, generator=generator, device=dev, dtype=torch.float64)
-        keys = keys.to(last.device).masked_fill(population <= last, 2.0)
-        idx = keys.topk(new_tokens, dim=1, largest=False, sorted=False).indices
-        out = idx.sort(dim=1).values.to(last.dtype)
-    return out.expand(prompt_positions.shape[0], new_tokens).contiguous()

@@ -1,0 +1,88 @@
+"""Position plans: everything a model is told about positions for one forward pass.
+
+One function, :func:`plan_positions`, draws the plan of a training batch, of an evaluated batch
+and of a decoder's prompt from a :class:`~randpos.positions.spec.PositionSpec`, so training,
+evaluation and decoding cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from randpos.positions.samplers import contiguous_positions, sample_distances, sample_positions
+from randpos.positions.spec import PositionSpec
+
+
+class PositionPlan(NamedTuple):
+    """What the model is told about positions for one forward pass.
+
+    positions:       (B, T) or (1, T)
+    distances:       (G, 2, T) distance tables, the reference's reading for relative/ALiBi
+    layer_positions: (num_layers, B or 1, T) per-layer positions for attention-level PEs
+    """
+
+    positions: torch.Tensor
+    distances: torch.Tensor | None = None
+    layer_positions: torch.Tensor | None = None
+
+    def model_kwargs(self) -> dict[str, torch.Tensor | None]:
+        return {"distances": self.distances, "layer_positions": self.layer_positions}
+
+
+def plan_positions(
+    spec: PositionSpec,
+    num_layers: int,
+    batch_size: int,
+    length: int,
+    generator: torch.Generator | None,
+    *,
+    mode: str = "random",
+    device: torch.device | str = "cpu",
+) -> PositionPlan:
+    """Positions for a forward pass of ``batch_size`` sequences of ``length`` tokens.
+
+    A plain spec (sampler ``contiguous``) always gives 0..T-1. Otherwise ``mode`` decides:
+    ``random`` (the training rule and the reference's evaluation: a fresh draw of the spec's
+    sampler), ``contiguous`` or ``spread`` (evenly spaced over [0, L)). With the ``distances``
+    reading, relative/ALiBi get sorted distance tables and, with ``redraw_per_layer``, every
+    one of the ``num_layers`` layers draws its own tables and its own RoPE positions, as the
+    reference does.
+    """
+    if not spec.randomized or mode == "contiguous":
+        return PositionPlan(contiguous_positions(batch_size, length, device=device))
+    L = spec.max_position
+
+    def positions() -> torch.Tensor:  # (B, T)
+        return sample_positions(
+            mode,
+            batch_size,
+            length,
+            L,
+            generator,
+            per_sequence=spec.per_sequence,
+            device=device,
+            sampler=spec.sampler,
+        )
+
+    shared = positions()
+    if not spec.distances:
+        return PositionPlan(shared)
+    redraw = spec.redraw_per_layer and mode == "random"
+    distances = sample_distances(
+        mode,
+        num_layers if redraw else 1,
+        length,
+        L,
+        generator,
+        both_sides=spec.both_sides,
+        device=device,
+    )  # (G, 2, T)
+    layer_positions = None
+    if redraw:
+        layer_positions = torch.stack([positions() for _ in range(num_layers)])
+    return PositionPlan(shared, distances, layer_positions)
+
+
+__all__ = ["PositionPlan", "plan_positions"]
