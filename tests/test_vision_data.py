@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import EPS32, EPS64
 
 from randpos.seeding import make_generator
 from randpos.vision import metrics
@@ -52,6 +53,11 @@ def global_rng_untouched():
 
 def gen(seed: int = 0, stream: str = "test") -> torch.Generator:
     return make_generator(seed, stream)
+
+
+def f64_atol(scale: float, *, depth: int = 1, width: int = 1) -> float:
+    """numerics.f32_atol's bound for float64: EPS64 * depth * sqrt(width) * scale."""
+    return EPS64 * depth * math.sqrt(width) * scale
 
 
 # --- digits ------------------------------------------------------------------------------------
@@ -100,6 +106,7 @@ def test_resize_canvases_shape_range_and_identity_at_8():
         out = digit_canvases(images, side)
         assert out.shape == (6, 1, side, side) and out.dtype == torch.float32
         assert out.min() >= 0 and out.max() <= 1
+    # exact: an antialiased bilinear resize to the same size has weights 1 and 0
     assert torch.equal(digit_canvases(images, 8), images[:, None])
     # area-preserving to first order: upsampling keeps the mean intensity
     big = digit_canvases(images, 32)
@@ -111,7 +118,8 @@ def test_paste_places_the_digit_unresized_inside_the_canvas():
     side = 13
     out = digit_canvases(images, side, "paste", gen())
     assert out.shape == (12, 1, side, side)
-    assert torch.allclose(out.sum(dim=(1, 2, 3)), images.sum(dim=(1, 2)))
+    # exact: digits are multiples of 1/16 summing to < 64, so any float32 sum order is exact
+    assert torch.equal(out.sum(dim=(1, 2, 3)), images.sum(dim=(1, 2)))
     tops = set()
     for b in range(12):
         # brute force: exactly one placement reproduces the canvas (digits are not all zero)
@@ -220,7 +228,8 @@ def test_sample_images_digits_random_and_indexed():
     assert torch.equal(images, digit_canvases(split.test_images[index], 16))
     assert torch.equal(labels, split.test_labels[index])
     pasted, _ = sample_images("digits", "test", 3, 16, gen(), mode="paste", index=index)
-    assert torch.allclose(pasted.sum(dim=(1, 2, 3)), split.test_images[index].sum(dim=(1, 2)))
+    # exact: sums of multiples of 1/16 below 64 (see test_paste_places_the_digit...)
+    assert torch.equal(pasted.sum(dim=(1, 2, 3)), split.test_images[index].sum(dim=(1, 2)))
 
 
 def test_sample_images_shapes_and_argument_checks():
@@ -283,7 +292,9 @@ def test_resize_crop_is_the_reported_region_of_the_resized_image():
         resized = F.interpolate(
             images[b : b + 1], size=(side, side), mode="bilinear", antialias=True
         )
-        assert torch.allclose(crops[b], resized[0, :, top : top + S, left : left + S])
+        # exact: the same F.interpolate call on the same image (at side = S, where the code does
+        # not resize, an antialiased bilinear resize to the same size has weights 1 and 0)
+        assert torch.equal(crops[b], resized[0, :, top : top + S, left : left + S])
         sides.add(side)
     assert len(sides) > 3  # the scale is drawn per sample
     again = random_resize_crop(images, gen(2), max_scale=2.0)
@@ -420,6 +431,15 @@ def _sqrtm_psd(c: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
+def fd_atol(n: int, mu_a, mu_b, ca, cb) -> float:
+    """float64 FD of samples built with given moments against the closed form: the samples'
+    construction (a whitening and a product), the covariances (sums of n terms), sqrtm and the
+    traces, of terms of size ||mu_a - mu_b||^2 + tr Ca + tr Cb: EPS64 * 4 * sqrt(n) * that."""
+    terms = float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb))
+    return f64_atol(terms, depth=4, width=n)
+
+
+@pytest.mark.numerics
 def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():
     d = 5
     rng = np.random.default_rng(0)
@@ -428,12 +448,36 @@ def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():
     a = _with_moments(300, mu_a, np.diag(np.sqrt(var_a)), 1)
     b = _with_moments(200, mu_b, np.diag(np.sqrt(var_b)), 2)
     expected = ((mu_a - mu_b) ** 2).sum() + ((np.sqrt(var_a) - np.sqrt(var_b)) ** 2).sum()
-    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-7)
-    # torch tensors (float32) are accepted and computed in float64
-    fd32 = frechet_distance(torch.tensor(a, dtype=torch.float32), torch.tensor(b))
-    assert fd32 == pytest.approx(expected, rel=1e-4)
+    atol = fd_atol(300, mu_a, mu_b, np.diag(var_a), np.diag(var_b))
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=0, abs=atol)
+    # torch tensors (float32) are accepted and computed in float64: exactly the float64 value
+    # of the rounded samples
+    a32 = torch.tensor(a, dtype=torch.float32)
+    fd32 = frechet_distance(a32, torch.tensor(b))
+    assert fd32 == frechet_distance(a32.double().numpy(), b)
+    # rounding a to float32 moves each entry by <= EPS32 / 2 of it, so (first order) a's means
+    # by <= EPS32 / 2 rms_k and its standard deviations by <= EPS32 / 2 rms_k sqrt(n / (n - 1))
+    # (rms_k = the root mean square of a's column k), and FD = sum_k (mu_a - mu_b)_k^2 +
+    # (sd_a - sd_b)_k^2 by <= EPS32 sum_k (|mu_a - mu_b| + |sd_a - sd_b|)_k rms_k sqrt(n / (n - 1))
+    rms = np.sqrt((a**2).mean(0))
+    gaps = np.abs(mu_a - mu_b) + np.abs(np.sqrt(var_a) - np.sqrt(var_b))
+    moved = EPS32 * float((gaps * rms).sum()) * math.sqrt(300 / 299)
+    assert fd32 == pytest.approx(expected, rel=0, abs=moved + atol)
 
 
+def self_fd_atol(c: np.ndarray) -> float:
+    """|FD(a, a)| = |2 tr C - 2 tr sqrtm(C C)| in float64: C C is off by about EPS64 sqrt(d)
+    lambda_max^2 (dot products of length d), which moves an eigenvalue lambda of its square root
+    by that / (2 lambda), at most EPS64 sqrt(d) kappa lambda_max / 2 (kappa = cond C); over the
+    d eigenvalues and with the formula's factor 2: EPS64 d^1.5 kappa lambda_max <= EPS64 d^1.5
+    kappa tr C."""
+    eig = np.linalg.eigvalsh(c)
+    assert eig.min() > 0  # a singular C would take frechet_distance's regularised branch
+    d = len(c)
+    return EPS64 * d**1.5 * float(eig.max() / eig.min()) * float(np.trace(c))
+
+
+@pytest.mark.numerics
 def test_frechet_distance_general_covariances_identity_and_symmetry():
     d = 4
     rng = np.random.default_rng(3)
@@ -447,9 +491,11 @@ def test_frechet_distance_general_covariances_identity_and_symmetry():
     expected = (
         ((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb) - 2 * np.trace(_sqrtm_psd(root @ cb @ root))
     )
-    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
-    assert frechet_distance(b, a) == pytest.approx(frechet_distance(a, b), rel=1e-9)
-    assert abs(frechet_distance(a, a)) < 1e-8 * np.trace(ca)
+    atol = fd_atol(150, mu_a, mu_b, ca, cb)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=0, abs=atol)
+    # sqrtm(Cb Ca) instead of sqrtm(Ca Cb): another computation, each side within atol
+    assert frechet_distance(b, a) == pytest.approx(frechet_distance(a, b), rel=0, abs=2 * atol)
+    assert abs(frechet_distance(a, a)) <= self_fd_atol(np.cov(a, rowvar=False))
     with pytest.raises(ValueError, match="b"):
         frechet_distance(a, b[:, :3])
 
@@ -470,11 +516,21 @@ def _kid_brute_force(x: np.ndarray, y: np.ndarray) -> float:
     return sxx + syy - 2 * sxy
 
 
+def kid_atol(x: np.ndarray, y: np.ndarray, size: int) -> float:
+    """float64 KID, matrix products against Python sums: the dot products (length d), the cube
+    and the means (the longest over size^2 pairs) of kernel values up to their largest:
+    EPS64 * 3 * sqrt(size^2) * max|k|."""
+    both = np.concatenate([x, y])
+    largest = float(np.abs((both @ both.T / x.shape[1] + 1.0) ** 3).max())
+    return f64_atol(largest, depth=3, width=size * size)
+
+
+@pytest.mark.numerics
 def test_kid_equals_the_brute_force_unbiased_estimate():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(9, 3)), rng.normal(0.5, 1.2, size=(9, 3))
     got = kernel_inception_distance(x, y, subsets=1, subset_size=9)
-    assert got == pytest.approx(_kid_brute_force(x, y), rel=1e-10)
+    assert got == pytest.approx(_kid_brute_force(x, y), rel=0, abs=kid_atol(x, y, 9))
     # subsets of a larger set: the mean of brute-force estimates on the same subsets
     big_x, big_y = rng.normal(size=(12, 3)), rng.normal(size=(15, 3))
     g1, g2 = gen(7), gen(7)
@@ -488,7 +544,7 @@ def test_kid_equals_the_brute_force_unbiased_estimate():
         ]
     )
     got = kernel_inception_distance(big_x, big_y, subsets=3, subset_size=6, generator=g1)
-    assert got == pytest.approx(expected, rel=1e-10)
+    assert got == pytest.approx(expected, rel=0, abs=kid_atol(big_x, big_y, 6))
 
 
 def test_kid_is_unbiased_for_one_distribution_and_positive_for_shifted_ones():
@@ -509,6 +565,7 @@ def test_kid_is_unbiased_for_one_distribution_and_positive_for_shifted_ones():
 # --- pixel statistics --------------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 def test_pixel_stats_on_hand_made_images():
     two = torch.zeros(1, 1, 8, 8)
     two[0, 0, 1:3, 1:3] = 1.0  # blob 1
@@ -518,8 +575,10 @@ def test_pixel_stats_on_hand_made_images():
     diagonal[0, 0, 7, 7] = 0.4  # below the ink threshold: not a component
     stats = pixel_stats(two)
     assert stats["components"] == 2
-    assert stats["ink_fraction"] == pytest.approx(12 / 64)
-    assert stats["mean_ink"] == pytest.approx((4 * 1.0 + 8 * 0.8) / 64)
+    assert stats["ink_fraction"] == 12 / 64  # exact: a count over 64
+    # float32's 0.8 is 0.8 to EPS32 / 2 relative; the float64 mean adds nothing of that size
+    mean_ink = (4 * 1.0 + 8 * 0.8) / 64
+    assert stats["mean_ink"] == pytest.approx(mean_ink, rel=0, abs=EPS32 * mean_ink)
     assert pixel_stats(diagonal)["components"] == 1
     both = pixel_stats(torch.cat([two, diagonal]))
     assert both["components"] == 1.5
@@ -528,27 +587,38 @@ def test_pixel_stats_on_hand_made_images():
         pixel_stats(torch.zeros(2, 8, 8))
 
 
+@pytest.mark.numerics
 def test_radial_spectrum_locates_a_pure_frequency():
     S = 16
+    bins = S // 2 + 1
+    # float64 images (the spectrum is computed in float64): the power off the peak is rounding
+    # squared, ~EPS64^2, and normalising (bins divisions, a sum of bins terms <= 1) rounds by
+    # <= (bins + 1) EPS64
+    atol = (bins + 1) * EPS64
     x = torch.arange(S, dtype=torch.float64)
     for k in (1, 3, 8):
         wave = 0.5 + 0.5 * torch.cos(2 * math.pi * k * x / S)  # k cycles per image along x
-        images = wave.expand(S, S)[None, None].float()
+        images = wave.expand(S, S)[None, None]
         spectrum = radial_spectrum(images)
-        assert spectrum.shape == (S // 2 + 1,)
-        assert spectrum.sum().item() == pytest.approx(1.0)
-        assert spectrum.argmax().item() == k and spectrum[k].item() == pytest.approx(1.0)
+        assert spectrum.shape == (bins,)
+        assert spectrum.sum().item() == pytest.approx(1.0, rel=0, abs=atol)
+        assert spectrum.argmax().item() == k
+        assert spectrum[k].item() == pytest.approx(1.0, rel=0, abs=atol)
+    # exact: a constant float32 image minus its mean (a sum of 256 equal values, exact in
+    # float64) is 0, no power at all, hence the flat fallback 1 / bins
     flat = radial_spectrum(torch.full((2, 1, S, S), 0.3))
-    assert torch.allclose(flat, torch.full_like(flat, 1 / (S // 2 + 1)))
+    assert torch.equal(flat, torch.full_like(flat, 1 / bins))
 
 
 def test_spectrum_distance_properties():
     a, _ = shape_images(20, 16, gen(0))
     b = torch.rand(20, 1, 16, 16, generator=gen(1))
+    # exact, all three: the same spectra computed the same way, |p - q| = |q - p| in IEEE
+    # arithmetic, and the same sum
     assert spectrum_distance(a, a) == 0.0
     d = spectrum_distance(a, b)
-    assert 0 < d <= 2 and d == pytest.approx(spectrum_distance(b, a))
-    assert d == pytest.approx(spectrum_distance(radial_spectrum(a), radial_spectrum(b)))
+    assert 0 < d <= 2 and d == spectrum_distance(b, a)
+    assert d == spectrum_distance(radial_spectrum(a), radial_spectrum(b))
     with pytest.raises(ValueError, match="side"):
         spectrum_distance(a, torch.rand(2, 1, 8, 8, generator=gen()))
 
@@ -556,6 +626,7 @@ def test_spectrum_distance_properties():
 # --- all metrics of one generated set ----------------------------------------------------------
 
 
+@pytest.mark.numerics
 def test_sample_metrics_of_the_real_set_against_itself_and_a_corrupted_one():
     net = FeatureNet(len(SHAPE_CLASSES), generator=gen())
     real, labels = shape_images(120, 12, gen(0))
@@ -564,7 +635,10 @@ def test_sample_metrics_of_the_real_set_against_itself_and_a_corrupted_one():
     assert keys | {"components_gap", "spectrum_distance", "ink_fraction_gap"} == set(out)
     assert all(isinstance(v, float) for v in out.values())
     assert out["accuracy"] == classifier_accuracy(net, real, labels)
-    assert abs(out["fd"]) < 1e-6 and out["ink_gap"] == 0 and out["components_gap"] == 0
+    with torch.no_grad():  # FD of a set with itself: ~0 up to sqrtm's rounding
+        features = net.features(real).double().numpy()
+    assert abs(out["fd"]) <= self_fd_atol(np.cov(features, rowvar=False))
+    assert out["ink_gap"] == 0 and out["components_gap"] == 0
     assert out["spectrum_distance"] == 0
     assert out["components"] == pixel_stats(real)["components"]
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from numerics import EPS32, EPS64
 
 from randpos.config import ConfigError, TrainConfig
 from randpos.encodings import PE_NAMES_2D, build_encoding
@@ -26,6 +27,20 @@ ROTARY_2D = ["rope2d_axial", "rope2d_mixed"]
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def f64_atol(scale: float, *, depth: int = 1, width: int = 1) -> float:
+    """numerics.f32_atol's bound for float64: EPS64 * depth * sqrt(width) * scale."""
+    return EPS64 * depth * math.sqrt(width) * scale
+
+
+def angle_atol(max_angle: float, factor: float = 1.0) -> float:
+    """float64 cos/sin of angles p * f (|angle| <= max_angle) against an oracle computing the
+    frequencies f by another formula (numpy's pow or torch's, 1 / x or x^-1, FiT's rewritten
+    ntk/yarn forms): f differs by <= 6 ulps and p * f by <= 7 ulps of the angle, cos and sin by
+    <= 1 ulp each, times the cos/sin factor (yarn's 0.1 ln s + 1, its own ulp or two):
+    EPS64 * (8 * max_angle + 4) * factor."""
+    return EPS64 * (8 * max_angle + 4) * factor
 
 
 def encoding(name: str, *, width=32, heads=2, layers=2, L=64, theta=100.0, **extra):
@@ -80,6 +95,7 @@ def test_spread_interpolate_and_contiguous_modes():
     assert spread[:, 0, 0].tolist() == [0, 4, 8, 12] and spread[0, :, 1].tolist() == [0, 8]
     pi = sample_grid_positions("interpolate", 1, 16, 4, 16, train_side=8).view(16, 4, 2)
     assert pi.dtype == torch.float64
+    # exact: i * 8 / 16 are binary fractions
     assert pi[:, 0, 0].tolist() == [i * 0.5 for i in range(16)]  # 16 rows squeezed into [0, 8)
     assert pi[0, :, 1].tolist() == [0.0, 1.0, 2.0, 3.0]  # a smaller axis keeps its integers
     assert set(GRID_MODES) == {"random", "contiguous", "spread", "interpolate"}
@@ -121,7 +137,8 @@ def test_sincos2d_equals_dit_on_a_non_square_grid():
     p = grid_positions(1, 3, 5) * torch.tensor([2, 3])  # spaced, non-square
     got = pe.embed(torch.zeros(1, 15, 32, dtype=torch.float64), p)[0].numpy()
     want = dit_sincos_oracle(32, p[0, :, 0].numpy(), p[0, :, 1].numpy())
-    np.testing.assert_allclose(got, want, atol=1e-12)
+    # float64 on both sides; the largest frequency is 10000^0 = 1, so |angle| <= max position
+    np.testing.assert_allclose(got, want, rtol=0, atol=angle_atol(float(p.max())))
 
 
 def test_learned2d_rows_and_linear_interpolation():
@@ -129,11 +146,18 @@ def test_learned2d_rows_and_linear_interpolation():
     p = torch.tensor([[[2, 7], [0, 9]]])
     got = pe.embed(torch.zeros(1, 2, 8), p)[0]
     want = torch.stack([pe.table_y[2] + pe.table_x[7], pe.table_y[0] + pe.table_x[9]])
+    # exact: rows are read, not computed, and 0 + (T_y + T_x) is the one correctly rounded sum
     assert torch.equal(got, want)
+    # exact too: a float position on a row reads T[p] * 1 + T[p + 1] * 0, correctly rounded ops
+    # that give T[p] back bit for bit
     assert torch.equal(pe.embed(torch.zeros(1, 2, 8), p.double())[0], got)  # integer floats
-    half = pe.embed(torch.zeros(1, 1, 8), torch.tensor([[[2.25, 7.0]]]))[0, 0]
+    # the interpolation against its formula, both in float64 (tables too): three roundings of
+    # values of size max|T|
+    pe.double()
+    half = pe.embed(torch.zeros(1, 1, 8, dtype=torch.float64), torch.tensor([[[2.25, 7.0]]]))
     expect = 0.75 * pe.table_y[2] + 0.25 * pe.table_y[3] + pe.table_x[7]
-    torch.testing.assert_close(half, expect)
+    scale = max(pe.table_y.abs().max().item(), pe.table_x.abs().max().item())
+    torch.testing.assert_close(half[0, 0], expect, rtol=0, atol=f64_atol(scale, depth=3))
 
 
 # --- the rotary pair --------------------------------------------------------------------------
@@ -144,6 +168,25 @@ def scores(pe, q, k, positions, layer=0):
     return qr @ kr.transpose(-1, -2)
 
 
+def rotated_scores_atol(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> float:
+    """How far the float64 scores of q, k rotated at ``positions`` can be from the exact ones.
+
+    Every 2D rotary frequency has |f| <= 1 (axial: theta^0 = 1 the largest; mixed: magnitudes
+    theta^(-4m/d) <= 1 on a unit direction), so every angle is at most P = max(|y| + |x|). The
+    computed angle is off by <= 2 P EPS64 (a product, or mixed's two-term sum), cos and sin by
+    one more ulp, and the rotated (a cos - b sin, b cos + a sin) by two more: each rotated
+    coordinate by <= EPS64 (2 P + 3) (|a| + |b|) of its pair (a, b). A score is then off by
+    <= 2 EPS64 (2 P + 3) sum_pairs (|q_a| + |q_b|)(|k_a| + |k_b|) (a rotated q against a rotated
+    k, and the other way round), plus the dot product's own EPS64 sqrt(d) sum_c |q_c k_c|."""
+    P = float(positions.abs().sum(-1).max())
+    d = q.shape[-1]
+    qp, kp = (t.abs().unflatten(-1, (-1, 2)).sum(-1) for t in (q, k))  # (B, H, N, d/2)
+    pairs = float((qp @ kp.transpose(-1, -2)).max())
+    terms = float((q.abs() @ k.abs().transpose(-1, -2)).max())
+    return EPS64 * (2 * (2 * P + 3) * pairs + math.sqrt(d) * terms)
+
+
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ROTARY_2D)
 def test_rotary_2d_depends_only_on_offsets(name):
     pe = encoding(name)
@@ -151,14 +194,19 @@ def test_rotary_2d_depends_only_on_offsets(name):
     k = torch.randn(2, 2, 12, 16, generator=gen(3), dtype=torch.float64)
     p = sample_grid_positions("random", 2, 3, 4, 40, gen(4))
     shifted = p + torch.tensor([7, 11])
-    torch.testing.assert_close(scores(pe, q, k, p, 1), scores(pe, q, k, shifted, 1))
+    # the same offsets at other angles: each side is off the exact scores by rounding only
+    atol = 2 * rotated_scores_atol(q, k, shifted)  # shifted has the larger angles
+    base = scores(pe, q, k, p, 1)
+    torch.testing.assert_close(base, scores(pe, q, k, shifted, 1), rtol=0, atol=atol)
     swapped = p.flip(-1)  # a different layout of the same offsets changes the scores
-    assert not torch.allclose(scores(pe, q, k, p, 1), scores(pe, q, k, swapped, 1))
+    assert (base - scores(pe, q, k, swapped, 1)).abs().max() > 100 * atol
 
 
 def test_axial_first_half_follows_x_second_half_y():
     pe = encoding("rope2d_axial", width=16, heads=1)
     q = torch.randn(1, 1, 1, 16, generator=gen(5), dtype=torch.float64)
+    # exact: a half whose axis did not move goes through the same float64 ops on the same
+    # inputs (the pairs rotate independently); the other half turns by 5 f (a move of 5)
     base = pe.rotate(q, q, torch.tensor([[[3, 4]]]), 0)[0]
     move_x = pe.rotate(q, q, torch.tensor([[[3, 9]]]), 0)[0]
     move_y = pe.rotate(q, q, torch.tensor([[[8, 4]]]), 0)[0]
@@ -170,6 +218,20 @@ def test_axial_first_half_follows_x_second_half_y():
     )
 
 
+def attention_atol(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> float:
+    """float32 softmax(q k^T / sqrt(d)) v along two code paths (SDPA's fused kernel, the explicit
+    product): the logits differ by <= EPS32 sqrt(d) max|logit| (a dot product of length d), the
+    softmax turns a logit error e into an output error <= 2 e max|v|, and the exps (another
+    vector kernel) and the weighted sum over T keys add EPS32 (sqrt(T) + 2) max|v|:
+    EPS32 max|v| (2 sqrt(d) max(1, max|logit|) + sqrt(T) + 2)."""
+    q, k, v = q.detach(), k.detach(), v.detach()
+    d, T = q.shape[-1], k.shape[-2]
+    logits = float((q @ k.transpose(-1, -2)).abs().max()) / math.sqrt(d)
+    top = float(v.abs().max())
+    return EPS32 * top * (2 * math.sqrt(d) * max(1.0, logits) + math.sqrt(T) + 2)
+
+
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ENCODINGS_2D)
 def test_fast_path_equals_math_path_and_gradients_are_finite(name):
     pe = encoding(name)
@@ -181,9 +243,10 @@ def test_fast_path_equals_math_path_and_gradients_are_finite(name):
         q = k = v = h.view(2, 16, 2, 16).transpose(1, 2)
     if pe.has_rotate:
         q, k = pe.rotate(q, k, p, 1)
-    fast = attend(q, k, v, backend="fast")
+    with torch.no_grad():  # with a gradient to take, "fast" falls back to the math path on CPU
+        fast = attend(q, k, v, backend="fast")
     math_ = attend(q, k, v, backend="math")
-    torch.testing.assert_close(fast, math_, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast, math_, rtol=0, atol=attention_atol(q, k, v))
     math_.square().sum().backward()
     assert torch.isfinite(x.grad).all()
     for param in pe.parameters():
@@ -201,14 +264,20 @@ def test_a_large_grid_runs(name):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.numerics
 def test_mixed_init_directions_are_per_head_and_seeded():
     a, b = encoding("rope2d_mixed", theta=10.0), encoding("rope2d_mixed", theta=10.0)
-    assert torch.equal(a.freqs, b.freqs)
-    f = a.freqs.double()  # (layers, H, d/2, 2)
+    assert torch.equal(a.freqs, b.freqs)  # exact: one code path, the same seed
+    # the init against its closed form, in float64 (a float64 module draws the same angles)
+    a.double()
+    a.reset_parameters(gen(1))
+    f = a.freqs.detach()  # (layers, H, d/2, 2) float64
     mag = torch.pow(10.0, -4.0 * torch.arange(4, dtype=torch.float64) / 16)
     norms = f[..., :4, :].norm(dim=-1)  # the first quarter: magnitude mag at angle a
-    torch.testing.assert_close(norms, mag.expand_as(norms), atol=1e-6, rtol=1e-6)
-    assert not torch.allclose(f[0, 0], f[0, 1])  # each head its own direction
+    # mag * cos, mag * sin (a product after a cos or sin: 2 ulps each), then the norm (2 more)
+    atol = f64_atol(float(mag.max()), depth=4)
+    torch.testing.assert_close(norms, mag.expand_as(norms), rtol=0, atol=atol)
+    assert (f[0, 0] - f[0, 1]).abs().max() > 100 * atol  # each head its own direction
 
 
 # --- per-axis frequency transforms (FiT's decoupled baselines) --------------------------------
@@ -234,6 +303,7 @@ def fit_oracle(kind, head, theta, s, L0, beta_fast=32.0, beta_slow=1.0):
     return base / s * ramp + base * (1 - ramp), 0.1 * math.log(s) + 1.0
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["linear", "ntk", "yarn"])
 @pytest.mark.parametrize("side", [8, 12, 16])
 def test_axis_transforms_match_fit(kind, side):
@@ -251,10 +321,17 @@ def test_axis_transforms_match_fit(kind, side):
     fy, my = fit_oracle(kind, 32, 10000.0, side / 8, 8)
     fx, mx = fit_oracle(kind, 32, 10000.0, 1.0, 8)
     py, px = p[0, :, 0].numpy(), p[0, :, 1].numpy()
-    np.testing.assert_allclose(cos[0, :, :K].numpy(), mx * np.cos(np.outer(px, fx)), atol=1e-12)
-    np.testing.assert_allclose(sin[0, :, K:].numpy(), my * np.sin(np.outer(py, fy)), atol=1e-12)
+    # float64 on both sides; every frequency is <= theta^0 = 1, so |angle| <= the position
+    ax, ay = angle_atol(float(px.max()), mx), angle_atol(float(py.max()), my)
+    np.testing.assert_allclose(
+        cos[0, :, :K].numpy(), mx * np.cos(np.outer(px, fx)), rtol=0, atol=ax
+    )
+    np.testing.assert_allclose(
+        sin[0, :, K:].numpy(), my * np.sin(np.outer(py, fy)), rtol=0, atol=ay
+    )
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["linear", "ntk", "yarn"])
 def test_transforms_are_plain_axial_within_the_training_grid(kind):
     plain = encoding("rope2d_axial", theta=10000.0)
@@ -262,6 +339,9 @@ def test_transforms_are_plain_axial_within_the_training_grid(kind):
         "rope2d_axial", theta=10000.0, rope_scaling=kind, original_max_position_embeddings=8
     )
     p = sample_grid_positions("random", 2, 5, 6, 8, gen(9))
+    # exact ("bit for bit", the module's promise): at s = 1 torch.where selects the plain
+    # frequencies and the factor 1, so both sides run the same cos/sin on the same float64
+    # tensors (same values, same shapes) and multiply by exactly 1
     for a, b in zip(plain.angles(p), scaled.angles(p), strict=True):
         assert torch.equal(a, b)
 

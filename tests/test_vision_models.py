@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import EPS64, assert_close_f32, f32_atol, magnitude
 from torch import nn
 
 from randpos.encodings import ENCODINGS
@@ -87,9 +88,23 @@ def local_encodings(monkeypatch):
 
 # --- helpers ----------------------------------------------------------------------------------
 
+# Two float32 forward passes of one model along different code paths (SDPA's fused attention or
+# the explicit product, vmapped or looped, one row of positions broadcast or B of them) differ
+# by rounding: up to EPS32 x LAYERS x sqrt(WIDTH) x max|output| (numerics.f32_atol), LAYERS
+# counting each block's two residual branches (attention, MLP; config()'s depth is 2) and the
+# output layer, WIDTH the feed-forward's 4 x 32 (the longest dot product). Outputs that should
+# differ (other positions, another logit scale, other conditioning) differ by far more.
+LAYERS = 2 * 2 + 1
+WIDTH = 4 * 32
+
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def f64_atol(scale: float, *, depth: int = 1, width: int = 1) -> float:
+    """numerics.f32_atol's bound for float64: EPS64 * depth * sqrt(width) * scale."""
+    return EPS64 * depth * math.sqrt(width) * scale
 
 
 def config(**overrides) -> VisionConfig:
@@ -147,20 +162,24 @@ def test_patchify_unpatchify_are_exact_inverses_on_non_square_grids():
         assert torch.equal(tokens[:, r * w + c], patch.flatten(1))
 
 
+@pytest.mark.numerics
 def test_patch_embedding_equals_a_strided_conv2d_with_the_same_weights():
     C, D, p = 3, 8, 2
-    embed = PatchEmbed(p, C, D)
-    conv = nn.Conv2d(C, D, kernel_size=p, stride=p)
+    # the conv is the oracle: both in float64
+    embed = PatchEmbed(p, C, D).double()
+    conv = nn.Conv2d(C, D, kernel_size=p, stride=p).double()
     g = gen()
     with torch.no_grad():
-        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
-        conv.bias.copy_(torch.randn(D, generator=g))
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g, dtype=torch.float64))
+        conv.bias.copy_(torch.randn(D, generator=g, dtype=torch.float64))
         # (D, C, p, p) -> (D, p*p*C) in the tokens' (row, column, channel) order
         embed.proj.weight.copy_(conv.weight.permute(0, 2, 3, 1).reshape(D, -1))
         embed.proj.bias.copy_(conv.bias)
-    x = torch.randn(2, C, 6, 10, generator=g)
+    x = torch.randn(2, C, 6, 10, generator=g, dtype=torch.float64)
     expected = conv(x).flatten(2).transpose(1, 2)  # (B, N, D) row-major
-    torch.testing.assert_close(embed(x), expected, rtol=1e-5, atol=1e-5)
+    # one dot product of length p * p * C = 12 (plus the bias) per output, summed in another order
+    atol = f64_atol(magnitude(expected), depth=2, width=p * p * C)
+    torch.testing.assert_close(embed(x), expected, rtol=0, atol=atol)
 
 
 def test_patch_embedding_init_is_xavier_on_the_flattened_kernel():
@@ -187,6 +206,8 @@ def test_dit_outputs_exactly_zero_at_init_and_every_block_is_the_identity(pe):
     x, t, y, pos = dit_inputs()
     cond = torch.rand(3, 2, generator=gen(5))
     out = m(x, t, y, pos, cond)
+    # exact: the final Linear and every gate are zero, so the output is a sum of products by 0
+    # (plus a zero bias), and each block adds 0 * (attention or MLP) to its input
     assert out.shape == x.shape and torch.equal(out, torch.zeros_like(x))
     tokens = torch.randn(3, 24, 32, generator=gen(1))
     c = torch.randn(3, 32, generator=gen(2))
@@ -233,6 +254,7 @@ def test_vit_and_dit_run_on_non_square_and_larger_grids(pe):
             assert v.shape == x.shape and torch.isfinite(v).all()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("pe", PES)
 def test_shared_positions_broadcast_like_per_sample_positions(pe):
     cfg = config(pe=pe)
@@ -240,18 +262,24 @@ def test_shared_positions_broadcast_like_per_sample_positions(pe):
     pos = random_grid(1, 4, 6, 16, gen(3))
     x, t, y, _ = dit_inputs()
     with torch.no_grad():
-        torch.testing.assert_close(vit(x, pos), vit(x, pos.expand(3, -1, -1)))
-        torch.testing.assert_close(dit(x, t, y, pos), dit(x, t, y, pos.expand(3, -1, -1)))
+        shared, each = vit(x, pos), vit(x, pos.expand(3, -1, -1))
+        assert_close_f32(shared, each, depth=LAYERS, width=WIDTH)
+        shared, each = dit(x, t, y, pos), dit(x, t, y, pos.expand(3, -1, -1))
+        assert_close_f32(shared, each, depth=LAYERS, width=WIDTH)
 
 
+@pytest.mark.numerics
 def test_positions_matter_for_positional_encodings_and_not_for_none():
     x, t, y, _ = dit_inputs()
     a, b = grid(4, 6), random_grid(1, 4, 6, 16, gen(2))
     for pe in ["none", *LOCAL]:
         dit = scramble(DiT(config(pe=pe), generator=gen()))
         with torch.no_grad():
-            same = torch.allclose(dit(x, t, y, a), dit(x, t, y, b))
-        assert same == (pe == "none"), pe
+            on_a, on_b = dit(x, t, y, a), dit(x, t, y, b)
+        if pe == "none":
+            assert torch.equal(on_a, on_b)  # exact: no op reads the positions
+        else:
+            assert (on_a - on_b).abs().max() > 100 * f32_atol(on_a, depth=LAYERS, width=WIDTH), pe
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -393,6 +421,7 @@ def test_a_tiny_vit_overfits_sixteen_labelled_images():
 # --- backends, logit scale, functional use ----------------------------------------------------
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("pe", ["none", "test_axial2d", *REAL_2D])
 def test_fast_attention_backend_equals_the_math_backend(pe):
     x, t, y, pos = dit_inputs()
@@ -400,8 +429,8 @@ def test_fast_attention_backend_equals_the_math_backend(pe):
         fast = scramble(cls(config(pe=pe, attention="fast"), generator=gen()))
         slow = scramble(cls(config(pe=pe, attention="math"), generator=gen()))
         args = (x, pos) if cls is ViT else (x, t, y, pos)
-        with torch.no_grad():
-            torch.testing.assert_close(fast(*args), slow(*args), rtol=1e-4, atol=1e-5)
+        with torch.no_grad():  # (with a gradient to take, "fast" runs the math path on CPU)
+            assert_close_f32(fast(*args), slow(*args), depth=LAYERS, width=WIDTH)
 
 
 def test_log_ratio_scale_values():
@@ -412,13 +441,15 @@ def test_log_ratio_scale_values():
     assert attention_logit_scale(config(train_tokens=64), 256) == 1.0  # "none"
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("backend", ["fast", "math"])
 def test_logit_scale_equals_a_manually_scaled_attention(backend):
     D, H, T = 16, 2, 5
+    # the manual formula is the oracle: module, inputs and formula all in float64
     attn = MultiHeadAttention(D, H, causal=False, backend=backend)
-    scramble(attn)
+    scramble(attn).double()
     pe = Axial2D(config(width=D, num_heads=H).model_config())
-    x = torch.randn(2, T, D, generator=gen(4))
+    x = torch.randn(2, T, D, generator=gen(4), dtype=torch.float64)
     pos = random_grid(2, 1, T, 16, gen(5))
     s = 1.7
     with torch.no_grad():
@@ -427,13 +458,21 @@ def test_logit_scale_equals_a_manually_scaled_attention(backend):
             m(x).unflatten(-1, (H, -1)).transpose(1, 2) for m in (attn.query, attn.key, attn.value)
         )
         q, k = pe.rotate(q, k, pos, 0)
-        weights = torch.softmax(s * q @ k.transpose(-1, -2) / math.sqrt(D // H), dim=-1)
+        logits = s * q @ k.transpose(-1, -2) / math.sqrt(D // H)
+        weights = torch.softmax(logits, dim=-1)
         manual = attn.output((weights @ v).transpose(1, 2).flatten(2))
-        torch.testing.assert_close(out, manual, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(attn(x, pos, pe, 0, logit_scale=None), attn(x, pos, pe, 0))
-        assert not torch.allclose(out, attn(x, pos, pe, 0))
+        # four products in a row (projection, logits, weights x values, output; the longest of
+        # length D = 16), and the softmax turns the logits' errors, relative to their size,
+        # into output errors max|logit| times larger
+        factor = max(1.0, magnitude(logits))
+        atol = factor * f64_atol(magnitude(manual), depth=4, width=D)
+        torch.testing.assert_close(out, manual, rtol=0, atol=atol)
+        # exact: logit_scale=None is the default, the same call
+        assert torch.equal(attn(x, pos, pe, 0, logit_scale=None), attn(x, pos, pe, 0))
+        assert (out - attn(x, pos, pe, 0)).abs().max() > 100 * atol
 
 
+@pytest.mark.numerics
 def test_models_pass_the_log_ratio_scale_to_every_attention(monkeypatch):
     seen = []
     forward = MultiHeadAttention.forward
@@ -455,9 +494,13 @@ def test_models_pass_the_log_ratio_scale_to_every_attention(monkeypatch):
         vit(x, pos)
         assert seen[:2] == [None, None]  # the plain DiT
         assert seen[2:] == [expected] * 4  # the scaled DiT, then the ViT, every layer
-        assert torch.equal(a, b) == (expected is None)
+        if expected is None:
+            assert torch.equal(a, b)  # exact: the same weights through the same ops
+        else:
+            assert (a - b).abs().max() > 100 * f32_atol(a, depth=LAYERS, width=WIDTH)
 
 
+@pytest.mark.numerics
 def test_functional_call_and_vmap_over_an_ensemble():
     models = [scramble(DiT(config(pe="test_axial2d"), generator=gen()), seed=s) for s in (1, 2)]
     params, buffers = torch.func.stack_module_state(models)
@@ -468,18 +511,20 @@ def test_functional_call_and_vmap_over_an_ensemble():
         return torch.func.functional_call(models[0], state, (x, t, y, pos), {"validate": False})
 
     with torch.no_grad():
-        out = torch.vmap(one)(params, buffers)
+        out = torch.vmap(one)(params, buffers)  # batched products, and the math attention path
         for i, m in enumerate(models):
-            torch.testing.assert_close(out[i], m(x, t, y, pos), rtol=1e-4, atol=1e-5)
+            assert_close_f32(out[i], m(x, t, y, pos), depth=LAYERS, width=WIDTH)
 
 
+@pytest.mark.numerics
 def test_micro_conditioning_changes_the_output():
     m = scramble(DiT(config(cond_dim=4), generator=gen()))
     x, t, y, pos = dit_inputs()
     identity = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(3, -1)
     crop = torch.tensor([[0.1, 0.2, 1.5, 1.5]]).expand(3, -1)
     with torch.no_grad():
-        assert not torch.allclose(m(x, t, y, pos, identity), m(x, t, y, pos, crop))
+        plain, cropped = m(x, t, y, pos, identity), m(x, t, y, pos, crop)
+    assert (plain - cropped).abs().max() > 100 * f32_atol(plain, depth=LAYERS, width=WIDTH)
 
 
 def test_the_global_rng_is_untouched():
@@ -528,27 +573,39 @@ class Gaussian(nn.Module):
         return self.c + (t * self.s**2 - (1 - t)) / var * (x - t * self.c)
 
 
+@pytest.mark.numerics
 def test_interpolate_and_loss_follow_the_linear_path():
-    g = gen()
-    x1, x0 = torch.randn(3, 1, 4, 4, generator=g), torch.randn(3, 1, 4, 4, generator=g)
+    g = gen()  # float64: the formulas are the oracles
+    x1 = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64)
+    x0 = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64)
     t = torch.tensor([0.0, 0.25, 1.0])
     xt, u = interpolate(x1, x0, t)
+    # exact: t = 0 and 1 give 0 * x1 + 1 * x0 and 1 * x1 + 0 * x0, which round to x0 and x1
     assert torch.equal(xt[0], x0[0]) and torch.equal(xt[2], x1[2])
-    torch.testing.assert_close(xt[1], 0.25 * x1[1] + 0.75 * x0[1])
-    assert torch.equal(u, x1 - x0)
+    # two products and a sum of values of size max|x|
+    atol = f64_atol(magnitude(x1, x0), depth=3)
+    torch.testing.assert_close(xt[1], 0.25 * x1[1] + 0.75 * x0[1], rtol=0, atol=atol)
+    assert torch.equal(u, x1 - x0)  # exact: the one subtraction
     zero = lambda x, t, y, p, c=None: torch.zeros_like(x)  # noqa: E731
     loss = flow_matching_loss(zero, x1, None, None, x0, t)
-    torch.testing.assert_close(loss, ((x1 - x0) ** 2).mean())
+    expected = ((x1 - x0) ** 2).mean()
+    # a square and a mean over 48 terms, summed in another order
+    torch.testing.assert_close(loss, expected, rtol=0, atol=f64_atol(expected, depth=2, width=48))
 
 
+@pytest.mark.numerics
 def test_euler_is_exact_for_a_point_mass_and_converges_for_a_gaussian():
     c = torch.randn(1, 1, 4, 4, generator=gen(1))
     noise = torch.randn(6, 1, 4, 4, generator=gen(2), dtype=torch.float64)
     y = torch.zeros(6, dtype=torch.long)
     point = PointMass(c.double().expand(2, -1, -1, -1))
+    # the last step x + dt (c - x) / (1 - t) has dt = 1 - t: it lands on c up to its 4 roundings
+    # (earlier steps' errors are multiplied by 1 - dt / (1 - t) = 0) of values no larger than
+    # max(|c|, |noise|) (x moves from the noise straight to c)
+    atol = f64_atol(magnitude(c, noise), depth=4)
     for steps in (1, 4, 16):  # the path is straight: Euler is exact at any step count
         out = euler_sample(point, noise, y, None, steps=steps, null_class=1)
-        torch.testing.assert_close(out, c.double().expand_as(out))
+        torch.testing.assert_close(out, c.double().expand_as(out), rtol=0, atol=atol)
     gauss = Gaussian(c.double(), 0.5)
     target = c.double() + 0.5 * noise
     errors = []
@@ -563,13 +620,17 @@ def test_euler_is_exact_for_a_point_mass_and_converges_for_a_gaussian():
 
 
 def test_timestep_shift_one_is_the_uniform_grid():
+    # exact: k / 8 is a binary fraction, which either linspace (float64 then cast, or float32)
+    # computes exactly
     assert torch.equal(sampling_times(8), torch.linspace(0, 1, 9))
     assert torch.equal(sampling_times(8, 1.0), sampling_times(8))
     s = sampling_times(8, 3.0, dtype=torch.float64)
     assert s[0] == 0 and s[-1] == 1 and (s.diff() > 0).all()
     assert (s[1:-1] < torch.linspace(0, 1, 9, dtype=torch.float64)[1:-1]).all()  # more noise
     sigma = 0.25  # sigma' = 3 * 0.25 / (1 + 2 * 0.25)
-    assert s[6].item() == pytest.approx(1 - 3 * sigma / (1 + 2 * sigma))
+    # float64: the formula's six correctly rounded ops (five here) on values <= 1
+    expected = 1 - 3 * sigma / (1 + 2 * sigma)
+    assert s[6].item() == pytest.approx(expected, rel=0, abs=f64_atol(1.0, depth=6))
     noise = torch.randn(2, 1, 4, 4, generator=gen())
     gauss = Gaussian(torch.zeros(1, 1, 4, 4), 0.5)
     y = torch.zeros(2, dtype=torch.long)
@@ -579,6 +640,7 @@ def test_timestep_shift_one_is_the_uniform_grid():
         sampling_times(0)
 
 
+@pytest.mark.numerics
 def test_classifier_free_guidance():
     centers = torch.randn(3, 1, 4, 4, generator=gen(1), dtype=torch.float64)  # row 2 = null
     noise = torch.randn(4, 1, 4, 4, generator=gen(2), dtype=torch.float64)
@@ -586,16 +648,23 @@ def test_classifier_free_guidance():
     pos = grid(2, 2, batch=4)
     model = PointMass(centers)
     out = euler_sample(model, noise, y, pos, steps=3, cfg_scale=1.0, null_class=2)
-    torch.testing.assert_close(out, centers[y])  # cfg 1: the conditional velocity only
+    # float64; the last step lands on the target up to its roundings (test_euler_is_exact...)
+    atol = f64_atol(magnitude(centers, noise), depth=4)
+    torch.testing.assert_close(out, centers[y], rtol=0, atol=atol)  # cfg 1: the conditional only
     assert model.batches == [4, 4, 4]
     model.batches.clear()
     w = 2.5
     out = euler_sample(model, noise, y, pos, steps=3, cfg_scale=w, null_class=2)
     assert model.batches == [8, 8, 8]  # one batched forward of size 2B per step
     # guided velocity = the point mass at c_null + w (c_y - c_null)
-    torch.testing.assert_close(out, centers[2] + w * (centers[y] - centers[2]))
+    expected = centers[2] + w * (centers[y] - centers[2])
+    # the last step's 7 roundings (two point-mass velocities, v_null + w (v_cond - v_null), the
+    # step), of values up to the size of x, the centers and the target, w times for v_cond - v_null
+    atol = (1 + w) * f64_atol(magnitude(centers, noise, expected), depth=7)
+    torch.testing.assert_close(out, expected, rtol=0, atol=atol)
 
 
+@pytest.mark.numerics
 def test_sampling_a_dit_with_guidance_and_shared_positions():
     m = scramble(DiT(config(pe="test_axial2d"), generator=gen()))
     noise = torch.randn(2, 1, 6, 10, generator=gen(3))
@@ -604,10 +673,12 @@ def test_sampling_a_dit_with_guidance_and_shared_positions():
     a = euler_sample(m, noise, y, shared, steps=3, cfg_scale=2.0, null_class=m.null_class)
     b = euler_sample(m, noise, y, per_sample, steps=3, cfg_scale=2.0, null_class=m.null_class)
     assert a.shape == noise.shape and torch.isfinite(a).all()
-    torch.testing.assert_close(a, b)
+    # broadcast positions vs B rows of them: 3 steps through the model's LAYERS, and guidance
+    # 2 v_cond - v_null adds up 2 + 1 = 3 velocities' rounding errors
+    assert_close_f32(a, b, depth=3 * LAYERS, width=WIDTH, factor=3)
     fast = functools.partial(m, validate=False)
     c = euler_sample(fast, noise, y, shared, steps=3, cfg_scale=2.0, null_class=m.null_class)
-    torch.testing.assert_close(a, c)
+    assert torch.equal(a, c)  # exact: validate=False skips range checks only, the same ops
 
 
 def test_denoising_losses_are_fixed_by_the_seed():
@@ -621,5 +692,6 @@ def test_denoising_losses_are_fixed_by_the_seed():
     custom = denoising_losses(m, x1, y, pos, (0.5,), generator=gen(5))
     g = gen(5)
     x0 = torch.randn(x1.shape, generator=g)
-    manual = flow_matching_loss(m, x1, y, pos, x0, torch.full((4,), 0.5))
-    assert custom == {0.5: pytest.approx(manual.item())}
+    with torch.no_grad():  # as denoising_losses (with a gradient, attention takes another path)
+        manual = flow_matching_loss(m, x1, y, pos, x0, torch.full((4,), 0.5))
+    assert custom == {0.5: manual.item()}  # exact: the same noise through the same ops
