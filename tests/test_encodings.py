@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from numerics import EPS64, magnitude
 
 from randpos.encodings import PE_NAMES_1D as PE_NAMES
 from randpos.encodings import PositionalEncoding, get_encoding, register
@@ -58,6 +59,32 @@ def sorted_positions(length=T, max_position=1000, seed=0, batch=B) -> torch.Tens
     return randomized_positions(batch, length, max_position, gen(seed), per_sequence=True)
 
 
+# Oracle checks run in float64, code under test included (build() makes every encoding float64).
+# Their rounding bound is numerics.f32_atol's in float64: EPS64 x depth x sqrt(width) x scale.
+# Where sines and cosines of p w enter (positions p < 2048, w <= 1), the angle p w itself carries
+# an error of ~EPS64 x |p w| (w from a pow, then the product, each rounded), so a value of size s
+# built from them is off by up to ~EPS64 x 2048 x s: such scales include ANGLE.
+ANGLE = 2048.0
+#: the encodings whose logits are built from sines and cosines of positions
+ANGULAR = ("relative", "rope", "xpos", "sandwich")
+
+
+def f64_atol(scale, *, depth: int = 1, width: int = 1) -> float:
+    """EPS64 x depth x sqrt(width) x scale: numerics.f32_atol for float64 computations."""
+    if isinstance(scale, torch.Tensor):
+        scale = magnitude(scale)
+    return EPS64 * depth * math.sqrt(width) * float(scale)
+
+
+def logit_atol(name: str, q: torch.Tensor, k: torch.Tensor, out: torch.Tensor, angle=ANGLE):
+    """Rounding bound of float64 logits ``out`` of encoding ``name`` computed along two paths:
+    EPS64 x 4 roundings x sqrt(64) (relative's W_R projection, the longest dot product) x the
+    size of their terms (sum_c |q_c k_c| / sqrt(d), or max|logit| if larger), times the largest
+    angle for the encodings built from sines and cosines."""
+    terms = max(magnitude(q.abs() @ k.abs().transpose(-1, -2)) / math.sqrt(d), magnitude(out))
+    return f64_atol(terms * (angle if name in ANGULAR else 1.0), depth=4, width=D)
+
+
 # --- registry ---------------------------------------------------------------------------------
 
 
@@ -98,6 +125,7 @@ def test_hooks_return_well_shaped_tensors(name):
 ATTENTION_LEVEL = [n for n in PE_NAMES if not get_encoding(n)(config_for(n)).has_embed]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ATTENTION_LEVEL)
 def test_attention_logits_invariant_to_global_shift(name):
     pe = build(name)
@@ -105,7 +133,9 @@ def test_attention_logits_invariant_to_global_shift(name):
     half = (get_encoding(name).relative_below or 2000) // 2  # FIRE: relative below 512 only
     pos = sorted_positions(max_position=half)
     shifted = pos + half  # still < max_position = 2048
-    torch.testing.assert_close(logits(pe, q, k, shifted), logits(pe, q, k, pos))
+    want = logits(pe, q, k, pos)
+    atol = logit_atol(name, q, k, want)
+    torch.testing.assert_close(logits(pe, q, k, shifted), want, atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["relative", "rope", "alibi"])
@@ -114,7 +144,9 @@ def test_attention_level_pes_depend_on_positions(name):
     q, k = qk()
     pos = sorted_positions()
     spread = pos * 2
-    assert not torch.allclose(logits(pe, q, k, spread), logits(pe, q, k, pos))
+    base = logits(pe, q, k, pos)
+    change = (logits(pe, q, k, spread) - base).abs().max()
+    assert change > 100 * logit_atol(name, q, k, base)
 
 
 def test_none_ignores_positions():
@@ -129,28 +161,33 @@ def test_absolute_pes_depend_on_positions(name):
     x = torch.zeros(1, T, D, dtype=torch.float64)
     a = pe.embed(x, sorted_positions(batch=1, seed=1))
     b = pe.embed(x, sorted_positions(batch=1, seed=2))
-    assert not torch.allclose(a, b)
+    # sinusoids of angles < 2048 (or a table lookup): rounding below EPS64 x 4 x 2048 x max|value|
+    assert (a - b).abs().max() > 100 * f64_atol(ANGLE * magnitude(b), depth=4)
 
 
 # --- closed forms -----------------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 def test_sincos_closed_form():
     pe = build("sincos")
     pos = torch.tensor([[0, 1, 5, 2047]])
     out = pe.embed(torch.zeros(1, 4, D, dtype=torch.float64), pos)[0]
+    # w (a pow), p w and sin/cos each within an ulp, of an angle < 2048, values <= 1
+    atol = f64_atol(ANGLE, depth=4)  # 1.8e-12
     for row, p in enumerate(pos[0].tolist()):
         for i in range(D // 2):
             w = 10000 ** (-2 * i / D)
-            assert out[row, i].item() == pytest.approx(math.sin(p * w), abs=1e-9)
-            assert out[row, D // 2 + i].item() == pytest.approx(math.cos(p * w), abs=1e-9)
+            assert out[row, i].item() == pytest.approx(math.sin(p * w), abs=atol)
+            assert out[row, D // 2 + i].item() == pytest.approx(math.cos(p * w), abs=atol)
 
 
 def test_learned_is_a_table_lookup():
     pe = build("learned")
     assert pe.table.shape == (CONFIG.max_position, D)
     pos = torch.tensor([[0, 3, 2047]])
-    torch.testing.assert_close(
+    # a lookup added to zeros: exact
+    assert torch.equal(
         pe.embed(torch.zeros(1, 3, D, dtype=torch.float64), pos)[0], pe.table[[0, 3, 2047]]
     )
 
@@ -170,12 +207,16 @@ def reference_slopes(n: int) -> list[float]:
 
 @pytest.mark.parametrize("heads", [1, 2, 3, 6, 8, 12, 16])
 def test_alibi_slopes(heads):
-    assert alibi_slopes(heads) == pytest.approx(reference_slopes(heads), rel=1e-12)
+    # Python floats: the reference's start^(i+1) carries i + 1 times start's rounding (a pow,
+    # within an ulp), plus its own pow and product, ours one pow: <= (heads + 3) EPS64 relative
+    rel = (heads + 3) * EPS64
+    assert alibi_slopes(heads) == pytest.approx(reference_slopes(heads), rel=rel)
 
 
 def test_alibi_slopes_known_values():
-    assert alibi_slopes(8) == pytest.approx([2.0**-h for h in range(1, 9)])
-    assert alibi_slopes(6) == pytest.approx([2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3])
+    # powers of two: 2^k is exact, so is the pow that returns it
+    assert alibi_slopes(8) == [2.0**-h for h in range(1, 9)]
+    assert alibi_slopes(6) == [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3]
 
 
 @pytest.mark.parametrize("heads", [8, 6])
@@ -186,13 +227,15 @@ def test_alibi_matches_closed_form(heads):
     q = torch.zeros(2, heads, T, 8, dtype=torch.float64)
     bias = pe.bias(q, q, pos, 0).expand(2, heads, T, T)
     slopes = alibi_slopes(heads)
+    # 8 and 6 heads: every slope is a power of two, every penalty an integer or a half, so each
+    # product is exact, here and in the oracle
     for b in range(2):
         for h in range(heads):
             for i in range(T):
                 for j in range(T):
                     dist = abs(int(pos[b, j]) - int(pos[b, i]))
                     want = slopes[h] * (-dist + (0.5 if j < i else 0.0))
-                    assert bias[b, h, i, j].item() == pytest.approx(want, abs=1e-12)
+                    assert bias[b, h, i, j].item() == want
 
 
 def rotate_complex(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -202,18 +245,27 @@ def rotate_complex(x: torch.Tensor, p: int) -> torch.Tensor:
     return torch.view_as_real(z * torch.exp(1j * p * theta)).reshape(-1)
 
 
+@pytest.mark.numerics
 def test_rope_matches_complex_rotation():
     pe = build("rope")
     q, k = qk(batch=1)
     pos = sorted_positions(batch=1, max_position=2048)
     rq, rk = pe.rotate(q, k, pos, 0)
+    # a rotation by angles < 2048 (theta, p theta, cos/sin each within an ulp): each pair moves
+    # by up to EPS64 x 4 x 2048 x its length
+    atol = f64_atol(ANGLE * 2**0.5 * magnitude(q, k), depth=4)
     for h in range(H):
         for t in range(T):
             p = int(pos[0, t])
-            torch.testing.assert_close(rq[0, h, t], rotate_complex(q[0, h, t], p))
-            torch.testing.assert_close(rk[0, h, t], rotate_complex(k[0, h, t], p))
+            torch.testing.assert_close(
+                rq[0, h, t], rotate_complex(q[0, h, t], p), atol=atol, rtol=0
+            )
+            torch.testing.assert_close(
+                rk[0, h, t], rotate_complex(k[0, h, t], p), atol=atol, rtol=0
+            )
 
 
+@pytest.mark.numerics
 def test_rope_scores_depend_only_on_position_differences():
     pe = build("rope")
     g = gen(3)
@@ -225,13 +277,15 @@ def test_rope_scores_depend_only_on_position_differences():
         _, rk = pe.rotate(k, k, torch.tensor([[pk]]), 0)
         return (rq * rk).sum(-1)
 
+    # both rotations by angles < 2048, then sum_c q_c k_c: EPS64 x 4 x 2048 x sum_c |q_c k_c|
+    atol = f64_atol(ANGLE * magnitude((q * k).abs().sum(-1)), depth=4)
     for delta in (-700, -3, 0, 1, 50, 1999):
         lo, hi = max(0, -delta), 2047 - max(0, delta)  # query positions keeping both in [0, 2048)
         base = score(lo, lo + delta)
         for pq in ((lo + hi) // 2, hi):
-            torch.testing.assert_close(score(pq, pq + delta), base)
+            torch.testing.assert_close(score(pq, pq + delta), base, atol=atol, rtol=0)
     # and they do depend on the difference
-    assert not torch.allclose(score(0, 1), score(0, 2))
+    assert (score(0, 1) - score(0, 2)).abs().max() > 100 * atol
 
 
 def relative_oracle(pe, q, k, rel: torch.Tensor, layer: int = 0) -> torch.Tensor:
@@ -248,15 +302,17 @@ def relative_oracle(pe, q, k, rel: torch.Tensor, layer: int = 0) -> torch.Tensor
     return (content + position) / math.sqrt(d)
 
 
+@pytest.mark.numerics
 def test_relative_matches_brute_force_for_arbitrary_positions():
     pe = build("relative", seed=4)
     q, k = qk()
     pos = sorted_positions(max_position=2048)
     rel = pos.unsqueeze(1) - pos.unsqueeze(2)  # (B, T, T): p_j - p_i
     for layer in (0, 3):
-        torch.testing.assert_close(
-            pe.bias(q, k, pos, layer), relative_oracle(pe, q, k, rel, layer), rtol=1e-9, atol=1e-9
-        )
+        want = relative_oracle(pe, q, k, rel, layer)
+        # sines of angles < 2048 (the angle-difference identity vs the difference's sine)
+        atol = logit_atol("relative", q, k, want)
+        torch.testing.assert_close(pe.bias(q, k, pos, layer), want, rtol=0, atol=atol)
 
 
 # --- the distance reading ---------------------------------------------------------------------
@@ -269,6 +325,7 @@ def offset_value(table: torch.Tensor, delta: int) -> int:
     return int(table[0, delta]) if delta >= 0 else -int(table[1, -delta])
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("both_sides", [False, True])
 def test_relative_with_distances_matches_table(both_sides):
     pe = build("relative", seed=5)
@@ -276,12 +333,9 @@ def test_relative_with_distances_matches_table(both_sides):
     table = randomized_distances(1, T, 2048, gen(6), both_sides=both_sides)
     rel = torch.tensor([[offset_value(table[0], j - i) for j in range(T)] for i in range(T)])
     pos = sorted_positions()  # ignored under the distance reading
-    torch.testing.assert_close(
-        pe.bias(q, k, pos, 0, table),
-        relative_oracle(pe, q, k, rel.expand(B, T, T)),
-        rtol=1e-9,
-        atol=1e-9,
-    )
+    want = relative_oracle(pe, q, k, rel.expand(B, T, T))
+    atol = logit_atol("relative", q, k, want)  # sines of distances < 2048
+    torch.testing.assert_close(pe.bias(q, k, pos, 0, table), want, rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("both_sides", [False, True])
@@ -291,6 +345,7 @@ def test_alibi_with_distances_matches_table(both_sides):
     table = randomized_distances(1, T, 2048, gen(7), both_sides=both_sides)
     bias = pe.bias(q, k, sorted_positions(), 0, table)[0]  # (H, T, T)
     slopes = alibi_slopes(H)
+    # powers of two times integers or halves: exact, here and in the oracle
     for h in range(H):
         for i in range(T):
             for j in range(T):
@@ -300,9 +355,10 @@ def test_alibi_with_distances_matches_table(both_sides):
                     want = slopes[h] * (-int(table[0, 1, i - j]) + 0.5)
                 else:
                     want = 0.0
-                assert bias[h, i, j].item() == pytest.approx(want, abs=1e-12)
+                assert bias[h, i, j].item() == want
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", DISTANCE_PES)
 def test_distance_reading_is_toeplitz(name):
     pe = build(name)
@@ -312,19 +368,24 @@ def test_distance_reading_is_toeplitz(name):
     table = randomized_distances(1, T, 2048, gen(8), both_sides=True)
     out = logits(pe, q, k, sorted_positions(batch=1), distances=table)[0]  # (H, T, T)
     index = toeplitz_index(T)
+    # the bias of an offset is gathered from one value; q . k of equal rows is computed at other
+    # places of one product, which may round differently: no angle factor (equal angles)
+    atol = logit_atol(name, q, k, out, angle=1.0)
     for offset in range(-(T - 1), T):
         values = out[:, index == offset + T - 1]  # (H, count)
-        torch.testing.assert_close(values, values[:, :1].expand_as(values))
+        torch.testing.assert_close(values, values[:, :1].expand_as(values), atol=atol, rtol=0)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ["relative", "alibi"])
 def test_identity_distances_equal_contiguous_positions(name):
     pe = build(name)
     q, k = qk()
     pos = torch.arange(T).expand(B, T)
-    torch.testing.assert_close(
-        logits(pe, q, k, pos, distances=contiguous_distances(1, T)), logits(pe, q, k, pos)
-    )
+    want = logits(pe, q, k, pos)
+    atol = logit_atol(name, q, k, want, angle=T)  # positions and distances below T
+    got = logits(pe, q, k, pos, distances=contiguous_distances(1, T))
+    torch.testing.assert_close(got, want, atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize("name", DISTANCE_PES)
@@ -335,8 +396,11 @@ def test_per_layer_tables(name):
     tables = randomized_distances(CONFIG.num_layers, T, 2048, gen(9))
     for layer in (0, 2):
         per_layer = pe.bias(q, k, pos, layer, tables)
-        torch.testing.assert_close(per_layer, pe.bias(q, k, pos, layer, tables[layer : layer + 1]))
-    assert not torch.allclose(pe.bias(q, k, pos, 2, tables), pe.bias(q, k, pos, 2, tables[:1]))
+        # the same table row either way: one computation twice, bit for bit
+        assert torch.equal(per_layer, pe.bias(q, k, pos, layer, tables[layer : layer + 1]))
+    base = pe.bias(q, k, pos, 2, tables[:1])
+    change = (pe.bias(q, k, pos, 2, tables) - base).abs().max()
+    assert change > 100 * logit_atol(name, q, k, base)
 
 
 def test_relative_reference_bug_reproduces_released_lookup():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
+from numerics import assert_close_f32, f32_atol, magnitude
 
 from randpos.encodings import PE_NAMES_1D as PE_NAMES
 from randpos.encodings import get_encoding
@@ -18,6 +20,23 @@ from randpos.positions import (
 
 B, T = 3, 11
 DISTANCE_PES = [n for n in PE_NAMES if get_encoding(n).uses_distances]
+
+# Two float32 forwards of the reference encoder along different code paths (fast vs math
+# attention, permuted, shifted or broadcast inputs, vmapped vs looped) differ by rounding: up to
+# EPS32 x 5 layers x sqrt(256) (the feed-forward width, the longest dot product) x max|logit|
+# (numerics.f32_atol). Outputs that really differ (other positions, other dropout masks) differ
+# by more than 100 x that.
+DEPTH, WIDTH = 5, 256
+
+
+def rounding(logits: torch.Tensor, depth: int = DEPTH) -> float:
+    """The float32 rounding bound above for these logits."""
+    return f32_atol(logits, depth=depth, width=WIDTH)
+
+
+def assert_differ(a: torch.Tensor, b: torch.Tensor) -> None:
+    """a and b differ by more than 100 x the rounding bound: a real difference."""
+    assert float((a - b).detach().abs().max()) > 100 * rounding(b)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -88,6 +107,7 @@ def test_learned_table_init():
 # --- attention backends -----------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("with_distances", [False, True])
 @pytest.mark.parametrize("pe", PE_NAMES)
@@ -97,25 +117,41 @@ def test_fast_path_equals_math_path(pe, with_distances, causal):
     tokens, positions = inputs()
     distances = randomized_distances(5, T, 2048, gen(1)) if with_distances else None
     with torch.no_grad():  # with a gradient on CPU "fast" takes the explicit path itself
-        torch.testing.assert_close(
+        assert_close_f32(
             fast(tokens, positions, distances=distances),
             math_(tokens, positions, distances=distances),
-            rtol=1e-4,
-            atol=1e-5,
+            depth=DEPTH,
+            width=WIDTH,
         )
 
 
+def softmax_atol(q, k, v, bias=None) -> float:
+    """Rounding bound of one float32 attention, fused vs explicit: EPS32 x 2 products (q k^T,
+    weights @ v) x sqrt(8) (the head width, the longest dot product) x max|v|, times max|logit|:
+    the softmax turns an absolute logit error of eps |logit| into a relative error of its
+    weights, so the output's error grows with the logits' size."""
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias
+    return f32_atol(v, depth=2, width=q.shape[-1]) * max(1.0, magnitude(logits))
+
+
+@pytest.mark.numerics
 def test_attend_backends_agree_with_broadcast_bias():
     g = gen(2)
     q, k, v = (torch.randn(2, 4, 6, 8, generator=g) for _ in range(3))
     bias = torch.randn(1, 4, 6, 6, generator=g)
+    atol = softmax_atol(q, k, v, bias)  # 1.19e-7 x 2 x 2.83 x 3.0 x 4.4 = 9e-6
     for causal in (False, True):
         torch.testing.assert_close(
             attend(q, k, v, bias, causal=causal, backend="fast"),
             attend(q, k, v, bias, causal=causal, backend="math"),
+            atol=atol,
+            rtol=0,
         )
 
 
+@pytest.mark.numerics
 def test_fast_backend_routes_cpu_training_to_the_explicit_path(monkeypatch):
     from randpos.model import attention
 
@@ -132,34 +168,43 @@ def test_fast_backend_routes_cpu_training_to_the_explicit_path(monkeypatch):
     k, v = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
     (grad_fast,) = torch.autograd.grad(attend(q, k, v, backend="fast").sum(), q)
     (grad_math,) = torch.autograd.grad(attend(q, k, v, backend="math").sum(), q)
-    torch.testing.assert_close(grad_fast, grad_math)
+    # dq_i = sum_j p_ij (g_ij - sum_l p_il g_il) k_j / sqrt(d) with g_ij = sum_c v_jc: terms of
+    # size max|g| max|k| / sqrt(8), through 4 float32 products (logits, weights; dp, dq), the
+    # longest of width 8: EPS32 x 4 x sqrt(8) x max|g| max|k| / sqrt(8)
+    terms = magnitude(v.sum(-1)) * magnitude(k) / math.sqrt(8)
+    atol = f32_atol(terms, depth=4, width=8)
+    torch.testing.assert_close(grad_fast, grad_math, atol=atol, rtol=0)
 
 
+@pytest.mark.numerics
 def test_causal_outputs_ignore_later_tokens():
     m = model("rope", causal=True).eval()
     tokens, positions = inputs()
     changed = tokens.clone()
     changed[:, 7:] = (changed[:, 7:] + 1) % 3
     a, b = m(tokens, positions), m(changed, positions)
-    torch.testing.assert_close(a[:, :7], b[:, :7])
-    assert not torch.allclose(a[:, 7:], b[:, 7:])
+    assert_close_f32(a[:, :7], b[:, :7], depth=DEPTH, width=WIDTH)
+    assert_differ(a[:, 7:], b[:, 7:])
 
 
 # --- invariances ------------------------------------------------------------------------------
 
 
+@pytest.mark.numerics
 def test_encoder_without_pe_is_permutation_equivariant():
     m = model("none").eval()
     tokens, positions = inputs()
     perm = torch.randperm(T, generator=gen(3))
     out = m(tokens, positions)
-    torch.testing.assert_close(m(tokens[:, perm], positions[:, perm]), out[:, perm])
+    # the softmax sums over the keys in another order
+    assert_close_f32(m(tokens[:, perm], positions[:, perm]), out[:, perm], depth=DEPTH, width=WIDTH)
 
 
 def test_none_ignores_positions():
     m = model("none").eval()
     tokens, positions = inputs()
-    torch.testing.assert_close(m(tokens, positions), m(tokens, contiguous_positions(B, T)))
+    # NoPE reads positions only to range-check them: one computation twice, so bit for bit
+    assert torch.equal(m(tokens, positions), m(tokens, contiguous_positions(B, T)))
 
 
 @pytest.mark.parametrize(
@@ -173,21 +218,25 @@ def test_none_ignores_positions():
 def test_pes_make_the_output_depend_on_positions(pe):
     m = model(pe).eval()
     tokens, positions = inputs()
-    assert not torch.allclose(m(tokens, positions), m(tokens, contiguous_positions(B, T)))
+    assert_differ(m(tokens, positions), m(tokens, contiguous_positions(B, T)))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("pe", ["relative", "rope", "alibi"])
 def test_relative_pes_invariant_to_global_shift(pe):
     m = model(pe).eval()
     tokens, positions = inputs(max_position=1000)
-    torch.testing.assert_close(m(tokens, positions + 1000), m(tokens, positions))
+    # sines and cosines of other angles (float64, then rounded to float32): equal to rounding
+    assert_close_f32(m(tokens, positions + 1000), m(tokens, positions), depth=DEPTH, width=WIDTH)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("pe", PE_NAMES)
 def test_shared_positions_broadcast(pe):
     m = model(pe).eval()
     tokens, positions = inputs()  # rows identical (one shared draw)
-    torch.testing.assert_close(m(tokens, positions[:1]), m(tokens, positions))
+    # (1, T) positions give (1, ...) encodings and biases, so other shapes in the products
+    assert_close_f32(m(tokens, positions[:1]), m(tokens, positions), depth=DEPTH, width=WIDTH)
 
 
 @pytest.mark.parametrize("pe", DISTANCE_PES)
@@ -195,26 +244,31 @@ def test_distances_change_distance_pes_only(pe):
     m = model(pe).eval()
     tokens, positions = inputs()
     tables = randomized_distances(5, T, 2048, gen(4))
-    assert not torch.allclose(m(tokens, positions, distances=tables), m(tokens, positions))
+    assert_differ(m(tokens, positions, distances=tables), m(tokens, positions))
     # per-layer tables differ from sharing the first one
-    assert not torch.allclose(
+    assert_differ(
         m(tokens, positions, distances=tables), m(tokens, positions, distances=tables[:1])
     )
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("pe", PE_NAMES)
 def test_layer_positions(pe):
     m = model(pe).eval()
     tokens, positions = inputs()
-    same = positions.expand(5, B, T)
-    torch.testing.assert_close(m(tokens, positions, layer_positions=same), m(tokens, positions))
+    same = positions.expand(5, B, T)  # the same values in another memory layout
+    base = m(tokens, positions)
+    assert_close_f32(m(tokens, positions, layer_positions=same), base, depth=DEPTH, width=WIDTH)
     per_layer = torch.stack([randomized_positions(1, T, 2048, gen(s)) for s in range(5)])
     out = m(tokens, positions, layer_positions=per_layer)  # (5, 1, T): shared by the batch
-    changed = not torch.allclose(out, m(tokens, positions))
+    change = float((out - base).detach().abs().max())
     # only attention-level encodings that read positions see them
     reads = (m.pe.has_rotate or m.pe.has_bias) and pe != "relative_reference_bug"
     reads = reads and m.pe.randomizable  # cope counts positions from the content
-    assert changed == reads
+    if reads:
+        assert change > 100 * rounding(base)
+    else:
+        assert change <= rounding(base)
     with pytest.raises(ValueError, match="layer_positions"):
         m(tokens, positions, layer_positions=per_layer[:4])
     with pytest.raises(ValueError, match="max_position"):
@@ -226,7 +280,8 @@ def test_distances_are_ignored_by_other_pes(pe):
     m = model(pe).eval()
     tokens, positions = inputs()
     tables = randomized_distances(5, T, 2048, gen(4))
-    torch.testing.assert_close(m(tokens, positions, distances=tables), m(tokens, positions))
+    # the model drops the tables before the first layer: one computation twice, bit for bit
+    assert torch.equal(m(tokens, positions, distances=tables), m(tokens, positions))
 
 
 @pytest.mark.parametrize("pe", PE_NAMES)
@@ -250,12 +305,12 @@ def test_dropout_is_reproducible_from_the_generator(pe):
     a = m(tokens, positions, generator=gen(7))
     b = m(tokens, positions, generator=gen(7))
     c = m(tokens, positions, generator=gen(8))
-    torch.testing.assert_close(a, b)
-    assert not torch.allclose(a, c)
+    assert torch.equal(a, b)  # one computation (masks included) twice: bit for bit
+    assert_differ(a, c)
     m.eval()
     e1, e2 = m(tokens, positions, generator=gen(7)), m(tokens, positions, generator=gen(8))
     assert torch.equal(e1, e2)
-    assert not torch.allclose(e1, a)
+    assert_differ(e1, a)
 
 
 def test_dropout_without_generator_uses_torch_dropout():
@@ -265,14 +320,15 @@ def test_dropout_without_generator_uses_torch_dropout():
     a = m(tokens, positions)
     torch.manual_seed(0)
     b = m(tokens, positions)
-    torch.testing.assert_close(a, b)
-    assert not torch.allclose(a, m(tokens, positions))
+    assert torch.equal(a, b)  # one computation (masks included) twice: bit for bit
+    assert_differ(a, m(tokens, positions))
 
 
 def test_no_dropout_when_rate_is_zero():
     m = model("sincos", dropout=0.0).train()
     tokens, positions = inputs()
-    torch.testing.assert_close(m(tokens, positions, generator=gen(1)), m.eval()(tokens, positions))
+    # dropout at rate 0 returns its input: train and eval mode compute the same, bit for bit
+    assert torch.equal(m(tokens, positions, generator=gen(1)), m.eval()(tokens, positions))
 
 
 @pytest.mark.parametrize("pe", PE_NAMES)
@@ -285,6 +341,7 @@ def test_every_parameter_gets_a_gradient(pe):
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("pe", PE_NAMES)
 def test_vmap_over_stacked_models(pe):
     # K models batched with torch.func: the forward has no data-dependent control flow.
@@ -302,7 +359,10 @@ def test_vmap_over_stacked_models(pe):
 
     batched = torch.vmap(run)(params, buffers)  # (K, B, T, C)
     for i, m in enumerate(models):
-        torch.testing.assert_close(batched[i], m(tokens, positions, distances=distances))
+        # batched products vs one model's: 2 layers deep (rounding bound above, depth 2)
+        assert_close_f32(
+            batched[i], m(tokens, positions, distances=distances), depth=2, width=WIDTH
+        )
     batched.square().mean().backward()  # autograd through the vmapped forward
     assert all(p.grad is not None for p in params.values())
 

@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from numerics import EPS64, magnitude
 
 from randpos.encodings import fire as fire_module
 from randpos.encodings import get_encoding
@@ -66,6 +67,48 @@ def offset_value(table: torch.Tensor, delta: int) -> int:
     return int(table[0, delta]) if delta >= 0 else -int(table[1, -delta])
 
 
+# --- rounding bounds (float64: the encodings under test and the oracles) ------------------------
+# numerics.f32_atol's bound in float64, EPS64 x depth x sqrt(width) x scale, with the scale of
+# each family's terms:
+#   t5:       a table lookup (exact);
+#   kerple:   r1 times a log1p or pow of an exactly computed distance: a few ulps of the value,
+#             plus the ulp of ln(1 + x) at x ~ 0 (|r1| EPS64) for the oracle's log;
+#   fire:     the input x (c |delta|, log1p, the normalizer, the division) then the MLP, whose
+#             32-wide output sums terms of size sum_w |w2| (|w1| x + |b1|) + |b2|;
+#   sandwich: cos(a - b) = cos a cos b + sin a sin b summed over K' = d/2 = 4 frequencies (8
+#             products, |cos a cos b| + |sin a sin b| <= 1 each): angles p w of positions < 2048
+#             are off by up to EPS64 x 2048, so each frequency's term by as much.
+ANGLE = 2048.0
+
+
+def f64_atol(scale, *, depth: int = 1, width: int = 1) -> float:
+    """EPS64 x depth x sqrt(width) x scale: numerics.f32_atol for float64 computations."""
+    if isinstance(scale, torch.Tensor):
+        scale = magnitude(scale)
+    return EPS64 * depth * math.sqrt(width) * float(scale)
+
+
+def mlp_scale(pe, layer: int, x: torch.Tensor) -> float:
+    """max over heads of sum_w |w2_hw| (|w1_w| max|x| + |b1_w|) + |b2_h|: the size of the terms
+    of FIRE's MLP output at the inputs ``x``."""
+    w1, b1 = pe.w1[layer].detach().abs(), pe.b1[layer].detach().abs()
+    w2, b2 = pe.w2[layer].detach().abs(), pe.b2[layer].detach().abs()
+    return float((w2 @ (w1 * magnitude(x) + b1) + b2).max())
+
+
+def zoo_atol(name: str, pe, pos: torch.Tensor, out: torch.Tensor, layer: int = 0) -> float:
+    """Rounding bound of the float64 bias ``out`` of encoding ``name`` at positions ``pos``
+    (the list above)."""
+    if name == "sandwich":  # head scales <= 1
+        return f64_atol(ANGLE * (d // 2), depth=4, width=d)
+    if name == "fire":
+        x = pe.mlp_input(pos, layer, torch.float64)
+        return f64_atol(mlp_scale(pe, layer, x), depth=8, width=fire_module.MLP_WIDTH)
+    if name.startswith("kerple"):
+        return f64_atol(magnitude(out) + magnitude(pe.constrained()[0]), depth=4)
+    return f64_atol(out)  # t5
+
+
 # --- registry facts -----------------------------------------------------------------------------
 
 
@@ -89,16 +132,21 @@ def test_parameter_counts_and_capabilities(name, count, floats, distances):
     assert pe.has_bias and not pe.has_embed and not pe.has_rotate
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ZOO)
 def test_bias_is_a_function_of_the_positions_passed(name):
     pe = build(name)
     pos = positions()
-    assert not torch.allclose(bias(pe, pos), bias(pe, pos * 2))
-    # shared positions (1, T) broadcast over the batch and give the per-row result
+    out = bias(pe, pos)
+    atol = zoo_atol(name, pe, pos, out)
+    assert (out - bias(pe, pos * 2)).abs().max() > 100 * atol
+    # shared positions (1, T) broadcast over the batch and give the per-row result (computed
+    # with other shapes, so equal to rounding)
     shared = pos[:1]
-    torch.testing.assert_close(bias(pe, shared)[0], bias(pe, pos)[0])
+    torch.testing.assert_close(bias(pe, shared)[0], out[0], atol=atol, rtol=0)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ZOO)
 def test_shift_invariance(name):
     pe = build(name)
@@ -106,7 +154,9 @@ def test_shift_invariance(name):
     top = 200 if name == "fire" else 1000
     pos = positions(max_position=top)
     shift = 300 if name == "fire" else 1000
-    torch.testing.assert_close(bias(pe, pos + shift), bias(pe, pos), rtol=1e-9, atol=1e-9)
+    want = bias(pe, pos)
+    atol = zoo_atol(name, pe, pos + shift, want)
+    torch.testing.assert_close(bias(pe, pos + shift), want, rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("name", TRAINABLE)
@@ -217,6 +267,14 @@ def kerple_oracle(name, r1, r2, rel, bidirectional) -> list:
     return out
 
 
+def kerple_tolerances(r1: list) -> dict:
+    """Oracle vs module, both float64: log1p / pow within an ulp or two of the same exactly
+    computed distance, times r1 (one more rounding): 4 EPS64 relative; the oracle's
+    ln(1 + x) for small x adds up to an ulp of 1 (times |r1|) absolute."""
+    return {"rtol": 4 * EPS64, "atol": 4 * EPS64 * max(abs(r) for r in r1)}
+
+
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ["kerple_log", "kerple_power"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kind", ["int", "float"])
@@ -229,9 +287,10 @@ def test_kerple_matches_brute_force(name, causal, kind):
         p = pos[b].tolist()
         rel = [[p[j] - p[i] for j in range(T)] for i in range(T)]
         want = torch.tensor(kerple_oracle(name, r1, r2, rel, not causal), dtype=torch.float64)
-        torch.testing.assert_close(out[b], want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out[b], want, **kerple_tolerances(r1))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ["kerple_log", "kerple_power"])
 @pytest.mark.parametrize("both_sides", [False, True])
 def test_kerple_distance_reading_matches_brute_force(name, both_sides):
@@ -240,9 +299,11 @@ def test_kerple_distance_reading_matches_brute_force(name, both_sides):
     table = randomized_distances(1, T, 2048, gen(6), both_sides=both_sides)
     rel = [[offset_value(table[0], j - i) for j in range(T)] for i in range(T)]
     want = torch.tensor(kerple_oracle(name, r1, r2, rel, True), dtype=torch.float64)
-    torch.testing.assert_close(bias(pe, positions(), 0, table)[0], want, rtol=1e-12, atol=1e-12)
+    got = bias(pe, positions(), 0, table)[0]
+    torch.testing.assert_close(got, want, **kerple_tolerances(r1))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("heads", [8, 6])
 def test_kerple_power_at_p1_with_alibi_slopes_is_alibi(dtype, heads):
@@ -254,14 +315,18 @@ def test_kerple_power_at_p1_with_alibi_slopes_is_alibi(dtype, heads):
         kerple.r2.fill_(1.0)
     q = torch.zeros(B, heads, T, d, dtype=dtype)
     pos = positions(max_position=2048)
-    assert torch.equal(kerple.bias(q, q, pos, 0), alibi.bias(q, q, pos, 0))
+    # the same numbers but for pow(delta, 1), within an ulp of delta in a vectorized kernel (the
+    # products by power-of-two slopes are exact): rtol one eps of the dtype
+    close = {"rtol": torch.finfo(dtype).eps, "atol": 0.0}
+    torch.testing.assert_close(kerple.bias(q, q, pos, 0), alibi.bias(q, q, pos, 0), **close)
     table = randomized_distances(L, T, 2048, gen(4), both_sides=True)
     for layer in (0, 2):
-        assert torch.equal(
-            kerple.bias(q, q, pos, layer, table), alibi.bias(q, q, pos, layer, table)
+        torch.testing.assert_close(
+            kerple.bias(q, q, pos, layer, table), alibi.bias(q, q, pos, layer, table), **close
         )
 
 
+@pytest.mark.numerics
 def test_kerple_power_causal_at_p1_is_the_original_alibi():
     # causal: no left offset (the paper's distance), i.e. Press et al.'s -m |i - j|
     pe = build("kerple_power", dataclasses.replace(CONFIG, causal=True))
@@ -271,7 +336,9 @@ def test_kerple_power_causal_at_p1_is_the_original_alibi():
         pe.r2.fill_(1.0)
     pos = positions()
     rel = (pos.unsqueeze(1) - pos.unsqueeze(2)).abs().double().unsqueeze(1)
-    torch.testing.assert_close(bias(pe, pos), -slopes.view(1, H, 1, 1) * rel, rtol=0, atol=0)
+    # pow(delta, 1) within an ulp of delta, times a power of two: rtol EPS64
+    want = -slopes.view(1, H, 1, 1) * rel
+    torch.testing.assert_close(bias(pe, pos), want, rtol=EPS64, atol=0)
 
 
 @pytest.mark.parametrize("name", ["kerple_log", "kerple_power"])
@@ -344,6 +411,7 @@ def fire_oracle(pe, pos: list, layer: int) -> torch.Tensor:
     return out
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["int", "float"])
 def test_fire_matches_brute_force(kind):
     pe = build("fire", seed=7)
@@ -353,13 +421,18 @@ def test_fire_matches_brute_force(kind):
     pos = positions(max_position=2048) if kind == "int" else float_positions(scale=2000.0)
     for layer in (0, 3):
         out = bias(pe, pos, layer)
+        atol = zoo_atol("fire", pe, pos, out, layer)  # log1p vs ln(1 + x), then the MLP
         for b in range(B):
             want = fire_oracle(pe, pos[b].tolist(), layer)
-            torch.testing.assert_close(out[b], want, rtol=1e-10, atol=1e-10)
-    assert not torch.allclose(bias(pe, pos, 0), bias(pe, pos, 3))  # per-layer parameters
+            torch.testing.assert_close(out[b], want, rtol=0, atol=atol)
+    change = (bias(pe, pos, 0) - bias(pe, pos, 3)).abs().max()
+    assert change > 100 * zoo_atol("fire", pe, pos, out, 0)  # per-layer parameters
 
 
+@pytest.mark.numerics
 def test_fire_chunking_is_exact(monkeypatch):
+    """Exact in real arithmetic; in float64 the slices' ``w2 @ hidden`` products are blocked
+    otherwise (MKL_CBWR=COMPATIBLE rounds them differently), so equal to rounding."""
     pe = build("fire", seed=8)
     pos = positions(max_position=2048)
 
@@ -372,9 +445,14 @@ def test_fire_chunking_is_exact(monkeypatch):
     whole, whole_grads = value_and_grads()
     monkeypatch.setattr(fire_module, "CHUNK_ELEMENTS", 2 * 2 * T * 32)  # two query rows a slice
     sliced, sliced_grads = value_and_grads()
-    torch.testing.assert_close(sliced, whole, rtol=0, atol=0)
+    # the same elementwise input; only the 32-wide output sum may round otherwise
+    x = pe.mlp_input(pos, 1, torch.float64)
+    atol = f64_atol(mlp_scale(pe, 1, x), depth=2, width=fire_module.MLP_WIDTH)
+    torch.testing.assert_close(sliced, whole, rtol=0, atol=atol)
+    # each gradient sums over the B x H x T x T = 1296 bias entries, grouped per slice or not:
+    # EPS64 x 3 (forward, backward product, sum) x sqrt(1296) x max|gradient|
     for a, b in zip(sliced_grads, whole_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(a, b, rtol=0, atol=f64_atol(b, depth=3, width=B * H * T * T))
 
 
 def test_fire_input_properties():
@@ -419,36 +497,43 @@ def sandwich_oracle(rel: list) -> torch.Tensor:
     return out
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["int", "float"])
 def test_sandwich_matches_brute_force(kind):
     pe = build("sandwich")
     pos = positions(max_position=2048) if kind == "int" else float_positions(scale=2000.0)
     out = bias(pe, pos)
+    atol = zoo_atol("sandwich", pe, pos, out)  # 2.0e-11: cosines of angles < 2048
     for b in range(B):
         p = pos[b].tolist()
         want = sandwich_oracle([[p[j] - p[i] for j in range(T)] for i in range(T)])
-        torch.testing.assert_close(out[b], want, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(out[b], want, rtol=0, atol=atol)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("both_sides", [False, True])
 def test_sandwich_distance_reading_matches_brute_force(both_sides):
     pe = build("sandwich")
     table = randomized_distances(1, T, 2048, gen(9), both_sides=both_sides)
     rel = [[offset_value(table[0], j - i) for j in range(T)] for i in range(T)]
-    torch.testing.assert_close(
-        bias(pe, positions(), 0, table)[0], sandwich_oracle(rel), rtol=1e-10, atol=1e-10
-    )
+    got = bias(pe, positions(), 0, table)[0]
+    atol = zoo_atol("sandwich", pe, positions(), got)  # cosines of distances < 2048
+    torch.testing.assert_close(got, sandwich_oracle(rel), rtol=0, atol=atol)
 
 
+@pytest.mark.numerics
 def test_sandwich_properties():
     pe = build("sandwich")
     pos = positions(max_position=2048)
     out = bias(pe, pos)  # (B, H, T, T)
-    torch.testing.assert_close(
-        out.diagonal(dim1=-2, dim2=-1), torch.zeros(B, H, T, dtype=torch.float64)
-    )
-    assert bool((out <= 1e-12).all())
-    torch.testing.assert_close(out, out.transpose(-1, -2))  # even in r
+    # cos^2 + sin^2 of one (rounded) angle, and (i, j) vs (j, i) of one product, sum the same
+    # d = 8 terms <= 1: EPS64 x 2 x sqrt(8) x d/2 (head scales <= 1), no angle error
+    atol = f64_atol(d // 2, depth=2, width=d)
+    zeros = torch.zeros(B, H, T, dtype=torch.float64)
+    torch.testing.assert_close(out.diagonal(dim1=-2, dim2=-1), zeros, atol=atol, rtol=0)
+    assert bool((out <= atol).all())
+    torch.testing.assert_close(out, out.transpose(-1, -2), atol=atol, rtol=0)  # even in r
     heads = torch.arange(1, H + 1, dtype=torch.float64).view(1, H, 1, 1)
-    torch.testing.assert_close(out, out[:, :1] / heads)  # b_h = b_1 / h
+    # b_h = (H / 8h) b vs (H / 8) b / h: three roundings, relative
+    torch.testing.assert_close(out, out[:, :1] / heads, rtol=2 * EPS64, atol=0)  # b_h = b_1 / h
     assert torch.equal(bias(pe, pos, 0), bias(pe, pos, 4))  # no per-layer state
