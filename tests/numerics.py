@@ -37,6 +37,13 @@ def f32_atol(scale: float | torch.Tensor, *, depth: int = 1, width: int = 1) -> 
     return EPS32 * depth * math.sqrt(width) * float(scale)
 
 
+def f64_atol(scale: float | torch.Tensor, *, depth: int = 1, width: int = 1) -> float:
+    """EPS64 * depth * sqrt(width) * scale: :func:`f32_atol`'s bound for float64 computations."""
+    if isinstance(scale, torch.Tensor):
+        scale = magnitude(scale)
+    return EPS64 * depth * math.sqrt(width) * float(scale)
+
+
 def assert_close_f32(
     actual: torch.Tensor, expected: torch.Tensor, *, depth: int = 1, width: int = 1, factor=1.0
 ) -> None:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from numerics import EPS64, magnitude
+from numerics import EPS64, f64_atol, magnitude
 
 from randpos.encodings import PE_NAMES_1D as PE_NAMES
 from randpos.encodings import PositionalEncoding, get_encoding, register
@@ -67,13 +67,6 @@ def sorted_positions(length=T, max_position=1000, seed=0, batch=B) -> torch.Tens
 ANGLE = 2048.0
 #: the encodings whose logits are built from sines and cosines of positions
 ANGULAR = ("relative", "rope", "xpos", "sandwich")
-
-
-def f64_atol(scale, *, depth: int = 1, width: int = 1) -> float:
-    """EPS64 x depth x sqrt(width) x scale: numerics.f32_atol for float64 computations."""
-    if isinstance(scale, torch.Tensor):
-        scale = magnitude(scale)
-    return EPS64 * depth * math.sqrt(width) * float(scale)
 
 
 def logit_atol(name: str, q: torch.Tensor, k: torch.Tensor, out: torch.Tensor, angle=ANGLE):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from numerics import EPS32, EPS64
+from numerics import EPS32, EPS64, f64_atol
 
 from randpos.seeding import make_generator
 from randpos.vision import metrics
@@ -53,11 +53,6 @@ def global_rng_untouched():
 
 def gen(seed: int = 0, stream: str = "test") -> torch.Generator:
     return make_generator(seed, stream)
-
-
-def f64_atol(scale: float, *, depth: int = 1, width: int = 1) -> float:
-    """numerics.f32_atol's bound for float64: EPS64 * depth * sqrt(width) * scale."""
-    return EPS64 * depth * math.sqrt(width) * scale
 
 
 # --- digits ------------------------------------------------------------------------------------

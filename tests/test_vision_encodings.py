@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from numerics import EPS32, EPS64
+from numerics import EPS32, EPS64, f64_atol
 
 from randpos.config import ConfigError, TrainConfig
 from randpos.encodings import PE_NAMES_2D, build_encoding
@@ -27,11 +27,6 @@ ROTARY_2D = ["rope2d_axial", "rope2d_mixed"]
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def f64_atol(scale: float, *, depth: int = 1, width: int = 1) -> float:
-    """numerics.f32_atol's bound for float64: EPS64 * depth * sqrt(width) * scale."""
-    return EPS64 * depth * math.sqrt(width) * scale
 
 
 def angle_atol(max_angle: float, factor: float = 1.0) -> float:

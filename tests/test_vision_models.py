@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from numerics import EPS64, assert_close_f32, f32_atol, magnitude
+from numerics import assert_close_f32, f32_atol, f64_atol, magnitude
 from torch import nn
 
 from randpos.encodings import ENCODINGS
@@ -100,11 +100,6 @@ WIDTH = 4 * 32
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def f64_atol(scale: float, *, depth: int = 1, width: int = 1) -> float:
-    """numerics.f32_atol's bound for float64: EPS64 * depth * sqrt(width) * scale."""
-    return EPS64 * depth * math.sqrt(width) * scale
 
 
 def config(**overrides) -> VisionConfig:

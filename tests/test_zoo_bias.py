@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from numerics import EPS64, magnitude
+from numerics import EPS64, f64_atol, magnitude
 
 from randpos.encodings import fire as fire_module
 from randpos.encodings import get_encoding
@@ -79,13 +79,6 @@ def offset_value(table: torch.Tensor, delta: int) -> int:
 #             products, |cos a cos b| + |sin a sin b| <= 1 each): angles p w of positions < 2048
 #             are off by up to EPS64 x 2048, so each frequency's term by as much.
 ANGLE = 2048.0
-
-
-def f64_atol(scale, *, depth: int = 1, width: int = 1) -> float:
-    """EPS64 x depth x sqrt(width) x scale: numerics.f32_atol for float64 computations."""
-    if isinstance(scale, torch.Tensor):
-        scale = magnitude(scale)
-    return EPS64 * depth * math.sqrt(width) * float(scale)
 
 
 def mlp_scale(pe, layer: int, x: torch.Tensor) -> float:

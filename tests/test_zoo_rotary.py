@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from numerics import EPS32, EPS64, assert_close_f32, f32_atol, magnitude
+from numerics import EPS32, EPS64, assert_close_f32, f32_atol, f64_atol, magnitude
 
 from randpos.encodings import get_encoding
 from randpos.encodings.base import inverse_frequencies
@@ -73,13 +73,6 @@ MODEL_DEPTH, MODEL_WIDTH = 2, 64
 # ~EPS64 x 2048 (theta from a pow, the product), so what is built from its cosine and sine is off
 # by up to EPS64 x 2048 x its size: such scales include ANGLE.
 ANGLE = 2048.0
-
-
-def f64_atol(scale, *, depth: int = 1, width: int = 1) -> float:
-    """EPS64 x depth x sqrt(width) x scale: numerics.f32_atol for float64 computations."""
-    if isinstance(scale, torch.Tensor):
-        scale = magnitude(scale)
-    return EPS64 * depth * math.sqrt(width) * float(scale)
 
 
 def score_terms(rq: torch.Tensor, rk: torch.Tensor) -> float:
