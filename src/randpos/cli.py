@@ -16,7 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from randpos.config import CONFIG_DIR, ConfigError, TrainConfig, find_preset, load_yaml
+from randpos.core.fields import ConfigError
+from randpos.workloads import build_workload, resolve_config
+from randpos.workloads.config import CONFIG_DIR, TrainConfig, find_preset, load_yaml
 
 app = typer.Typer(
     add_completion=False,
@@ -90,7 +92,7 @@ def build_config(
         data.update(load_yaml(find_preset(preset)))
     data.update(parse_sets(sets))
     data.update({k: v for k, v in options.items() if v is not None})
-    return TrainConfig.from_dict(data)
+    return resolve_config(data)
 
 
 def open_store(store: Path | None, no_store: bool):
@@ -282,7 +284,7 @@ def evaluate(
     )
     record = {
         "run_dir": str(run_dir),
-        "eval_positions": cfg.eval_positions if cfg.randomized else "contiguous",
+        "eval_positions": cfg.positions.eval_mode,
         "eval_max_length": cfg.eval_max_length,
         "id_accuracy": result.id_accuracy,
         "ood_accuracy": result.ood_accuracy,
@@ -333,9 +335,9 @@ def generate(
         device=device or "auto",
         trust_workload=trust_workload,
     )
-    mode = cfg.eval_positions if cfg.randomized else "contiguous"
+    mode = cfg.positions.eval_mode
     how = f"positions {mode}"
-    decode = cfg.workload_class()(cfg).summary_fields().get("decode_positions")
+    decode = build_workload(cfg).summary_fields().get("decode_positions")
     if decode is not None:  # a decoder
         how += f", generated tokens {decode}, greedy with the KV cache"
     console.print(f"{cfg.task}, length {length} ({cfg.workload}, {cfg.pe}, {how})", soft_wrap=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from randpos.config import PRECISIONS
+from randpos.workloads.config import PRECISIONS
 
 
 class CompileCounter:

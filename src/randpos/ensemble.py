@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 
-from randpos.config import ENSEMBLE_VARYING_FIELDS, TrainConfig, ensemble_key
+from randpos.loop.identity import ENSEMBLE_VARYING_FIELDS, ensemble_key
 from randpos.trainer import EXECUTIONS
 from randpos.training import train_runs
+from randpos.workloads import resolve_config
+from randpos.workloads.config import TrainConfig
 
 #: The config fields in which the members of one ensemble may differ.
 VARYING_FIELDS = ENSEMBLE_VARYING_FIELDS
@@ -54,7 +56,7 @@ def ensemble_run(
     """The ensemble counterpart of the sweep's per-run function: resolved config dicts and run
     directories in, one outcome per run out (its summary, or the exception that ended it)."""
     return train_runs(
-        [TrainConfig.from_dict(c) for c in configs], out_dirs, resume=resume, progress=False
+        [resolve_config(c) for c in configs], out_dirs, resume=resume, progress=False
     )
 
 

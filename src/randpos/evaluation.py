@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from randpos.config import TrainConfig
 from randpos.positions import PositionPlan, plan_positions
 from randpos.seeding import make_generator
 from randpos.tasks import Batch, Task, get_task
+from randpos.workloads.config import TrainConfig
 
 # Upper bound on attention-score elements (chunk * heads * T * T) held at once in evaluation.
 ATTENTION_ELEMENT_BUDGET = 1 << 26
@@ -52,7 +52,7 @@ def draw_positions(
     """The positions of a forward pass of a run of ``config``
     (:func:`randpos.positions.plan_positions` with the run's spec and depth)."""
     return plan_positions(
-        config.position_spec(),
+        config.positions,
         config.num_layers,
         batch_size,
         length,
@@ -206,7 +206,7 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate every length 1..M (or the given lengths); returns per-length accuracies."""
     task = get_task(config.task)
-    mode = mode or config.eval_positions
+    mode = mode or config.positions.eval
     lengths = list(lengths) if lengths is not None else range(1, config.eval_max_length + 1)
     was_training = model.training
     model.eval()

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 import randpos
-from randpos.config import ConfigError, TrainConfig
+from randpos.core.fields import ConfigError
 from randpos.trust import check_checkpoint, error_line, unpickling_detail
+from randpos.workloads.config import TrainConfig
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
@@ -50,25 +51,7 @@ class TrainingInterrupted(Exception):
         self.checkpoint = checkpoint
 
 
-def run_id(config: TrainConfig) -> str:
-    from randpos.store import config_hash
-
-    return config_hash(config.to_dict())
-
-
 # ----------------------------------------------------------------------------- file helpers
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)

@@ -17,7 +17,6 @@ thread) opens its own connection.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,7 +31,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from randpos.config import HASHED_UNLESS_DEFAULT, RUNTIME_FIELDS
+from randpos.loop.identity import NON_RESULT_FIELDS, canonical, config_hash
+from randpos.workloads.compat import legacy_flat
 
 if TYPE_CHECKING:  # pandas is imported where frames are built: the CLI starts faster
     import pandas as pd
@@ -57,12 +57,6 @@ RUN_COLUMNS = (
     "code_version",
     "out_dir",
 )
-
-# Config fields that do not change a run's numbers: left out of the run id, so that moving a run
-# to another device or logging more often still finds the same result.
-NON_RESULT_FIELDS = frozenset(
-    {"device", "threads", "log_every", "checkpoint_every", "progress", "out_dir", "resume"}
-) | frozenset(RUNTIME_FIELDS)
 
 # A run still marked 'running' whose owner has not written a heartbeat for this long is
 # considered dead (the only test possible for an owner on another host).
@@ -113,33 +107,6 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 
 class StoreError(RuntimeError):
     """The store file cannot be used (incompatible version, not a randpos store)."""
-
-
-# ------------------------------------------------------------------------------------ hashing
-def _canonical(value: Any) -> Any:
-    """JSON-ready form whose serialization does not depend on key order or container type."""
-    if isinstance(value, dict):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and value.is_integer() and not math.isinf(value):
-        # 1.0 and 1 are the same setting whether YAML or a dataclass produced it.
-        return int(value)
-    return value
-
-
-def config_hash(config: dict) -> str:
-    """Stable 16-hex id of a resolved config (sha256 of its canonical JSON)."""
-    kept = {
-        k: v
-        for k, v in config.items()
-        if k not in NON_RESULT_FIELDS
-        and not (k in HASHED_UNLESS_DEFAULT and v == HASHED_UNLESS_DEFAULT[k])
-    }
-    text = json.dumps(_canonical(kept), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def default_store_path() -> Path:
@@ -308,7 +275,7 @@ class ResultsStore:
     ) -> None:
         """Mark a run as running by this process (insert or restart); drop any old result."""
         now = time.time()
-        config_json = json.dumps(_canonical(config), sort_keys=True)
+        config_json = json.dumps(canonical(config), sort_keys=True)
         with self._write() as conn:
             self._start(conn, run_id, config_json, out_dir, now)
             if sweep is not None:
@@ -362,7 +329,7 @@ class ResultsStore:
         """Atomically take a run for this process: True if it was free, failed (with
         ``retry_failed``) or abandoned by a dead owner; False if done or owned by a live one."""
         now = time.time()
-        config_json = json.dumps(_canonical(config), sort_keys=True)
+        config_json = json.dumps(canonical(config), sort_keys=True)
         with self._write() as conn:
             row = conn.execute(
                 "SELECT status, host, pid, heartbeat_at FROM runs WHERE run_id = ?", (run_id,)
@@ -422,7 +389,7 @@ class ResultsStore:
             exists = conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if exists is None:
                 # A result recorded without start_run (e.g. imported): create the row first.
-                self._start(conn, run_id, json.dumps(_canonical(config or {})), None, now)
+                self._start(conn, run_id, json.dumps(canonical(config or {})), None, now)
             conn.execute("DELETE FROM per_length WHERE run_id = ?", (run_id,))
             conn.executemany(
                 "INSERT INTO per_length(run_id, length, accuracy) VALUES (?, ?, ?)", rows
@@ -470,7 +437,7 @@ class ResultsStore:
         """Record a sweep's spec and the runs its grid expands to (replacing older versions)."""
         now = time.time()
         rows = [
-            (name, rid, json.dumps(_canonical(cfg), sort_keys=True), i)
+            (name, rid, json.dumps(canonical(cfg), sort_keys=True), i)
             for i, (rid, cfg) in enumerate(runs.items())
         ]
         with self._write() as conn:
@@ -596,7 +563,7 @@ class ResultsStore:
 def config_columns(config_json: str | None) -> dict[str, Any]:
     """A stored config as frame columns: a workload's ``options`` become ``options.NAME``
     columns (none when empty), so every column holds a plain value."""
-    config = json.loads(config_json) if config_json else {}
+    config = legacy_flat(json.loads(config_json)) if config_json else {}
     options = config.pop("options", None) or {}
     config.update({f"options.{k}": v for k, v in options.items()})
     return config

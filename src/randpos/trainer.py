@@ -42,13 +42,16 @@ from torch.optim.adam import adam
 
 import randpos
 from randpos.compile import autocast, check_precision, mark_dynamic, maybe_compile
-from randpos.config import ENSEMBLE_VARYING_FIELDS, RUNTIME_FIELDS, ConfigError, TrainConfig
-from randpos.config import ensemble_key as _ensemble_key
+from randpos.core.fields import ConfigError
 from randpos.evaluation import EvalResult
+from randpos.loop.identity import ENSEMBLE_VARYING_FIELDS, counted_fields
+from randpos.loop.identity import ensemble_key as _ensemble_key
 from randpos.progress import ProgressReporter
 from randpos.runs import CHECKPOINT_VERSION, StopFlag, TrainingInterrupted, atomic_torch_save
 from randpos.seeding import make_generator, resolve_device
 from randpos.trust import check_adam_state, check_weights
+from randpos.workloads import Workload, build_workload
+from randpos.workloads.config import TrainConfig
 
 #: How the members run (docs/performance.md has the measurements):
 #: "vmap": one vmapped eager pass for all members (batched kernels; the CUDA default);
@@ -59,10 +62,6 @@ from randpos.trust import check_adam_state, check_weights
 #: "batched": "vmap" compiled as a whole, one graph per distinct size (evaluation then runs as
 #:   "vmap", never compiled per size).
 EXECUTIONS = ("vmap", "loop", "compiled", "batched")
-
-
-def result_fields(config: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in config.to_dict().items() if k not in RUNTIME_FIELDS}
 
 
 def check_compatible(configs: Sequence[TrainConfig]) -> None:
@@ -162,11 +161,11 @@ class Member:
     def load_state(self, state: dict[str, Any], source: str = "checkpoint") -> None:
         """Continue from ``state`` (:func:`randpos.runs.load_checkpoint`: its structure is
         checked); ``ConfigError`` naming ``source`` unless it was written by this config's run."""
-        # fields added after a checkpoint was written take their defaults
-        saved = result_fields(TrainConfig())
-        saved.update({k: v for k, v in state["config"].items() if k not in RUNTIME_FIELDS})
-        if saved != result_fields(self.config):
-            diff = sorted(k for k in saved if saved.get(k) != result_fields(self.config).get(k))
+        # the fields that decide a run's id (fields added after the checkpoint was written
+        # count only when they leave their defaults)
+        saved, mine = counted_fields(state["config"]), counted_fields(self.config.to_dict())
+        if saved != mine:
+            diff = sorted(k for k in saved.keys() | mine.keys() if saved.get(k) != mine.get(k))
             raise ConfigError(
                 f"{source} was written with a different config (fields: "
                 f"{', '.join(diff)}); resume with the same settings or start a new --out"
@@ -203,14 +202,17 @@ class Trainer:
         self,
         configs: TrainConfig | Sequence[TrainConfig],
         *,
+        workload: Workload | None = None,
         compile: bool | None = None,
         execution: str | None = None,
         cuda_graphs: bool = False,
         attention: str | None = None,
         backend: str | Callable = "inductor",
     ) -> None:
-        """``execution`` is one of :data:`EXECUTIONS`; by default "compiled" when ``compile``
-        (default: the configs' field) is true, else "vmap" on CUDA and "loop" on CPU.
+        """``workload`` is the members' workload, built for ``configs[0]`` (by default built
+        here: :func:`randpos.workloads.build_workload`). ``execution`` is one of
+        :data:`EXECUTIONS`; by default "compiled" when ``compile`` (default: the configs' field)
+        is true, else "vmap" on CUDA and "loop" on CPU.
         ``backend`` is the ``torch.compile`` backend (tests pass a
         :class:`randpos.compile.CompileCounter`). ``attention`` overrides the attention backend
         of models that have one: by default "math" for vmapped execution on CPU (torch's fused
@@ -229,7 +231,7 @@ class Trainer:
             raise ConfigError(str(exc)) from None
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.workload = cfg.workload_class()(cfg)
+        self.workload = workload if workload is not None else build_workload(cfg)
         self.members = [Member(c, self.workload, self.device) for c in configs]
         self.size = len(configs)
         self.step = 0
@@ -572,7 +574,7 @@ class Trainer:
         """Per-member :class:`EvalResult` s over ``lengths`` (the workload's sizes by
         default): all members scored at once on the data a single evaluation uses."""
         cfg = self.config
-        mode = mode or cfg.eval_positions
+        mode = mode or cfg.positions.eval
         sizes = list(lengths) if lengths is not None else self.workload.eval_sizes()
         per_size: list[dict[int, float]] = [{} for _ in range(self.size)]
         extras: list[dict[int, dict[str, float]]] = [{} for _ in range(self.size)]

@@ -14,6 +14,7 @@ file of a run is written to a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from randpos.config import ConfigError, TrainConfig
+from randpos.core.fields import ConfigError
 from randpos.evaluation import EvalResult
 from randpos.runs import (
     CHECKPOINT,
@@ -40,6 +41,8 @@ from randpos.runs import (
 from randpos.seeding import resolve_device
 from randpos.trainer import Trainer, check_compatible
 from randpos.trust import check_weights, config_from_file, read_summary
+from randpos.workloads import build_workload
+from randpos.workloads.config import TrainConfig
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -97,6 +100,12 @@ def train_runs(
     for config in configs:
         config.validate()
     check_compatible(configs)
+    # the workload checks the configs and is handed to the trainer; options are recorded in
+    # their stored form (defaults left out), so a run's id does not depend on how they were spelled
+    workload = build_workload(configs[0])
+    configs = [
+        dataclasses.replace(c, options=workload.normalize_options(c.options)) for c in configs
+    ]
     outs = [None if o is None else Path(o) for o in (out_dirs or [None] * len(configs))]
     if len(outs) != len(configs):
         raise ConfigError(f"{len(configs)} configs but {len(outs)} output directories")
@@ -123,6 +132,7 @@ def train_runs(
         by_step.setdefault(states[i]["step"] if states[i] else 0, []).append(i)
     for members in by_step.values():
         results = _train_members(
+            workload,
             [configs[i] for i in members],
             [outs[i] for i in members],
             [states[i] for i in members],
@@ -136,9 +146,9 @@ def train_runs(
     return outcomes  # type: ignore[return-value]
 
 
-def _train_members(configs, outs, states, *, store, progress, sweep, compile):
+def _train_members(workload, configs, outs, states, *, store, progress, sweep, compile):
     rids = [run_id(c) for c in configs]
-    trainer = Trainer(configs, compile=compile)
+    trainer = Trainer(configs, workload=workload, compile=compile)
     trainer.load_states(states, [out / CHECKPOINT if out is not None else None for out in outs])
     if store is not None:
         for rid, config, out in zip(rids, configs, outs, strict=True):
@@ -217,13 +227,13 @@ def evaluate_run(
     model, config = load_model(run_dir, device, trust_workload=trust_workload)
     trainer = Trainer(config)
     trainer.load_weights([model.state_dict()])
-    changes = {"eval_max_length": eval_max_length, "eval_positions": eval_positions}
+    changes = {"eval_max_length": eval_max_length, "positions.eval": eval_positions}
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
     stop = StopFlag()
     with stop.installed():
         (result,) = trainer.evaluate(
             progress=progress,
-            mode=config.eval_positions,
+            mode=config.positions.eval,
             lengths=trainer.workload.sizes_up_to(config.eval_max_length),
             stop=stop,
         )
@@ -253,20 +263,19 @@ def predict_run(
     if not isinstance(length, int) or length < 1:
         raise ConfigError(f"--length must be a positive integer, got {length!r}")
     model, config = load_model(run_dir, device, trust_workload=trust_workload)
-    changes = {"eval_positions": eval_positions}
+    changes = {"positions.eval": eval_positions}
     if decode_positions is not None:
         changes["options"] = {**config.options, "decode_positions": decode_positions}
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
-    config.validate()
-    workload = config.workload_class()(config)
+    workload = build_workload(config)
     if not hasattr(workload, "predict") or not hasattr(workload, "place_generated"):
         raise ConfigError(f"workload {config.workload!r} has no generation (no predict method)")
     workload.check_eval_size(length)
     T = config.sequence_length(length)
-    if config.randomized and T > config.max_position:
+    if config.randomized and T > config.positions.max_position:
         raise ConfigError(
             f"length {length} needs {T} positions, more than the position range L="
-            f"{config.max_position} the model was trained on; choose a shorter --length"
+            f"{config.positions.max_position} the model was trained on; choose a shorter --length"
         )
     dev = next(model.parameters()).device
     sample = workload.task.sample(count, length, make_generator(seed, "generate/data", dev))
@@ -317,7 +326,7 @@ def load_model(
     else:
         raise ConfigError(f"no model.safetensors or {CHECKPOINT} in {run_dir}")
     config = config_from_file(raw, source, trust_workload).replace(device=str(dev))
-    workload = config.workload_class()(config)
+    workload = build_workload(config)
     model = workload.build_model(torch.Generator())
     check_weights(model, weights, source)
     model.load_state_dict(weights)

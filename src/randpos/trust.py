@@ -23,7 +23,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from randpos.config import ConfigError, TrainConfig
+from randpos.core.fields import ConfigError
+from randpos.workloads import resolve_config
+from randpos.workloads.config import TrainConfig
 
 #: The keys of a checkpoint (``randpos.trainer.Member.state``) and the type each must have.
 CHECKPOINT_KEYS = (
@@ -67,7 +69,7 @@ def config_from_file(
         raise ConfigError(f"{source}: its config is not a mapping of config fields")
     check_workload_trusted(data.get("workload", "encoder"), trust, source)
     try:
-        return TrainConfig.from_dict(data)
+        return resolve_config(data)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {_first_line(exc)}") from None
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
@@ -188,7 +190,7 @@ def check_summary(summary: Any, source: Any) -> dict[str, Any]:
     """``summary`` (a parsed ``summary.json``) if it has what randpos reads from one: a
     ``run_id`` that is the hash of its ``config``, per-length numbers, the two means, N and M
     and the timings; else a one-line ``ConfigError``."""
-    from randpos.store import config_hash
+    from randpos.loop.identity import config_hash
 
     def bad(what: str) -> ConfigError:
         return ConfigError(f"{source} is not a randpos run summary: {what}")

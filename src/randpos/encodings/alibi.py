@@ -13,11 +13,11 @@ which breaks the left/right symmetry a bidirectional encoder would otherwise hav
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
 from randpos.encodings.base import (
+    EncodingShape,
     PositionalEncoding,
     check_no_cache,
     layer_table,
@@ -26,9 +26,6 @@ from randpos.encodings.base import (
     signed_offsets,
     toeplitz_index,
 )
-
-if TYPE_CHECKING:
-    from randpos.model.config import ModelConfig
 
 
 def alibi_slopes(num_heads: int) -> list[float]:
@@ -55,11 +52,11 @@ class AlibiEncoding(PositionalEncoding):
     float_positions = True  # its formula is continuous in the positions
     uses_distances = True
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
+    def __init__(self, shape: EncodingShape, options=None) -> None:
+        super().__init__(shape, options)
         # not persistent: a constant of the architecture, not state to checkpoint
         self.register_buffer(
-            "slopes", torch.tensor(alibi_slopes(config.num_heads)), persistent=False
+            "slopes", torch.tensor(alibi_slopes(shape.num_heads)), persistent=False
         )  # (H,)
 
     def bias(

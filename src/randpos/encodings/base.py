@@ -3,9 +3,13 @@
 Notation: B = batch, T = sequence length, D = model width, H = heads, d = D / H (head width),
 K = D / 2 (number of sinusoid frequencies), L = ``max_position``, G = number of distance tables.
 
-A positional encoding (PE) is an ``nn.Module`` built once per model from a
-:class:`~randpos.model.ModelConfig`. It overrides any subset of three hooks; the model finds out
-which by asking :attr:`has_embed` / :attr:`has_rotate` / :attr:`has_bias`, never by the PE's name:
+A positional encoding (PE) is an ``nn.Module`` built once per model from an
+:class:`EncodingShape` (what it needs to know of the model: width, heads, layers, the position
+range, causality) and its own options: a frozen dataclass ``Options`` declared by the encoding
+(rotary ones: :class:`randpos.encodings.rope.RotaryOptions`), whose defaults are written there
+and nowhere else (``--set pe.NAME=VALUE``; ``pe_options:`` in YAML). It overrides any subset of
+three hooks; the model finds out which by asking :attr:`has_embed` / :attr:`has_rotate` /
+:attr:`has_bias`, never by the PE's name:
 
 * ``embed(x, positions)``: absolute encodings, adds to the scaled token embeddings (B, T, D);
 * ``rotate(q, k, positions, layer)``: rotates queries and keys (B, H, T, d) before the dot product;
@@ -23,15 +27,22 @@ is not duplicated.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from randpos.model.config import ModelConfig
+from randpos.core.fields import (
+    ConfigError,
+    coerce_value,
+    field_types,
+    parse_dataclass,
+    unknown_fields_error,
+)
 
 #: name -> PositionalEncoding subclass; filled by :func:`register` as the family modules import.
 ENCODINGS: dict[str, type[PositionalEncoding]] = {}
@@ -59,9 +70,79 @@ def get_encoding(name: str) -> type[PositionalEncoding]:
         raise ValueError(f"unknown positional encoding {name!r}; valid names: {valid}") from None
 
 
-def build_encoding(config: ModelConfig) -> PositionalEncoding:
-    """Instantiate the PE named by ``config.pe`` for this architecture."""
-    return get_encoding(config.pe)(config)
+@dataclass(frozen=True)
+class EncodingShape:
+    """What an encoding knows of the model it serves (a model builds it from its config).
+
+    width:        D, the model width
+    num_heads:    H (head width d = D / H)
+    num_layers:   layers sharing the encoding (per-layer state is stacked along this axis)
+    max_position: L, positions lie in [0, L)
+    causal:       whether attention is causal (some encodings exist only for causal attention)
+    """
+
+    width: int = 64
+    num_heads: int = 8
+    num_layers: int = 5
+    max_position: int = 2048
+    causal: bool = False
+
+    @property
+    def head_width(self) -> int:
+        return self.width // self.num_heads
+
+
+def option_owners() -> dict[str, type]:
+    """Every encoding option name -> the options dataclass that declares it (one per name: a
+    name shared by several encodings is one dataclass, so its default is written once)."""
+    owners: dict[str, type] = {}
+    for cls in ENCODINGS.values():
+        if cls.Options is None:
+            continue
+        for f in dataclasses.fields(cls.Options):
+            owner = owners.setdefault(f.name, cls.Options)
+            if owner is not cls.Options:
+                raise TypeError(
+                    f"encoding option {f.name!r} is declared by {owner.__name__} and "
+                    f"{cls.Options.__name__}: declare it once"
+                )
+    return owners
+
+
+def normalize_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``options`` (``pe_options`` of a config: YAML or CLI values) coerced to their types,
+    without the entries equal to their defaults: the stored form, so that spelling a default out
+    does not change a run's id. Every name must be an option of some registered encoding
+    (``ConfigError`` with a close match otherwise); an encoding reads its own and ignores the
+    others', so a sweep's base may set options for the arms that use them."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"pe_options must be a mapping, got {options!r}")
+    owners = option_owners()
+    unknown = [k for k in options if k not in owners]
+    if unknown:
+        raise unknown_fields_error(unknown, owners, "encoding option(s) (pe.NAME)")
+    coerced = {
+        name: coerce_value(f"pe.{name}", value, field_types(owners[name])[name])
+        for name, value in options.items()
+    }
+    for owner in {owners[name] for name in coerced}:  # each owner checks its values
+        try:
+            owner(**{k: v for k, v in coerced.items() if owners[k] is owner})
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    out = {k: v for k, v in coerced.items() if v != getattr(owners[k](), k)}
+    return dict(sorted(out.items()))
+
+
+def build_encoding(
+    name: str, shape: EncodingShape, options: Mapping[str, Any] | None = None
+) -> PositionalEncoding:
+    """Instantiate the PE registered as ``name`` for a model of ``shape``, with its options
+    taken from ``options`` (others' options are ignored, unknown names refused)."""
+    cls = get_encoding(name)
+    return cls(shape, cls.parse_options(normalize_options(options)))
 
 
 class PositionalEncoding(nn.Module):
@@ -91,13 +172,31 @@ class PositionalEncoding(nn.Module):
     #: bound (FIRE: its normaliser's threshold); None: everywhere (or not relative at all).
     relative_below: ClassVar[int | None] = None
 
-    def __init__(self, config: ModelConfig) -> None:
+    #: The encoding's parameters: a frozen dataclass whose defaults are the encoding's, or None.
+    Options: ClassVar[type | None] = None
+
+    def __init__(self, shape: EncodingShape, options: Any = None) -> None:
         super().__init__()
-        self.width = config.width
-        self.num_heads = config.num_heads
-        self.head_width = config.width // config.num_heads
-        self.num_layers = config.num_layers
-        self.max_position = config.max_position
+        self.shape = shape
+        self.width = shape.width
+        self.num_heads = shape.num_heads
+        self.head_width = shape.width // shape.num_heads
+        self.num_layers = shape.num_layers
+        self.max_position = shape.max_position
+        if options is None and self.Options is not None:
+            options = self.Options()
+        self.options = options
+
+    @classmethod
+    def parse_options(cls, options: Mapping[str, Any] | None = None) -> Any:
+        """This encoding's ``Options`` from a mapping that may also hold other encodings'
+        options (ignored here): one-line ``ConfigError`` naming ``pe.FIELD`` for a bad value.
+        None when the encoding takes no options."""
+        if cls.Options is None:
+            return None
+        own = {f.name for f in dataclasses.fields(cls.Options)}
+        mine = {k: v for k, v in (options or {}).items() if k in own}
+        return parse_dataclass(cls.Options, mine, f"option(s) of pe {cls.name!r}", prefix="pe.")
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """(Re-)initialize trainable state from ``generator``; no-op for parameter-free PEs."""

@@ -13,24 +13,37 @@ e is a learnable (d, P) table per layer, shared by the heads, initialized to **z
 official code): at initialization CoPE adds exactly nothing and the model is NoPE's. The gradient
 reaches the gates through the interpolation weight p - floor p. P defaults to max_position + 1
 (the official ``block_size + 1``: a causal sum of T <= max_position gates never reaches the
-clamp); ``ModelConfig.cope_npos`` overrides it. Positions come from the content, so the
-``positions`` argument (and any position sampler) is ignored: ``randomizable = False``. Causal
-only. Source: facebookresearch/RAM ``projects/cope/src/cope/context_position.py``
-(``ContextPosSelfAttn``, default options: gates from q . k, division by sqrt(d) after the bias).
+clamp); the option ``pe.npos`` (:class:`CopeOptions`) overrides it. Positions come from the
+content, so the ``positions`` argument (and any position sampler) is ignored:
+``randomizable = False``. Causal only. Source: facebookresearch/RAM
+``projects/cope/src/cope/context_position.py`` (``ContextPosSelfAttn``, default options: gates
+from q . k, division by sqrt(d) after the bias).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from randpos.encodings.base import PositionalEncoding, register
+from randpos.encodings.base import EncodingShape, PositionalEncoding, register
 
-if TYPE_CHECKING:
-    from randpos.model.config import ModelConfig
+
+@dataclass(frozen=True)
+class CopeOptions:
+    """npos: the size P of CoPE's position table (positions clamped to P - 1); None:
+    max_position + 1."""
+
+    npos: int | None = None
+
+    def __post_init__(self) -> None:
+        npos = self.npos
+        if npos is not None and (not isinstance(npos, int) or isinstance(npos, bool) or npos < 1):
+            raise ValueError(
+                f"pe.npos={npos!r}: must be None (max_position + 1) or a positive integer"
+            )
 
 
 #: elements of one chunk's (B, H, rows, Tk) temporaries in :meth:`bias` (64 MiB of fp32)
@@ -43,19 +56,17 @@ class ContextualPositionEncoding(PositionalEncoding):
     randomizable = False  # positions are counted from the content
     float_positions = True  # positions are ignored, whatever their dtype
 
-    def __init__(self, config: ModelConfig) -> None:
-        if not config.causal:
+    Options = CopeOptions
+
+    def __init__(self, shape: EncodingShape, options: CopeOptions | None = None) -> None:
+        if not shape.causal:
             raise ValueError(
-                "cope is causal-only: set causal=true (ModelConfig.causal is False; its positions"
+                "cope is causal-only: set causal=true (the model is bidirectional; its positions"
                 " count gates from each key up to the query)"
             )
-        super().__init__(config)
-        npos = config.cope_npos if config.cope_npos is not None else config.max_position + 1
-        if not isinstance(npos, int) or isinstance(npos, bool) or npos < 1:
-            raise ValueError(
-                f"ModelConfig.cope_npos={config.cope_npos!r}: must be None (max_position + 1)"
-                " or a positive integer"
-            )
+        super().__init__(shape, options)
+        given = self.options.npos
+        npos = given if given is not None else shape.max_position + 1
         self.npos = npos
         # e: (layers, d, P); zeros until reset_parameters (which keeps them zero)
         self.table = nn.Parameter(torch.zeros(self.num_layers, self.head_width, npos))

@@ -36,15 +36,11 @@ for the backward pass, as it must be (training lengths are short).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from randpos.encodings.base import PositionalEncoding, pair_offsets, register
-
-if TYPE_CHECKING:
-    from randpos.model.config import ModelConfig
+from randpos.encodings.base import EncodingShape, PositionalEncoding, pair_offsets, register
 
 MLP_WIDTH = 32
 INIT_C = 0.1
@@ -59,9 +55,9 @@ class FireEncoding(PositionalEncoding):
     float_positions = True
     relative_below = int(INIT_L)  # max(L, p_i) is constant below the (initial) threshold
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        n, h, w = config.num_layers, config.num_heads, MLP_WIDTH
+    def __init__(self, shape: EncodingShape, options=None) -> None:
+        super().__init__(shape, options)
+        n, h, w = shape.num_layers, shape.num_heads, MLP_WIDTH
         # stacked per layer, indexed by ``layer``; zeros until reset_parameters(generator)
         self.w1 = nn.Parameter(torch.zeros(n, w))  # Linear(1, W).weight, its input axis dropped
         self.b1 = nn.Parameter(torch.zeros(n, w))

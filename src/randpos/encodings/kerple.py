@@ -34,12 +34,13 @@ Both kernels are continuous in δ, so float positions work too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from randpos.encodings.base import (
+    EncodingShape,
     PositionalEncoding,
     check_no_cache,
     layer_table,
@@ -48,9 +49,6 @@ from randpos.encodings.base import (
     signed_offsets,
     toeplitz_index,
 )
-
-if TYPE_CHECKING:
-    from randpos.model.config import ModelConfig
 
 #: lower bound of the scale r1 (both kernels); admits every ALiBi slope (see module docstring)
 SCALE_MIN = 1e-3
@@ -81,12 +79,12 @@ class _Kerple(PositionalEncoding):
     init_scales: ClassVar[tuple[float, float]] = (1.0, 1.0)
     shape_bounds: ClassVar[tuple[float, float | None]] = (SHAPE_MIN, None)
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self.bidirectional = not config.causal
+    def __init__(self, shape: EncodingShape, options=None) -> None:
+        super().__init__(shape, options)
+        self.bidirectional = not shape.causal
         # placeholders until reset_parameters(generator) (the model calls it): no global RNG
-        self.r1 = nn.Parameter(torch.ones(config.num_heads))  # (H,)
-        self.r2 = nn.Parameter(torch.ones(config.num_heads))  # (H,)
+        self.r1 = nn.Parameter(torch.ones(shape.num_heads))  # (H,)
+        self.r2 = nn.Parameter(torch.ones(shape.num_heads))  # (H,)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         with torch.no_grad():

@@ -7,24 +7,19 @@ reuses the last row beyond the table), out-of-range positions are rejected by th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from randpos.encodings.base import PositionalEncoding, register
-
-if TYPE_CHECKING:
-    from randpos.model.config import ModelConfig
+from randpos.encodings.base import EncodingShape, PositionalEncoding, register
 
 
 @register("learned")
 class LearnedEncoding(PositionalEncoding):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
+    def __init__(self, shape: EncodingShape, options=None) -> None:
+        super().__init__(shape, options)
         # zeros until reset_parameters(generator) (the model calls it): no global RNG use here
-        self.table = nn.Parameter(torch.zeros(config.max_position, config.width))  # (L, D)
+        self.table = nn.Parameter(torch.zeros(shape.max_position, shape.width))  # (L, D)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         # Haiku's Embed default: truncated normal, std 1, cut at two standard deviations

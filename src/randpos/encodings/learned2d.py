@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from randpos.encodings.base import PositionalEncoding, register
+from randpos.encodings.base import EncodingShape, PositionalEncoding, register
 
 
 def _lookup(table: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -32,11 +32,11 @@ class Learned2DEncoding(PositionalEncoding):
     float_positions = True  # linear interpolation between rows
     position_dims = 2
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
+    def __init__(self, shape: EncodingShape, options=None) -> None:
+        super().__init__(shape, options)
         # zeros until reset_parameters(generator): construction draws nothing
-        self.table_y = nn.Parameter(torch.zeros(config.max_position, config.width))  # (L, D)
-        self.table_x = nn.Parameter(torch.zeros(config.max_position, config.width))
+        self.table_y = nn.Parameter(torch.zeros(shape.max_position, shape.width))  # (L, D)
+        self.table_x = nn.Parameter(torch.zeros(shape.max_position, shape.width))
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         # ViT's position-table init: truncated normal, std 0.02

@@ -23,12 +23,12 @@ is key minus query, as in the reference. Two readings of x_ij (docs/encodings.md
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from randpos.encodings.base import (
+    EncodingShape,
     PositionalEncoding,
     check_no_cache,
     inverse_frequencies,
@@ -40,9 +40,6 @@ from randpos.encodings.base import (
 )
 from randpos.positions import contiguous_distances
 
-if TYPE_CHECKING:
-    from randpos.model.config import ModelConfig
-
 
 @register("relative")
 class RelativeEncoding(PositionalEncoding):
@@ -51,9 +48,9 @@ class RelativeEncoding(PositionalEncoding):
     #: read a distance table even when none is given (the identity table then)
     requires_distances = False
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        n, h, d, w = config.num_layers, self.num_heads, self.head_width, config.width
+    def __init__(self, shape: EncodingShape, options=None) -> None:
+        super().__init__(shape, options)
+        n, h, d, w = shape.num_layers, self.num_heads, self.head_width, shape.width
         # zeros until reset_parameters(generator) (the model calls it): no global RNG use here
         self.w_r = nn.Parameter(torch.zeros(n, w, w))  # (layers, D out, D in), like Linear.weight
         self.u = nn.Parameter(torch.zeros(n, h, d))  # (layers, H, d)

@@ -2,82 +2,112 @@
 context extension.
 
 Notation: B = batch, H = heads, T = length, d = head width, K = d / 2 rotary pairs,
-theta_m = base^(-m / K) with base = ``rope_theta`` (10000 by default).
+theta_m = base^(-m / K) with base = ``theta`` (10000 by default).
 The interleaved pair (2m, 2m+1) of every query and key is rotated by the angle p * theta_m:
 (a, b) -> (a cos - b sin, b cos + a sin). Then q_i . k_j depends on positions only through
 p_j - p_i.
 
-RoPE scaling (``ModelConfig.rope_scaling``, Hugging Face's rope types and field names) changes
-only the inverse frequencies theta_m and an attention factor that multiplies cos and sin (so the
-logits by its square); :func:`rope_inverse_frequencies` computes both, as a pure function of the
-config (and, for ``dynamic``, of the largest position seen). ``tests/test_zoo_rotary.py`` checks
-it against ``transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS``. With ``rope_scaling="none"``
-(the default) the numbers are those of plain RoPE, bit for bit.
+The rotary encodings' parameters are :class:`RotaryOptions` (``--set pe.theta=500000``,
+``pe_options: {scaling: yarn, factor: 4}``): the base and RoPE scaling for context extension,
+with Hugging Face's rope types and field names (``scaling`` is HF's ``rope_type``, ``factor`` its
+``factor``). Scaling changes only the inverse frequencies theta_m and an attention factor that
+multiplies cos and sin (so the logits by its square); :func:`rope_inverse_frequencies` computes
+both, as a pure function of the options and the position range (and, for ``dynamic``, of the
+largest position seen). ``tests/test_zoo_rotary.py`` checks it against
+``transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS``. With ``scaling="none"`` (the default)
+the numbers are those of plain RoPE, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass
 from numbers import Real
-from typing import TYPE_CHECKING
 
 import torch
 
-from randpos.encodings.base import PositionalEncoding, register
+from randpos.encodings.base import EncodingShape, PositionalEncoding, register
 
-if TYPE_CHECKING:
-    from randpos.model.config import ModelConfig
-
-#: values of ``ModelConfig.rope_scaling``; ``ntk`` is the static NTK-aware base change
+#: values of ``RotaryOptions.scaling``; ``ntk`` is the static NTK-aware base change
 ROPE_SCALING_TYPES = ("none", "linear", "ntk", "dynamic", "yarn", "llama3")
+
+
+@dataclass(frozen=True)
+class RotaryOptions:
+    """The parameters of the rotary encodings (rope, xpos, rope2d_axial, rope2d_mixed).
+
+    theta:       the base of the frequencies theta_m = theta^(-m / K)
+    scaling:     RoPE scaling for context extension (:data:`ROPE_SCALING_TYPES`; HF's rope_type)
+    factor:      the scaling factor s (HF's ``factor``); 1 without scaling
+    original_max_position_embeddings: L0, the pre-extension length; None: the model's L
+    beta_fast, beta_slow:   yarn's ramp bounds (rotations)
+    low_freq_factor, high_freq_factor: llama3's wavelength bounds (Llama 3.1's values)
+    attention_factor: yarn's factor on cos and sin; None: 0.1 ln(s) + 1, as HF derives it
+    """
+
+    theta: float = 10000.0
+    scaling: str = "none"
+    factor: float = 1.0
+    original_max_position_embeddings: int | None = None
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    attention_factor: float | None = None
+
+    def __post_init__(self) -> None:
+        check_rope_options(self)
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_rope_config(config: ModelConfig, head_width: int) -> None:
-    """``ValueError`` naming the field, its value and what is allowed, for the rotary fields."""
+def check_rope_options(options: RotaryOptions, head_width: int | None = None) -> None:
+    """``ValueError`` naming ``pe.FIELD``, its value and what is allowed (with ``head_width``,
+    also what the model's head width allows)."""
 
     def fail(field: str, allowed: str) -> None:
-        raise ValueError(f"ModelConfig.{field}={getattr(config, field)!r}: must be {allowed}")
+        raise ValueError(f"pe.{field}={getattr(options, field)!r}: must be {allowed}")
 
-    kind = config.rope_scaling
+    kind = options.scaling
     if kind not in ROPE_SCALING_TYPES:
-        fail("rope_scaling", f"one of {', '.join(ROPE_SCALING_TYPES)}")
-    if not _is_number(config.rope_theta) or config.rope_theta <= 1.0:
-        fail("rope_theta", "a number > 1")
-    if not _is_number(config.rope_scaling_factor) or config.rope_scaling_factor < 1.0:
-        fail("rope_scaling_factor", "a number >= 1")
-    if kind == "none" and config.rope_scaling_factor != 1.0:
-        fail("rope_scaling_factor", "1.0 with rope_scaling='none' (choose a rope_scaling type)")
-    original = config.original_max_position_embeddings
+        fail("scaling", f"one of {', '.join(ROPE_SCALING_TYPES)}")
+    if not _is_number(options.theta) or options.theta <= 1.0:
+        fail("theta", "a number > 1")
+    if not _is_number(options.factor) or options.factor < 1.0:
+        fail("factor", "a number >= 1")
+    if kind == "none" and options.factor != 1.0:
+        fail("factor", "1.0 with scaling='none' (choose a scaling type)")
+    original = options.original_max_position_embeddings
     if original is not None and (
         not isinstance(original, int) or isinstance(original, bool) or original <= 0
     ):
         fail("original_max_position_embeddings", "None (max_position) or a positive integer")
     for field in ("beta_fast", "beta_slow", "low_freq_factor", "high_freq_factor"):
-        value = getattr(config, field)
+        value = getattr(options, field)
         if not _is_number(value) or value <= 0:
             fail(field, "a positive number")
-    if config.beta_fast <= config.beta_slow:
-        fail("beta_fast", f"greater than beta_slow={config.beta_slow!r}")
-    if config.high_freq_factor <= config.low_freq_factor:
-        fail("high_freq_factor", f"greater than low_freq_factor={config.low_freq_factor!r}")
-    factor = config.attention_factor
+    if options.beta_fast <= options.beta_slow:
+        fail("beta_fast", f"greater than beta_slow={options.beta_slow!r}")
+    if options.high_freq_factor <= options.low_freq_factor:
+        fail("high_freq_factor", f"greater than low_freq_factor={options.low_freq_factor!r}")
+    factor = options.attention_factor
     if factor is not None:
         if not _is_number(factor) or factor <= 0:
             fail("attention_factor", "None (derived) or a positive number")
         if kind != "yarn":
-            fail("attention_factor", f"None unless rope_scaling='yarn' (got {kind!r})")
-    if kind in ("ntk", "dynamic") and head_width <= 2:
-        fail("num_heads", f"such that the head width exceeds 2 for rope_scaling={kind!r}")
+            fail("attention_factor", f"None unless scaling='yarn' (got {kind!r})")
+    if head_width is not None and kind in ("ntk", "dynamic") and head_width <= 2:
+        raise ValueError(
+            f"num_heads: the head width {head_width} must exceed 2 for pe.scaling={kind!r}"
+        )
 
 
 def rope_inverse_frequencies(
     head_width: int,
-    config: ModelConfig,
+    options: RotaryOptions,
+    max_position: int,
     seq_len: int | float | torch.Tensor | None = None,
     device: torch.device | None = None,
 ) -> tuple[torch.Tensor, float]:
@@ -98,14 +128,14 @@ def rope_inverse_frequencies(
     * llama3:  wavelengths 2 pi / theta_m below L0 / ``high_freq_factor`` kept, above
       L0 / ``low_freq_factor`` divided by s, smoothly interpolated in between.
     """
-    kind, s = config.rope_scaling, float(config.rope_scaling_factor)
+    kind, s = options.scaling, float(options.factor)
     dim = head_width
     k = torch.arange(dim // 2, device=device, dtype=torch.float64)
     exponent = -2.0 * k / dim  # (K,)
-    base = float(config.rope_theta)
+    base = float(options.theta)
     # the exact expression of base.inverse_frequencies, so that "none" is plain RoPE bit for bit
     inv_freq = torch.pow(base, exponent)  # (K,)
-    original = config.original_max_position_embeddings or config.max_position
+    original = options.original_max_position_embeddings or max_position
     if kind == "none":
         return inv_freq, 1.0
     if kind == "linear":
@@ -123,7 +153,7 @@ def rope_inverse_frequencies(
         ratio = s * length / original - (s - 1.0)  # () tensor
         return inv_freq * torch.pow(ratio, exponent * (dim / (dim - 2))), 1.0
     if kind == "yarn":
-        factor = config.attention_factor
+        factor = options.attention_factor
         if factor is None:
             factor = 0.1 * math.log(s) + 1.0 if s > 1.0 else 1.0
 
@@ -131,27 +161,25 @@ def rope_inverse_frequencies(
             # the pair index whose wavelength fits ``rotations`` times into L0
             return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
-        low = max(math.floor(correction_dim(config.beta_fast)), 0)
-        high = min(math.ceil(correction_dim(config.beta_slow)), dim - 1)
+        low = max(math.floor(correction_dim(options.beta_fast)), 0)
+        high = min(math.ceil(correction_dim(options.beta_slow)), dim - 1)
         if low == high:
             high += 0.001  # as HF: avoids a zero-width ramp
         ramp = ((k - low) / (high - low)).clamp(0.0, 1.0)  # (K,) 0: keep, 1: interpolate
         keep = 1.0 - ramp
         return inv_freq / s * (1.0 - keep) + inv_freq * keep, float(factor)
     if kind == "llama3":
-        low_wavelength = original / config.low_freq_factor
-        high_wavelength = original / config.high_freq_factor
+        low_wavelength = original / options.low_freq_factor
+        high_wavelength = original / options.high_freq_factor
         wavelength = 2 * math.pi / inv_freq  # (K,)
         scaled = torch.where(wavelength > low_wavelength, inv_freq / s, inv_freq)
-        smooth = (original / wavelength - config.low_freq_factor) / (
-            config.high_freq_factor - config.low_freq_factor
+        smooth = (original / wavelength - options.low_freq_factor) / (
+            options.high_freq_factor - options.low_freq_factor
         )
         smoothed = (1.0 - smooth) * scaled / s + smooth * scaled
         medium = (wavelength >= high_wavelength) & (wavelength <= low_wavelength)
         return torch.where(medium, smoothed, scaled), 1.0
-    raise ValueError(
-        f"ModelConfig.rope_scaling={kind!r}: must be one of {', '.join(ROPE_SCALING_TYPES)}"
-    )
+    raise ValueError(f"pe.scaling={kind!r}: must be one of {', '.join(ROPE_SCALING_TYPES)}")
 
 
 def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -164,20 +192,20 @@ def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
 @register("rope")
 class RotaryEncoding(PositionalEncoding):
     float_positions = True  # angles p * theta_m are continuous in the positions
+    Options = RotaryOptions
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        check_rope_config(config, self.head_width)
-        self.rope_config = replace(config)  # a private copy: later edits to config do not leak
+    def __init__(self, shape: EncodingShape, options: RotaryOptions | None = None) -> None:
+        super().__init__(shape, options)
+        check_rope_options(self.options, self.head_width)
 
     def frequencies(self, positions: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Inverse frequencies (K,) float64 and attention factor for these positions (B, T)."""
         seq_len = None
-        if self.rope_config.rope_scaling == "dynamic":
+        if self.options.scaling == "dynamic":
             # HF's dynamic_rope_update: the largest position id seen + 1, over the whole batch
             seq_len = positions.max() + 1
         return rope_inverse_frequencies(
-            self.head_width, self.rope_config, seq_len, positions.device
+            self.head_width, self.options, self.max_position, seq_len, positions.device
         )
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,14 +2,15 @@
 resolution-extension baselines) and RoPE-Mixed (learned frequencies).
 
 Notation: B = batch, H = heads, N = patches, d = head width (divisible by 4), K = d / 4
-frequencies per axis, theta = ``rope_theta``, positions (B, N, 2) in (y, x); pairs of adjacent
-channels rotate as in :mod:`randpos.encodings.rope`.
+frequencies per axis, theta = ``pe.theta``, positions (B, N, 2) in (y, x); pairs of adjacent
+channels rotate as in :mod:`randpos.encodings.rope`. Both take the rotary encodings' options
+(:class:`randpos.encodings.rope.RotaryOptions`).
 
 * ``rope2d_axial`` (naver-ai/rope-vit ``compute_axial_cis``): f_m = theta^(-4m/d), m < K; the
-  first d/2 channels rotate by x f, the last d/2 by y f. rope-vit uses theta = 100
-  (:attr:`default_rope_theta`); FiT and LlamaGen 10000. ``rope_scaling`` in none | linear |
-  ntk | yarn applies FiT's per-axis ("decoupled", whlzy/FiT ``fit/model/rope.py``) transforms
-  with L0 = ``original_max_position_embeddings`` (the training grid's side) and the scale of
+  first d/2 channels rotate by x f, the last d/2 by y f. rope-vit uses theta = 100, FiT and
+  LlamaGen 10000 (the default). ``pe.scaling`` in none | linear | ntk | yarn applies FiT's
+  per-axis ("decoupled", whlzy/FiT ``fit/model/rope.py``) transforms with
+  L0 = ``pe.original_max_position_embeddings`` (the training grid's side) and the scale of
   each axis s = max((largest position on it in the batch + 1) / L0, 1), computed as a tensor
   (no device sync): linear f / s; ntk f with base theta s^(D/(D-2)), D = d/2 the per-axis
   rotary width; yarn the ramp of :func:`randpos.encodings.rope.rope_inverse_frequencies` over
@@ -33,21 +34,21 @@ import math
 import torch
 from torch import nn
 
-from randpos.encodings.base import PositionalEncoding, register
-from randpos.encodings.rope import _rotate_pairs
+from randpos.encodings.base import EncodingShape, PositionalEncoding, register
+from randpos.encodings.rope import RotaryOptions, _rotate_pairs
 
 AXIAL_SCALINGS = ("none", "linear", "ntk", "yarn")
 
 
-def _check_head(name: str, config) -> int:
-    head = config.width // config.num_heads
+def _check_head(name: str, shape: EncodingShape, options: RotaryOptions) -> int:
+    head = shape.head_width
     if head % 4:
         raise ValueError(
             f"{name} needs a head width (width / num_heads = {head}) divisible by 4: "
             "choose width and num_heads accordingly"
         )
-    if not config.rope_theta > 1.0:
-        raise ValueError(f"rope_theta={config.rope_theta!r}: must be a number > 1")
+    if not options.theta > 1.0:
+        raise ValueError(f"pe.theta={options.theta!r}: must be a number > 1")
     return head
 
 
@@ -94,38 +95,41 @@ def axis_frequencies(
             else 0.1 * torch.log(s) + 1.0
         )
         return torch.where(stretched, blended, freqs), torch.where(stretched, factor, one)
-    raise ValueError(
-        f"rope_scaling={kind!r}: a 2D rotary encoding takes {', '.join(AXIAL_SCALINGS)}"
-    )
+    raise ValueError(f"pe.scaling={kind!r}: a 2D rotary encoding takes {', '.join(AXIAL_SCALINGS)}")
 
 
 @register("rope2d_axial")
 class AxialRope2D(PositionalEncoding):
     float_positions = True
     position_dims = 2
-    default_rope_theta = 100.0  # naver-ai/rope-vit
+    Options = RotaryOptions
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        _check_head("rope2d_axial", config)
-        if config.rope_scaling not in AXIAL_SCALINGS:
+    def __init__(self, shape: EncodingShape, options: RotaryOptions | None = None) -> None:
+        super().__init__(shape, options)
+        opts = self.options
+        _check_head("rope2d_axial", shape, opts)
+        if opts.scaling not in AXIAL_SCALINGS:
             raise ValueError(
-                f"rope_scaling={config.rope_scaling!r}: rope2d_axial takes "
-                f"{', '.join(AXIAL_SCALINGS)}"
+                f"pe.scaling={opts.scaling!r}: rope2d_axial takes {', '.join(AXIAL_SCALINGS)}"
             )
-        original = config.original_max_position_embeddings
-        if config.rope_scaling != "none" and (not isinstance(original, int) or original <= 0):
+        original = opts.original_max_position_embeddings
+        if opts.scaling != "none" and (not isinstance(original, int) or original <= 0):
             raise ValueError(
-                "original_max_position_embeddings must be the training grid's side (a positive "
-                f"integer) with rope_scaling={config.rope_scaling!r}, got {original!r}"
+                "pe.original_max_position_embeddings must be the training grid's side (a "
+                f"positive integer) with pe.scaling={opts.scaling!r}, got {original!r}"
             )
-        if config.beta_fast <= config.beta_slow:
-            raise ValueError(f"beta_fast={config.beta_fast!r}: must exceed beta_slow")
-        self.theta = float(config.rope_theta)
-        self.kind = config.rope_scaling
+        if opts.beta_fast <= opts.beta_slow:
+            raise ValueError(f"pe.beta_fast={opts.beta_fast!r}: must exceed beta_slow")
+        if opts.factor != 1.0:
+            raise ValueError(
+                f"pe.factor={opts.factor}: rope2d_axial takes each axis' scale from its extent "
+                "over the training grid (FiT); leave it at 1"
+            )
+        self.theta = float(opts.theta)
+        self.kind = opts.scaling
         self.original = original
-        self.beta = (float(config.beta_fast), float(config.beta_slow))
-        self.attention_factor = config.attention_factor
+        self.beta = (float(opts.beta_fast), float(opts.beta_slow))
+        self.attention_factor = opts.attention_factor
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin (B, N, d/2) float64: x pairs first, then y pairs."""
@@ -161,19 +165,19 @@ class AxialRope2D(PositionalEncoding):
 class MixedRope2D(PositionalEncoding):
     float_positions = True
     position_dims = 2
-    default_rope_theta = 10.0  # naver-ai/rope-vit's RoPE-Mixed
+    Options = RotaryOptions
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        head = _check_head("rope2d_mixed", config)
-        if config.rope_scaling != "none":
+    def __init__(self, shape: EncodingShape, options: RotaryOptions | None = None) -> None:
+        super().__init__(shape, options)
+        head = _check_head("rope2d_mixed", shape, self.options)
+        if self.options.scaling != "none":
             raise ValueError(
-                f"rope_scaling={config.rope_scaling!r}: rope2d_mixed learns its frequencies "
-                "and takes rope_scaling=none"
+                f"pe.scaling={self.options.scaling!r}: rope2d_mixed learns its frequencies "
+                "and takes pe.scaling=none"
             )
-        self.theta = float(config.rope_theta)
+        self.theta = float(self.options.theta)
         # (layers, H, d/2, 2): per pair (f_y, f_x); zeros until reset_parameters
-        self.freqs = nn.Parameter(torch.zeros(config.num_layers, config.num_heads, head // 2, 2))
+        self.freqs = nn.Parameter(torch.zeros(shape.num_layers, shape.num_heads, head // 2, 2))
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         layers, heads, pairs, _ = self.freqs.shape

@@ -20,11 +20,10 @@ distance of each offset from a distance table (R-dist). Continuous in r: float p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from randpos.encodings.base import (
+    EncodingShape,
     PositionalEncoding,
     check_no_cache,
     layer_table,
@@ -33,23 +32,20 @@ from randpos.encodings.base import (
     toeplitz_index,
 )
 
-if TYPE_CHECKING:
-    from randpos.model.config import ModelConfig
-
 
 @register("sandwich")
 class SandwichEncoding(PositionalEncoding):
     uses_distances = True
     float_positions = True
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
+    def __init__(self, shape: EncodingShape, options=None) -> None:
+        super().__init__(shape, options)
         width = self.head_width  # d'
         k = torch.arange(1, width // 2 + 1, dtype=torch.float64)
         # float64: angles p * ω at p ~ 2048 (buffers are not persistent: architecture constants)
         self.register_buffer("frequencies", 10000.0 ** (-2.0 * k / width), persistent=False)
-        heads = torch.arange(1, config.num_heads + 1, dtype=torch.float64)
-        self.register_buffer("head_scales", config.num_heads / (8.0 * heads), persistent=False)
+        heads = torch.arange(1, shape.num_heads + 1, dtype=torch.float64)
+        self.register_buffer("head_scales", shape.num_heads / (8.0 * heads), persistent=False)
 
     def bias(
         self,

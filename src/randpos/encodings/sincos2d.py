@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from randpos.encodings.base import PositionalEncoding, register, sinusoid
+from randpos.encodings.base import EncodingShape, PositionalEncoding, register, sinusoid
 
 
 @register("sincos2d")
@@ -22,10 +22,10 @@ class SinCos2DEncoding(PositionalEncoding):
     float_positions = True
     position_dims = 2
 
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        if config.width % 4:
-            raise ValueError(f"sincos2d needs width divisible by 4, got width={config.width}")
+    def __init__(self, shape: EncodingShape, options=None) -> None:
+        super().__init__(shape, options)
+        if shape.width % 4:
+            raise ValueError(f"sincos2d needs width divisible by 4, got width={shape.width}")
 
     def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         half = self.width // 2

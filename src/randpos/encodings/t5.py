@@ -29,15 +29,11 @@ bucket of their side; that is a property of T5 under randomization, not a bug he
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from randpos.encodings.base import PositionalEncoding, pair_offsets, register
-
-if TYPE_CHECKING:
-    from randpos.model.config import ModelConfig
+from randpos.encodings.base import EncodingShape, PositionalEncoding, pair_offsets, register
 
 #: T5Config defaults (``relative_attention_num_buckets``, ``relative_attention_max_distance``)
 NUM_BUCKETS = 32
@@ -82,17 +78,17 @@ class T5Encoding(PositionalEncoding):
     # buckets index a table: non-integer positions have no bucket
     float_positions = False
 
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self.bidirectional = not config.causal
+    def __init__(self, shape: EncodingShape, options=None) -> None:
+        super().__init__(shape, options)
+        self.bidirectional = not shape.causal
         self.num_buckets = NUM_BUCKETS
         self.max_distance = MAX_DISTANCE
         # zeros until reset_parameters(generator) (the model calls it): no global RNG here
-        self.table = nn.Parameter(torch.zeros(NUM_BUCKETS, config.num_heads))  # (nb, H)
+        self.table = nn.Parameter(torch.zeros(NUM_BUCKETS, shape.num_heads))  # (nb, H)
         # Positions are integers in [0, L), so r takes only the 2L-1 values -(L-1)..L-1: bucket
         # them once here, and the forward is one gather per pair instead of a log per pair.
         # Not persistent: a pure function of the architecture.
-        last = config.max_position - 1
+        last = shape.max_position - 1
         offsets = torch.arange(-last, last + 1)  # (2L-1,)
         self.register_buffer(
             "buckets",

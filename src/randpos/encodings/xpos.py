@@ -11,7 +11,8 @@ zeta_m^((p_i - p_j) / S): relative, and decaying with the distance to past keys.
 the query the factor grows without bound, hence causal only. The centre c = max_position // 2 is
 fixed at construction (never recomputed from a batch): it cancels in q . k and keeps the two
 scales near 1 in floating point. The rotation is the ``rope`` encoding's, including
-``rope_theta`` and RoPE scaling; with S = inf (``XPosEncoding(config, scale_base=math.inf)``)
+its options (:class:`~randpos.encodings.rope.RotaryOptions`); with S = inf
+(``XPosEncoding(shape, scale_base=math.inf)``)
 every scale is exactly 1 and xPos is ``rope`` bit for bit. No parameters. Source: microsoft/
 torchscale ``XPOS`` (``torchscale/component/xpos_relative_position.py``).
 """
@@ -19,15 +20,11 @@ torchscale ``XPOS`` (``torchscale/component/xpos_relative_position.py``).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
-from randpos.encodings.base import register
-from randpos.encodings.rope import RotaryEncoding, _rotate_pairs
-
-if TYPE_CHECKING:
-    from randpos.model.config import ModelConfig
+from randpos.encodings.base import EncodingShape, register
+from randpos.encodings.rope import RotaryEncoding, RotaryOptions, _rotate_pairs
 
 SCALE_BASE = 512.0
 GAMMA = 0.4
@@ -39,21 +36,26 @@ class XPosEncoding(RotaryEncoding):
     float_positions = True  # angles and decay exponents are continuous in the positions
 
     def __init__(
-        self, config: ModelConfig, *, scale_base: float = SCALE_BASE, gamma: float = GAMMA
+        self,
+        shape: EncodingShape,
+        options: RotaryOptions | None = None,
+        *,
+        scale_base: float = SCALE_BASE,
+        gamma: float = GAMMA,
     ) -> None:
-        if not config.causal:
+        if not shape.causal:
             raise ValueError(
-                "xpos is causal-only: set causal=true (ModelConfig.causal is False; its scores "
+                "xpos is causal-only: set causal=true (the model is bidirectional; its scores "
                 "grow without bound for keys after the query)"
             )
         if not scale_base > 0:
             raise ValueError(f"xpos scale_base={scale_base!r}: must be > 0 (math.inf: no decay)")
         if not (math.isfinite(gamma) and gamma > 0):
             raise ValueError(f"xpos gamma={gamma!r}: must be a positive number")
-        super().__init__(config)
+        super().__init__(shape, options)
         self.scale_base = float(scale_base)
         self.gamma = float(gamma)
-        self.center = float(config.max_position // 2)
+        self.center = float(shape.max_position // 2)
 
     def zeta(self, device: torch.device | None = None) -> torch.Tensor:
         """Per-pair decay bases (K,) float64."""

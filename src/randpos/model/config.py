@@ -3,7 +3,10 @@ architecture."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from randpos.encodings.base import EncodingShape
 
 
 @dataclass
@@ -29,19 +32,19 @@ class ModelConfig:
     max_position: int = 2048
     causal: bool = False
     attention: str = "fast"  # "fast" (scaled_dot_product_attention) | "math" (reference)
-    # Rotary encodings (rope, xpos): base and RoPE scaling for context extension, the last six
-    # named as in Hugging Face's rope_parameters (randpos.encodings.rope, docs/encodings.md).
-    rope_theta: float = 10000.0
-    rope_scaling: str = "none"  # none | linear | ntk | dynamic | yarn | llama3
-    rope_scaling_factor: float = 1.0
-    original_max_position_embeddings: int | None = None  # pre-extension length; None: max_position
-    beta_fast: float = 32.0  # yarn
-    beta_slow: float = 1.0  # yarn
-    low_freq_factor: float = 1.0  # llama3 (Llama 3.1's value)
-    high_freq_factor: float = 4.0  # llama3 (Llama 3.1's value)
-    attention_factor: float | None = None  # yarn; None: 0.1 ln(factor) + 1, as HF derives it
-    # CoPE: size of its position table (positions clamped to cope_npos - 1); None: max_position + 1
-    cope_npos: int | None = None
+    # The encoding's own parameters (``randpos.encodings``: e.g. the rotary base ``theta``);
+    # names of other encodings' options are ignored by this one.
+    pe_options: dict[str, Any] = field(default_factory=dict)
+
+    def encoding_shape(self) -> EncodingShape:
+        """What the positional encoding knows of this model."""
+        return EncodingShape(
+            width=self.width,
+            num_heads=self.num_heads,
+            num_layers=self.num_layers,
+            max_position=self.max_position,
+            causal=self.causal,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -115,7 +115,7 @@ class Transformer(nn.Module):
         super().__init__()
         check_config(config)
         self.config = config
-        self.pe = build_encoding(config)
+        self.pe = build_encoding(config.pe, config.encoding_shape(), config.pe_options)
         # zeros until reset_parameters: construction never touches an RNG
         self.embedding = nn.Embedding(
             config.vocab_size, config.width, _weight=torch.zeros(config.vocab_size, config.width)

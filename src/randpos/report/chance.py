@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from randpos.config import TrainConfig
 from randpos.report.architectures import TASK_WORKLOADS  # the others (images) have no chance
 from randpos.seeding import make_generator
+from randpos.workloads.config import TrainConfig
 
 
 def majority_class(targets: torch.Tensor, mask: torch.Tensor) -> int:

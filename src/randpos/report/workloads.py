@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from randpos.config import ENSEMBLE_VARYING_FIELDS, RUNTIME_FIELDS, TrainConfig
+from randpos.loop.identity import ENSEMBLE_VARYING_FIELDS, RUNTIME_FIELDS
 from randpos.report.stats import (
     DEFAULT_SUCCESS_THRESHOLD,
     QUANTILE_METHOD,
@@ -24,6 +24,7 @@ from randpos.report.stats import (
     length_band,
     seed_statistics,
 )
+from randpos.workloads.config import TrainConfig
 
 DEFAULT = "encoder"
 

@@ -25,10 +25,10 @@ GroupFn = Callable[[list[dict], list[Path], bool], list]
 
 def train_run(config: dict, out_dir: Path, resume: bool) -> dict:
     """The default run function: :func:`randpos.training.train` on one resolved config."""
-    from randpos.config import TrainConfig
     from randpos.training import train
+    from randpos.workloads import resolve_config
 
-    return train(TrainConfig.from_dict(config), out_dir, resume=resume, progress=False)
+    return train(resolve_config(config), out_dir, resume=resume, progress=False)
 
 
 def train_group(configs: list[dict], out_dirs: list[Path], resume: bool) -> list:
@@ -85,7 +85,7 @@ def fake_run(
         chunk = min(0.05, seconds - done)
         time.sleep(chunk)
         done += chunk
-        _atomic_write(checkpoint, json.dumps({"seconds_done": done}))
+        atomic_write_text(checkpoint, json.dumps({"seconds_done": done}))
     rid = config_hash(config)
     rng = random.Random(rid)
     n, m = config["max_train_length"], config["eval_max_length"]
@@ -116,14 +116,8 @@ def fake_run(
         "timings": {"train_seconds": round(time.perf_counter() - started, 3), "eval_seconds": 0},
         "config": config,
     }
-    _atomic_write(out_dir / SUMMARY, json.dumps(summary))
+    atomic_write_text(out_dir / SUMMARY, json.dumps(summary))
     return summary
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_run_fn(spec: str | None) -> RunFn:

@@ -12,8 +12,12 @@ from typing import Any
 
 import yaml
 
-from randpos.config import ConfigError, find_preset
-from randpos.store import config_hash
+from randpos.core.fields import ConfigError
+from randpos.loop.identity import config_hash
+from randpos.workloads.compat import config_value, is_config_key
+from randpos.workloads.config import TrainConfig, find_preset
+from randpos.workloads.registry import resolve_config as resolve
+from randpos.workloads.registry import workload_class
 
 SWEEP_KEYS = ("name", "description", "preset", "base", "arms", "grid", "exclude", "include")
 
@@ -42,16 +46,13 @@ class SweepSpec:
 
 
 def config_fields() -> list[str]:
-    from randpos.config import TrainConfig
-
     return TrainConfig.field_names()
 
 
 def resolve_config(data: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in and every value checked (TrainConfig.from_dict), as a plain dict."""
-    from randpos.config import TrainConfig
-
-    return TrainConfig.from_dict(data).to_dict()
+    """Defaults filled in (the workload's own first) and every value checked, as a plain dict
+    (:func:`randpos.workloads.resolve_config`)."""
+    return resolve(data).to_dict()
 
 
 def find_spec(name_or_path: str | os.PathLike) -> Path:
@@ -105,8 +106,8 @@ def parse_spec(
                 f"{where}{section!r} must be a mapping of config fields, "
                 f"got {type(mapping).__name__}"
             )
-        # a workload's own fields are written options.NAME (checked when runs resolve)
-        bad = [k for k in mapping if k not in fields_ and not k.startswith("options.")]
+        # dotted keys (options.NAME, positions.NAME, pe.NAME) are checked when runs resolve
+        bad = [k for k in mapping if not is_config_key(k, fields_)]
         if bad:
             raise SweepError(where + str(_unknown(f"config field(s) in {section!r}", bad, fields_)))
         return dict(mapping)
@@ -178,13 +179,11 @@ def _value(config: dict, key: str) -> Any:
     """A resolved config's value of ``key``; ``options.NAME`` reads the workload's option,
     whose stored form leaves defaults out (``Workload.normalize_options``)."""
     if not key.startswith("options."):
-        return config.get(key)
-    from randpos.config import TrainConfig
-
+        return config_value(config, key)
     name = key.removeprefix("options.")
     if name in config.get("options", {}):
         return config["options"][name]
-    defaults = TrainConfig.from_dict(config).workload_class().options
+    defaults = workload_class(config).options
     return getattr(defaults(), name, None) if defaults else None
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from randpos.config import ensemble_key
+from randpos.loop.identity import ensemble_key
 from randpos.store import STALE_AFTER_S, ResultsStore, default_store_path
 from randpos.sweep.executors import Job, LocalExecutor, Outcome, RayExecutor, make_executor
 from randpos.sweep.jobs import SUMMARY, EachRun, GroupFn, RunFn, train_group, train_run

@@ -53,12 +53,11 @@ The training forward has no data-dependent Python control flow, so it runs under
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 from torch import nn
 
-from randpos.encodings import build_encoding, get_encoding
+from randpos.encodings import get_encoding
 from randpos.encodings.base import PositionalEncoding
 from randpos.model.attention import KVCache, attend
 from randpos.model.layers import Linear
@@ -311,10 +310,11 @@ def check_arpg_config(config: VisionConfig) -> None:
             f"VisionConfig.pe={config.pe!r}: ARPG's queries carry their target position only "
             "through a rotary encoding; use rope2d_axial or rope2d_mixed"
         )
-    if config.rope_scaling != "none":
+    scaling = get_encoding(config.pe).parse_options(config.pe_options).scaling
+    if scaling != "none":
         raise ValueError(
-            f"VisionConfig.rope_scaling={config.rope_scaling!r}: ARPG takes none (a per-batch "
-            "frequency scale would change between decoding steps)"
+            f"pe.scaling={scaling!r}: ARPG takes none (a per-batch frequency scale would change "
+            "between decoding steps)"
         )
     if config.cond_dim:
         raise ValueError(f"VisionConfig.cond_dim={config.cond_dim}: ARPG has no micro-conditioning")
@@ -333,7 +333,7 @@ class ARPG(nn.Module):
         self.config = config
         D = config.width
         self.num_content = config.depth // 2
-        self.pe = build_encoding(replace(config.model_config(), num_layers=self.num_content + 1))
+        self.pe = config.build_encoding(num_layers=self.num_content + 1)
         self.vocab_size = vocab_size(config.patch)
         # zeros until reset_parameters: construction never touches an RNG
         self.token_embed = nn.Embedding(self.vocab_size, D, _weight=torch.zeros(self.vocab_size, D))

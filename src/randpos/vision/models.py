@@ -37,17 +37,17 @@ flow (the input range checks sit behind ``validate=True``), so they run under
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from randpos.encodings import build_encoding, get_encoding
-from randpos.encodings.base import PositionalEncoding
-from randpos.encodings.rope import check_rope_config
+from randpos.encodings.base import EncodingShape, PositionalEncoding
 from randpos.model.attention import ATTENTION_BACKENDS, MultiHeadAttention
-from randpos.model.config import ModelConfig
 from randpos.model.layers import Linear
 
 #: values of ``VisionConfig.attn_logit_scale``
@@ -59,8 +59,8 @@ class VisionConfig:
     """Architecture of :class:`ViT` and :class:`DiT` (both read the same fields).
 
     ``max_position`` is L per axis: positions must lie in [0, L) on both axes (the largest grid
-    side to be evaluated when randomized). The rotary fields are those of
-    :class:`randpos.model.ModelConfig` (rope_theta 100 as rope-vit's axial RoPE).
+    side to be evaluated when randomized). ``pe_options`` are the encoding's own parameters
+    (``randpos.encodings``; rope-vit's axial RoPE uses ``theta`` 100).
     ``attn_logit_scale="log_ratio"`` multiplies every attention logit by log N / log
     ``train_tokens`` when a grid has N > ``train_tokens`` tokens (1 otherwise).
     ``cond_dim`` > 0 gives the DiT a micro-conditioning input of that many scalars.
@@ -75,13 +75,7 @@ class VisionConfig:
     num_classes: int = 10
     pe: str = "none"
     max_position: int = 16
-    rope_theta: float = 100.0
-    rope_scaling: str = "none"
-    rope_scaling_factor: float = 1.0
-    original_max_position_embeddings: int | None = None
-    beta_fast: float = 32.0
-    beta_slow: float = 1.0
-    attention_factor: float | None = None
+    pe_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     attn_logit_scale: str = "none"  # "none" | "log_ratio"
     train_tokens: int = 64  # N_train for log_ratio
     attention: str = "fast"  # "fast" (scaled_dot_product_attention) | "math" (reference)
@@ -94,29 +88,18 @@ class VisionConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def model_config(self) -> ModelConfig:
-        """The :class:`ModelConfig` the positional encoding is built from (``build_encoding``):
-        bidirectional, no dropout, ``num_layers`` = depth."""
-        return ModelConfig(
-            vocab_size=1,
-            num_classes=self.num_classes,
-            num_layers=self.depth,
+    def encoding_shape(self, num_layers: int | None = None) -> EncodingShape:
+        """What the positional encoding knows of this model: bidirectional, ``num_layers``
+        layers (default ``depth``)."""
+        return EncodingShape(
             width=self.width,
             num_heads=self.num_heads,
-            ff_width=self.ff_ratio * self.width,
-            dropout=0.0,
-            pe=self.pe,
+            num_layers=self.depth if num_layers is None else num_layers,
             max_position=self.max_position,
-            causal=False,
-            attention=self.attention,
-            rope_theta=self.rope_theta,
-            rope_scaling=self.rope_scaling,
-            rope_scaling_factor=self.rope_scaling_factor,
-            original_max_position_embeddings=self.original_max_position_embeddings,
-            beta_fast=self.beta_fast,
-            beta_slow=self.beta_slow,
-            attention_factor=self.attention_factor,
         )
+
+    def build_encoding(self, num_layers: int | None = None) -> PositionalEncoding:
+        return build_encoding(self.pe, self.encoding_shape(num_layers), self.pe_options)
 
     def check(self) -> None:
         """``ValueError`` naming the field, its value and what is allowed."""
@@ -156,10 +139,7 @@ class VisionConfig:
             fail("pe", "an encoding for bidirectional attention (this one is causal only)")
         if cls.uses_distances:
             fail("pe", "an encoding of positions (this one reads 1D distance tables)")
-        try:
-            check_rope_config(self.model_config(), self.head_width)
-        except ValueError as error:
-            raise ValueError(str(error).replace("ModelConfig.", "VisionConfig.")) from None
+        self.build_encoding()  # the encoding checks its own options (ValueError naming pe.FIELD)
 
 
 def attention_logit_scale(config: VisionConfig, num_tokens: int) -> float:
@@ -366,7 +346,7 @@ class ViT(nn.Module):
         super().__init__()
         config.check()
         self.config = config
-        self.pe = build_encoding(config.model_config())
+        self.pe = config.build_encoding()
         self.patch_embed = PatchEmbed(config.patch, config.channels, config.width)
         self.blocks = nn.ModuleList(ViTBlock(config) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.width, eps=1e-6)
@@ -515,7 +495,7 @@ class DiT(nn.Module):
         config.check()
         self.config = config
         D = config.width
-        self.pe = build_encoding(config.model_config())
+        self.pe = config.build_encoding()
         self.patch_embed = PatchEmbed(config.patch, config.channels, D)
         self.t_embedder = TimestepEmbedder(D)
         # zeros until reset_parameters: construction never touches an RNG

@@ -52,7 +52,7 @@ class ARPGWorkload(DiTWorkload):
 
     @classmethod
     def validate(cls, config) -> None:
-        from randpos.config import ConfigError, check_choice
+        from randpos.core.fields import ConfigError, check_choice
         from randpos.vision.arpg import ORDERS, SCHEDULES, check_arpg_config
 
         opts = cls.parse_options(config.options)

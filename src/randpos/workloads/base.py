@@ -26,16 +26,16 @@ a sequence length for sequence models, a resolution for image models.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from randpos.core.fields import ConfigError, parse_dataclass
+
 if TYPE_CHECKING:
-    from randpos.config import TrainConfig
+    from randpos.workloads.config import TrainConfig
 
 #: A batch for one member (or, stacked, for K): named tensors; absent inputs are left out.
 Batch = dict[str, torch.Tensor]
@@ -51,6 +51,9 @@ class Workload:
     Class attributes:
       name:         the registry name (``TrainConfig.workload``), set by ``register_workload``;
       options:      a dataclass of the workload's own fields (``TrainConfig.options``), or None;
+      defaults:     the workload's own defaults for config fields (e.g. the image models have no
+                    dropout), in ``TrainConfig.from_dict`` form: what a config that names the
+                    workload and leaves a field unset gets (:func:`resolve_config`);
       size_name:    what a size is called in tables and figures ("length", "resolution");
       metric:       the per-size evaluation metric ("accuracy"; higher is better);
       streams:      the per-member generators on the model's device, besides ``init``
@@ -61,12 +64,14 @@ class Workload:
 
     name: ClassVar[str] = ""
     options: ClassVar[type | None] = None
+    defaults: ClassVar[dict[str, Any]] = {}
     size_name: ClassVar[str] = "length"
     metric: ClassVar[str] = "accuracy"
     streams: ClassVar[tuple[str, ...]] = ("data", "positions", "dropout")
     dynamic_axes: ClassVar[dict[str, tuple[int, ...]]] = {}
 
     def __init__(self, config: TrainConfig) -> None:
+        type(self).validate(config)
         self.config = config
         self.opts = self.parse_options(config.options)
 
@@ -74,21 +79,14 @@ class Workload:
     @classmethod
     def parse_options(cls, options: dict[str, Any]) -> Any:
         """``options`` as the workload's options dataclass; ``ConfigError`` naming a bad field."""
-        from randpos.config import ConfigError, coerce_value, unknown_fields_error
-
         if cls.options is None:
             if options:
                 raise ConfigError(
                     f"options: workload {cls.name!r} takes none, got {', '.join(sorted(options))}"
                 )
             return None
-        known = [f.name for f in dataclasses.fields(cls.options)]
-        unknown = [k for k in options if k not in known]
-        if unknown:
-            raise unknown_fields_error(unknown, known, f"option(s) of workload {cls.name!r}")
-        hints = typing.get_type_hints(cls.options)
-        values = {k: coerce_value(f"options.{k}", v, hints[k]) for k, v in options.items()}
-        return cls.options(**values)
+        what = f"option(s) of workload {cls.name!r}"
+        return parse_dataclass(cls.options, options, what, prefix="options.")
 
     @classmethod
     def normalize_options(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +152,7 @@ class Workload:
     ) -> list[float]:
         """The metric of each of ``copies`` models at ``size``, all on the same data (which
         depends only on ``eval_seed`` and ``size``). ``mode`` is the recorded evaluation
-        position mode (``TrainConfig.eval_positions``). An entry may instead be a dict of
+        position mode (``TrainConfig.positions.eval``). An entry may instead be a dict of
         named metrics holding :attr:`metric` among them: the others are kept per size in the
         summary (``size_metrics``) and in ``metrics.csv``."""
         raise NotImplementedError
@@ -170,7 +168,7 @@ class Workload:
 
     def eval_mode(self) -> str:
         """The evaluation position mode recorded with the results."""
-        return self.config.eval_positions
+        return self.config.positions.eval
 
     # ----------------------------------------------------------------- reporting
     def write_files(self, out, member: int) -> None:

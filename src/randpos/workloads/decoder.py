@@ -58,7 +58,7 @@ class DecoderWorkload(EncoderWorkload):
 
     @classmethod
     def validate(cls, config) -> None:
-        from randpos.config import ConfigError
+        from randpos.core.fields import ConfigError
         from randpos.encodings import get_encoding
 
         super().validate(config)
@@ -70,11 +70,11 @@ class DecoderWorkload(EncoderWorkload):
             )
         if not get_encoding(config.pe).supports_cache:
             raise ConfigError(f"pe {config.pe!r} cannot decode with a KV cache: choose another pe")
-        if config.randomized and config.randomize == "distances":
+        if config.positions.distances:
             raise ConfigError(
-                "randomize 'distances' (the reference's distance tables) describes a whole "
-                "sequence and cannot place tokens one at a time: use randomize: positions, "
-                "float or pose with the decoder"
+                "positions.reading 'distances' (the reference's distance tables) describes a "
+                "whole sequence and cannot place tokens one at a time: use reading: positions "
+                "(or randomize: positions) with the decoder"
             )
 
     # ----------------------------------------------------------------- the sequences
@@ -113,7 +113,7 @@ class DecoderWorkload(EncoderWorkload):
         positions = plan.positions
         prompt = positions[:, : positions.shape[1] - k + 1]  # (B, n' + 1)
         placed = decode_positions(
-            prompt, k - 1, self.config.max_position, self.opts.decode_positions, generator
+            prompt, k - 1, self.config.positions.max_position, self.opts.decode_positions, generator
         )
         return PositionPlan(torch.cat([prompt, placed.to(prompt.dtype)], dim=1))
 

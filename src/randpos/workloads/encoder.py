@@ -11,6 +11,7 @@ scores every length 1..M on sequences and positions that depend only on (eval_se
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -45,8 +46,8 @@ class EncoderWorkload(Workload):
 
     @classmethod
     def validate(cls, config) -> None:
-        from randpos.config import ConfigError, check_choice
-        from randpos.encodings import PE_NAMES, check_position_dims, get_encoding
+        from randpos.core.fields import ConfigError, check_choice
+        from randpos.encodings import PE_NAMES, build_encoding, check_position_dims, get_encoding
         from randpos.tasks import TASK_NAMES
 
         super().validate(config)
@@ -57,12 +58,6 @@ class EncoderWorkload(Workload):
             check_position_dims(encoding, 1)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        from randpos.encodings.rope import check_rope_config
-
-        try:  # the rotary fields, whichever encoding (a bad value is never silently ignored)
-            check_rope_config(config.model_config(), config.width // config.num_heads)
-        except ValueError as exc:
-            raise ConfigError(str(exc).replace("ModelConfig.", "")) from None
         if encoding.causal_only and not cls.causal(config):
             raise ConfigError(
                 f"pe {config.pe!r} is causal-only: set causal=true (--set causal=true)"
@@ -72,19 +67,26 @@ class EncoderWorkload(Workload):
                 f"pe {config.pe!r} takes its positions from the content and cannot be "
                 "randomized: set randomized=false"
             )
-        if config.randomized and config.randomize == "float" and not encoding.float_positions:
+        sampler = config.positions.sampler
+        if sampler == "float" and not encoding.float_positions:
             raise ConfigError(
-                f"randomize 'float' draws non-integer positions, which pe {config.pe!r} "
-                "cannot take; choose randomize: positions or an encoding that takes them"
+                f"positions.sampler 'float' draws non-integer positions, which pe {config.pe!r} "
+                "cannot take; choose sampler: random or an encoding that takes them"
             )
         if config.randomized:
-            longest = config.longest_sequence()
-            if longest > config.max_position:
+            longest, L = config.longest_sequence(), config.positions.max_position
+            if longest > L:
                 raise ConfigError(
-                    f"max_position (L={config.max_position}) must cover the longest evaluated "
+                    f"positions.max_position (L={L}) must cover the longest evaluated "
                     f"sequence ({longest} tokens for {config.task} at length "
                     f"{config.eval_max_length}); raise max_position or lower eval_max_length"
                 )
+        model = config.model_config()
+        model = replace(model, causal=cls.causal(config))
+        try:  # the encoding checks its options against the model's shape
+            build_encoding(config.pe, model.encoding_shape(), config.pe_options)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     @classmethod
     def causal(cls, config) -> bool:
@@ -141,7 +143,7 @@ class EncoderWorkload(Workload):
     # ----------------------------------------------------------------- evaluation
     def check_eval_size(self, size: int) -> None:
         """``ConfigError`` when a plain model's positions do not reach length ``size``."""
-        from randpos.config import ConfigError
+        from randpos.core.fields import ConfigError
 
         cfg = self.config
         needed, covered = cfg.sequence_length(size), cfg.model_max_position()
@@ -179,17 +181,18 @@ class EncoderWorkload(Workload):
         return logits[:, -sample.targets.shape[1] :].argmax(-1)
 
     def eval_mode(self) -> str:
-        return self.config.eval_positions if self.config.randomized else "contiguous"
+        return self.config.positions.eval_mode
 
     # ----------------------------------------------------------------- reporting
     def summary_fields(self) -> dict[str, Any]:
         cfg = self.config
+        flat = cfg.positions.legacy()  # the summary's fields, as every earlier run wrote them
         return {
             "task": cfg.task,
             "pe": cfg.pe,
             "randomized": cfg.randomized,
-            "max_position": cfg.max_position,
-            "randomize": cfg.randomize,
+            "max_position": flat["max_position"],
+            "randomize": flat["randomize"],
             "eval_positions": self.eval_mode(),
         }
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Any
 
+from randpos.core.fields import ConfigError
 from randpos.workloads.base import Workload
+from randpos.workloads.config import TrainConfig
 
 #: name -> Workload subclass, filled by :func:`register_workload`.
 WORKLOADS: dict[str, type[Workload]] = {}
@@ -47,4 +50,40 @@ def get_workload(name: str) -> type[Workload]:
     )
 
 
-__all__ = ["WORKLOADS", "get_workload", "register_workload"]
+def workload_class(config: TrainConfig | dict[str, Any]) -> type[Workload]:
+    """The workload class a config (or a mapping with a ``workload`` key) names; a bad name is
+    a one-line ``ConfigError``."""
+    name = config.get("workload", "encoder") if isinstance(config, dict) else config.workload
+    try:
+        return get_workload(name)
+    except ValueError as exc:
+        raise ConfigError(f"workload: {exc}") from None
+
+
+def resolve_config(data: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
+    """The config that ``data`` and ``overrides`` describe, checked in full: the named
+    workload's own defaults (:attr:`Workload.defaults`) under the given values, the workload's
+    options in their stored form (defaults dropped), and the workload's checks. This is how a
+    preset, a sweep run or a command line becomes a config."""
+    merged = {**(data or {}), **overrides}
+    cls = workload_class(merged)
+    base = TrainConfig.from_dict(cls.defaults) if cls.defaults else None
+    config = TrainConfig.from_dict(merged, base=base)
+    config.options = cls.normalize_options(config.options)
+    cls.validate(config)
+    return config
+
+
+def build_workload(config: TrainConfig) -> Workload:
+    """The workload a config names, built (and so checked) for that config."""
+    return workload_class(config)(config)
+
+
+__all__ = [
+    "WORKLOADS",
+    "build_workload",
+    "get_workload",
+    "register_workload",
+    "resolve_config",
+    "workload_class",
+]

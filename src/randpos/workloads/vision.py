@@ -8,7 +8,7 @@ A *size* is the canvas side S (the patch grid is S/p x S/p). Training always use
 unseen too). Positions are (B, N, 2) grid positions (y, x): contiguous for plain runs (or, with
 ``options.pi``, position interpolation at larger grids), and for randomized runs sorted draws
 from [0, L) per axis (``randpos.positions.grid``), one draw per sample when
-``per_sequence_positions``; evaluation uses ``eval_positions`` (random | contiguous | spread),
+``positions.per_sequence``; evaluation uses ``positions.eval`` (random | contiguous | spread),
 recorded with every result. One position draw per sample serves the whole sampling trajectory.
 
 Streams: ``data`` (which images, crops, shifts), ``positions``, ``noise`` (the DiT's noise,
@@ -67,6 +67,23 @@ class VisionWorkload(Workload):
     """What the ViT and the DiT share: data, grid positions, validation, sizes."""
 
     options = VisionOptions
+    # A small model on 16 x 16 canvases with rope-vit's axial RoPE (theta 100); L = 16 per axis
+    # covers the largest evaluated grid (32 / patch 2). Chosen to fit a 2-core CPU (about 4
+    # steps per second on one thread; docs/images.md).
+    defaults = {
+        "pe": "rope2d_axial",
+        "pe_options": {"theta": 100.0},
+        "positions": {"max_position": 16, "per_sequence": True},
+        "steps": 1500,
+        "batch_size": 64,
+        "max_train_length": 16,
+        "eval_max_length": 32,
+        "num_layers": 4,
+        "num_heads": 4,
+        "dropout": 0.0,  # the image models have none
+        "learning_rate": 5.0e-4,
+        "checkpoint_every": 250,
+    }
     size_name = "resolution"
     streams = ("data", "positions", "noise")
     dynamic_axes = {"images": (2, 3), "positions": (1,), "noise": (2, 3)}
@@ -81,7 +98,7 @@ class VisionWorkload(Workload):
     # ----------------------------------------------------------------- configuration
     @classmethod
     def validate(cls, config) -> None:
-        from randpos.config import ConfigError, check_choice
+        from randpos.core.fields import ConfigError, check_choice
         from randpos.encodings import get_encoding
         from randpos.encodings.base import check_position_dims
         from randpos.vision.data import CANVAS_MODES, DATASETS
@@ -115,11 +132,11 @@ class VisionWorkload(Workload):
                 )
             if opts.canvas == "paste" and side < 8:
                 raise ConfigError(f"{name}: canvas side {side} < 8 cannot hold a pasted digit")
-        largest = max(sides) // p
-        if largest > config.max_position:
+        largest, L = max(sides) // p, config.positions.max_position
+        if largest > L:
             raise ConfigError(
-                f"max_position (L={config.max_position}) must cover the largest evaluated grid "
-                f"side ({max(sides)}/{p} = {largest} patches); raise max_position"
+                f"positions.max_position (L={L}) must cover the largest evaluated grid side "
+                f"({max(sides)}/{p} = {largest} patches); raise max_position"
             )
         if config.dropout != 0.0:
             raise ConfigError(
@@ -127,21 +144,16 @@ class VisionWorkload(Workload):
             )
         if config.causal:
             raise ConfigError("causal=true: the image models attend bidirectionally")
-        if config.randomized and config.randomize == "distances":
+        if config.positions.distances:
             raise ConfigError(
-                "randomize 'distances' is the 1D reading of relative/ALiBi; images take "
-                "randomize: positions, float or pose"
+                "positions.reading 'distances' is the 1D reading of relative/ALiBi; images take "
+                "the positions reading (samplers random, float or pose)"
             )
-        needs_float = opts.pi or (config.randomized and config.randomize == "float")
+        needs_float = opts.pi or config.positions.sampler == "float"
         if needs_float and not encoding.float_positions:
             raise ConfigError(
                 f"pe {config.pe!r} cannot take non-integer positions (options.pi or "
-                "randomize: float need them)"
-            )
-        if config.rope_scaling_factor != 1.0:
-            raise ConfigError(
-                f"rope_scaling_factor={config.rope_scaling_factor}: image grids take each axis' "
-                "scale from its extent over the training grid (FiT); leave it at 1"
+                "positions.sampler float need them)"
             )
         if opts.pi and config.randomized:
             raise ConfigError("options.pi applies to plain runs: set randomized=false")
@@ -164,9 +176,10 @@ class VisionWorkload(Workload):
         from randpos.vision.models import VisionConfig
 
         grid = config.max_train_length // opts.patch
-        original = config.original_max_position_embeddings
-        if original is None and config.rope_scaling != "none":
-            original = grid  # the frequency transforms extend from the training grid
+        pe_options = dict(config.pe_options)
+        if pe_options.get("scaling", "none") != "none":
+            # the frequency transforms extend from the training grid
+            pe_options.setdefault("original_max_position_embeddings", grid)
         return VisionConfig(
             channels=1,
             patch=opts.patch,
@@ -176,14 +189,8 @@ class VisionWorkload(Workload):
             ff_ratio=max(1, config.ff_width // config.width),
             num_classes=num_classes,
             pe=config.pe,
-            max_position=config.max_position,
-            rope_theta=config.rope_theta,
-            rope_scaling=config.rope_scaling,
-            rope_scaling_factor=config.rope_scaling_factor,
-            original_max_position_embeddings=original,
-            beta_fast=config.beta_fast,
-            beta_slow=config.beta_slow,
-            attention_factor=config.attention_factor,
+            max_position=config.positions.max_position,
+            pe_options=pe_options,
             attn_logit_scale=opts.attn_logit_scale,
             train_tokens=grid * grid,
             attention=config.attention,
@@ -208,7 +215,7 @@ class VisionWorkload(Workload):
 
     def eval_mode(self) -> str:
         if self.config.randomized:
-            return self.config.eval_positions
+            return self.config.positions.eval
         return "interpolate" if self.opts.pi else "contiguous"
 
     def positions(self, batch: int, side: int, mode: str, generator, device) -> torch.Tensor:
@@ -225,10 +232,10 @@ class VisionWorkload(Workload):
             batch,
             grid,
             grid,
-            cfg.max_position,
+            cfg.positions.max_position,
             generator,
-            sampler=cfg.position_spec().sampler,
-            per_sample=cfg.per_sequence_positions,
+            sampler=cfg.positions.sampler,
+            per_sample=cfg.positions.per_sequence,
             train_side=cfg.max_train_length // self.opts.patch,
             device=device,
         )
@@ -275,8 +282,8 @@ class VisionWorkload(Workload):
             "workload": self.name,
             "pe": cfg.pe,
             "randomized": cfg.randomized,
-            "max_position": cfg.max_position,
-            "randomize": cfg.randomize,
+            "max_position": cfg.positions.max_position,
+            "randomize": cfg.positions.legacy()["randomize"],
             "eval_positions": self.eval_mode(),
             "dataset": self.opts.dataset,
             "train_side": cfg.max_train_length,
@@ -349,7 +356,7 @@ class DiTWorkload(VisionWorkload):
 
     @classmethod
     def validate(cls, config) -> None:
-        from randpos.config import ConfigError
+        from randpos.core.fields import ConfigError
         from randpos.vision.data import DIGIT_SIDE
 
         super().validate(config)
