@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from machine import machine_info  # benchmarks/machine.py (the script's own folder)
 
-from randpos.vision.arpg import ARPG, decode_counts, generate, generation_orders
-from randpos.vision.models import VisionConfig
-from randpos.vision.positions import sample_grid_positions
+from randpos.images.arpg import ARPG, decode_counts, generate, generation_orders
+from randpos.images.models import VisionConfig
+from randpos.positions.grid import sample_grid_positions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,6 +1,6 @@
 """What bf16 autocast does to accuracy (and speed): the same runs trained in fp32 and in bf16.
 
-For each task, K seeds train as one ensemble per precision (randpos.training.train_runs:
+For each task, K seeds train as one ensemble per precision (randpos.loop.training.train_runs:
 same data, positions and dropout streams in both precisions, so the only difference is the
 arithmetic); each run is scored on every length 1..M. Reported per task and precision: mean
 in-distribution (1..N) and unseen (N+1..M) accuracy over seeds, the per-seed bf16 - fp32
@@ -40,9 +40,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    from randpos.config import TrainConfig
-    from randpos.seeding import resolve_device
-    from randpos.training import train_runs
+    from randpos.core.seeding import resolve_device
+    from randpos.loop.training import train_runs
+    from randpos.workloads.config import TrainConfig
 
     if "bf16" in args.precisions and resolve_device(args.device).type != "cuda":
         parser.error("bf16 autocast needs a CUDA device; on a CPU run --precisions fp32")

@@ -4,9 +4,9 @@ At the paper's configuration (default model 5 x 64, B = 128, lengths uniform in 
 reverse_string, PE none unless --pe) it measures, each in a fresh subprocess (clean peak memory,
 a private inductor cache so compile times are real):
 
-* ``trainer``: the plain single-model eager loop (randpos.trainer.Trainer with one member,
+* ``trainer``: the plain single-model eager loop (randpos.loop.trainer.Trainer with one member,
   loop execution), the baseline;
-* ``ensemble``: K models as one vmapped step (randpos.ensemble), eager and compiled, and on
+* ``ensemble``: K models as one vmapped step (randpos.loop.ensemble), eager and compiled, and on
   CUDA compiled with CUDA graphs (inductor's ``reduce-overhead``: one graph recorded per
   training length, so its warm-up first visits every length 1..N);
 * ``processes``: P processes x 1 thread, each an independent Trainer (CPU only);
@@ -86,7 +86,7 @@ def sync(device: torch.device) -> None:
 
 
 def make_configs(spec: dict) -> list:
-    from randpos.config import TrainConfig
+    from randpos.workloads.config import TrainConfig
 
     base = dict(spec["config"])
     lrs = (1e-4, 3e-4, 5e-4)  # the paper's grid, cycled
@@ -144,8 +144,8 @@ def timed_steps(step, device, warmup: int, steps: int, graphs=lambda: 0) -> dict
 
 
 def worker_train(spec: dict) -> dict:
-    from randpos.compile import CompileCounter
-    from randpos.training import Trainer
+    from randpos.loop.compile import CompileCounter
+    from randpos.loop.training import Trainer
 
     configs = make_configs(spec)
     counter = CompileCounter("inductor")
@@ -191,7 +191,7 @@ def flop_counter_check(config) -> dict:
     """torch's FlopCounterMode on one single-model step at n = max_train_length vs our count."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from randpos.training import Trainer
+    from randpos.loop.training import Trainer
 
     trainer = Trainer(config.replace(curriculum="fixed"))
     with FlopCounterMode(display=False) as counter:
@@ -205,8 +205,8 @@ def flop_counter_check(config) -> dict:
 def _process_member(args) -> float:
     spec, index, barrier = args
     torch.set_num_threads(1)
-    from randpos.config import TrainConfig
-    from randpos.training import Trainer
+    from randpos.loop.training import Trainer
+    from randpos.workloads.config import TrainConfig
 
     config = TrainConfig.from_dict(spec["config"], seed=index, threads=1)
     trainer = Trainer(config)
@@ -239,8 +239,8 @@ def worker_processes(spec: dict) -> dict:
 
 
 def worker_eval(spec: dict) -> dict:
-    from randpos.compile import CompileCounter
-    from randpos.training import Trainer
+    from randpos.loop.compile import CompileCounter
+    from randpos.loop.training import Trainer
 
     configs = make_configs(spec)
     counter = CompileCounter("inductor")
@@ -370,7 +370,7 @@ def fit_step_seconds(config, pairs: list[tuple[int, float]]) -> float | None:
 def summarize(payload: dict, e2e_steps) -> dict:
     """Ratios to the plain Trainer on identical work, evaluation extrapolations, the
     curriculum-average step time, and the end-to-end comparison with the reference."""
-    from randpos.config import TrainConfig
+    from randpos.workloads.config import TrainConfig
 
     cfg = TrainConfig.from_dict(payload["config"])
     rows = [m for m in payload["measurements"] if "error" not in m]
@@ -504,7 +504,7 @@ def main() -> None:
         "--executions",
         nargs="+",
         default=None,
-        help="ensemble executions (randpos.ensemble.EXECUTIONS); default by device",
+        help="ensemble executions (randpos.loop.ensemble.EXECUTIONS); default by device",
     )
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=None)
@@ -537,8 +537,8 @@ def main() -> None:
         print(json.dumps(WORKERS[spec["kind"]](spec)))
         return
 
-    from randpos.config import TrainConfig
-    from randpos.seeding import resolve_device
+    from randpos.core.seeding import resolve_device
+    from randpos.workloads.config import TrainConfig
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"

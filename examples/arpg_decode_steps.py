@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from randpos.training import load_model
+from randpos.loop.training import load_model
 
 
 def main() -> None:

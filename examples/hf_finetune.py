@@ -4,14 +4,14 @@ with contiguous versus randomized ``position_ids``, and test length generalizati
 Each example is one token sequence: the task's input symbols, a separator, the output symbols
 (B = batch, n = input length, k = output length; the sequence has n + 1 + k tokens). The loss
 covers only the output tokens (labels are -100 elsewhere). Both arms train on input lengths
-1..N and are evaluated by greedy decoding with :func:`randpos.hf.generate` on lengths up to
+1..N and are evaluated by greedy decoding with :func:`randpos.model.hf.generate` on lengths up to
 ``eval_max``; the metric is per-token accuracy of the generated output.
 
 Arms:
 
 * ``contiguous``: position_ids 0..T-1 (what HF does by default);
 * ``random``: sorted distinct draws from [0, L) rooted at 0, per sequence
-  (:class:`randpos.hf.RandomPositionCollator`).
+  (:class:`randpos.model.hf.RandomPositionCollator`).
 
 Every arm is decoded with ``decode_positions`` arange, spread and random; the headline pairs
 are contiguous/arange and random/random.
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import transformers
 
-from randpos.hf import RandomPositionCollator, generate
+from randpos.model.hf import RandomPositionCollator, generate
 from randpos.tasks import get_task
 
 #: The protocol of docs/hf.md.

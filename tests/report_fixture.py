@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 
-from randpos.store import ResultsStore, config_hash
+from randpos.loop.identity import config_hash
+from randpos.results.store import ResultsStore
 
 N, M = 10, 20
 TASKS = ("parity_check", "reverse_string")

@@ -1,4 +1,4 @@
-"""ARPG (randpos.vision.arpg, workload arpg): tokens, orders and schedules against hand-written
+"""ARPG (randpos.images.arpg, workload arpg): tokens, orders and schedules against hand-written
 oracles; teacher forcing equals one-token-per-step cached decoding; cached parallel decoding
 equals the uncached computation; the decoding schedule is followed; a model trained on one
 order distribution is queried in others; the workload trains, resumes, ensembles and refuses
@@ -13,9 +13,8 @@ import pytest
 import torch
 from numerics import assert_close_f32, f32_atol
 
-from randpos.config import ConfigError, TrainConfig
-from randpos.training import CHECKPOINT, Trainer, TrainingInterrupted, train
-from randpos.vision.arpg import (
+from randpos.core.fields import ConfigError
+from randpos.images.arpg import (
     ARPG,
     ARPGCache,
     binarize,
@@ -27,8 +26,10 @@ from randpos.vision.arpg import (
     spiral_order,
     tokenize,
 )
-from randpos.vision.models import VisionConfig
-from randpos.vision.positions import grid_positions, sample_grid_positions
+from randpos.images.models import VisionConfig
+from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, train
+from randpos.positions.grid import grid_positions, sample_grid_positions
+from randpos.workloads.config import TrainConfig
 
 # The float32 logits of two code paths (cached vs full, fewer vs more queries) differ by rounding:
 # up to EPS32 x 4 blocks x sqrt(128) (the feed-forward width, the longest dot product) x max|logit|
@@ -364,8 +365,8 @@ def test_bad_arpg_configs_fail_with_one_line_naming_the_field(changes, message):
 
 
 def test_an_arpg_sweep_reaches_the_report_with_its_samples(tmp_path, feature_cache):
-    from randpos.report import write_report
-    from randpos.store import ResultsStore
+    from randpos.results.report import write_report
+    from randpos.results.store import ResultsStore
     from randpos.sweep import LocalExecutor, parse_spec, run_sweep
 
     spec = parse_spec(

@@ -1,4 +1,4 @@
-"""The tasks' chance levels (randpos.report.chance) against closed forms and hand counts."""
+"""The tasks' chance levels (randpos.results.report.chance) against closed forms and hand counts."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from randpos.config import TrainConfig
-from randpos.evaluation import PositionPlan, evaluate_length_batched, evaluation_batch
-from randpos.report.chance import (
+from randpos.core.seeding import make_generator
+from randpos.results.report.chance import (
     ChanceLevels,
     chance_at_length,
     majority_class,
     order_free_hits,
 )
-from randpos.seeding import make_generator
 from randpos.tasks import get_task
+from randpos.workloads.config import TrainConfig
+from randpos.workloads.evaluation import PositionPlan, evaluate_length_batched, evaluation_batch
 
 S = 512  # sequences per length, the paper's evaluation batch
 

@@ -83,7 +83,7 @@ def test_train_then_evaluate(tmp_path):
     assert summary["randomized"] is True and summary["steps"] == 3 and summary["seed"] == 4
     assert sorted(int(n) for n in summary["per_length"]) == list(range(1, 8))
 
-    from randpos.store import ResultsStore
+    from randpos.results.store import ResultsStore
 
     assert ResultsStore(store).status(summary["run_id"]) == "done"
 

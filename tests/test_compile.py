@@ -11,9 +11,10 @@ import pytest
 import torch
 from tiny import TINY_BASE
 
-from randpos.compile import CompileCounter
-from randpos.config import ConfigError, TrainConfig
-from randpos.training import Trainer, train
+from randpos.core.fields import ConfigError
+from randpos.loop.compile import CompileCounter
+from randpos.loop.training import Trainer, train
+from randpos.workloads.config import TrainConfig
 
 TINY = dict(TINY_BASE, steps=6, batch_size=8, log_every=1)
 RELATIVE = dict(pe="relative", randomized=True, max_position=64, randomize="distances")

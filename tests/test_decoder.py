@@ -13,14 +13,15 @@ import pytest
 import torch
 from tiny import TINY_BASE
 
-from randpos.config import ConfigError, TrainConfig
+from randpos.core.fields import ConfigError
 from randpos.encodings import PE_NAMES_1D as PE_NAMES
 from randpos.encodings import get_encoding
+from randpos.loop.training import Trainer, train
 from randpos.model import KVCache, ModelConfig, Transformer
 from randpos.positions import DECODE_MODES, decode_positions, randomized_positions
 from randpos.tasks import get_task
-from randpos.training import Trainer, train
 from randpos.workloads import get_workload
+from randpos.workloads.config import TrainConfig
 
 L = 64
 CACHED = [n for n in PE_NAMES if get_encoding(n).supports_cache]
@@ -235,8 +236,8 @@ def test_the_cli_trains_a_decoder_and_prints_its_generations(tmp_path):
 
 
 def test_a_sweep_over_the_architecture_reaches_the_report_with_an_architecture_column(tmp_path):
-    from randpos.report import write_report
-    from randpos.store import ResultsStore
+    from randpos.results.report import write_report
+    from randpos.results.store import ResultsStore
     from randpos.sweep import LocalExecutor, parse_spec, run_sweep
 
     base = {k: v for k, v in DECODER.items() if k != "workload"}

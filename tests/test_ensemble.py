@@ -8,10 +8,11 @@ import pytest
 import torch
 from tiny import TINY_BASE
 
-from randpos.config import ConfigError, TrainConfig
-from randpos.ensemble import best_strategy, ensemble_key, group_compatible
+from randpos.core.fields import ConfigError
+from randpos.loop.ensemble import best_strategy, ensemble_key, group_compatible
+from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, train, train_runs
 from randpos.model import ModelConfig, Transformer
-from randpos.training import CHECKPOINT, Trainer, TrainingInterrupted, train, train_runs
+from randpos.workloads.config import TrainConfig
 
 TINY = dict(TINY_BASE, steps=6, batch_size=8, dropout=0.1, log_every=1, checkpoint_every=3)
 MEMBERS = [(0, 1e-3), (1, 3e-3), (2, 5e-4)]  # (seed, learning rate): K = 3
@@ -191,7 +192,7 @@ def test_interrupted_ensemble_resumes_exactly_and_checkpoints_are_single_run_fil
 
 
 def test_train_ensemble_records_runs_in_the_store(tmp_path):
-    from randpos.store import ResultsStore
+    from randpos.results.store import ResultsStore
 
     store = ResultsStore(tmp_path / "store.sqlite")
     configs = members(pe="none", steps=2)[:2]

@@ -1,4 +1,4 @@
-"""randpos.hf: the position collator and cached decoding on tiny HF causal LMs (no downloads).
+"""randpos.model.hf: the position collator and cached decoding on tiny HF causal LMs (no downloads).
 
 The oracle for the collator is an independent forward pass written from the weights: RMSNorm
 (or LayerNorm for GPT-NeoX), the RoPE rotation computed here in float64 with HF's half-split
@@ -20,7 +20,7 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from randpos.hf import (  # noqa: E402
+from randpos.model.hf import (  # noqa: E402
     RandomPositionCollator,
     generate,
     rooted_positions,
@@ -196,7 +196,7 @@ def test_import_randpos_stays_light_and_missing_transformers_is_one_line():
         "assert 'transformers' not in sys.modules, 'import randpos imported transformers'\n"
         "sys.modules['transformers'] = None  # as if it were not installed\n"
         "try:\n"
-        "    import randpos.hf\n"
+        "    import randpos.model.hf\n"
         "except ImportError as err:\n"
         "    print(err)\n"
     )
@@ -524,7 +524,7 @@ def test_generate_left_padding_and_eos():
 def test_hf_generate_with_user_position_ids_is_recorded(record_property):
     """What model.generate() does with a user position_ids varies by version (5.24 continues
     last+1, last+2, ...; 4.45 keeps the whole prompt tensor and fails at the first decode
-    step). Recorded, not asserted; randpos.hf.generate gives the same ids on every version."""
+    step). Recorded, not asserted; randpos.model.hf.generate gives the same ids on every version."""
     model = tiny_model("llama").double()
     prompt = torch.randint(1, VOCAB, (1, 5), generator=torch.Generator().manual_seed(0))
     pos = torch.tensor([[0, 7, 15, 30, 40]])

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from report_fixture import GOLDEN_FILES, build_small_store
 
-from randpos.report import build_report, write_report
-from randpos.report.compare import compare_reports
-from randpos.report.tables import headline_gain
-from randpos.store import ResultsStore, StoreError, config_hash
+from randpos.loop.identity import config_hash
+from randpos.results.report import build_report, write_report
+from randpos.results.report.compare import compare_reports
+from randpos.results.report.tables import headline_gain
+from randpos.results.store import ResultsStore, StoreError
 
 N, M = 10, 20
 TASKS = {"parity_check": "regular", "reverse_string": "dcf", "duplicate_string": "cs"}
@@ -301,7 +302,7 @@ def small(tmp_path_factory):
 def test_median_iqr_and_success_rate_match_hand_computation(small, tmp_path):
     from report_fixture import EVAL, M, N
 
-    from randpos.report.chance import chance_at_length
+    from randpos.results.report.chance import chance_at_length
 
     store, runs = small
     tau = 0.7  # the fixture's scores straddle it, so the success rates are not all 0 or 1

@@ -7,12 +7,13 @@ import torch
 from numerics import assert_close_f32
 from tiny import TINY_BASE
 
-from randpos.config import ConfigError, TrainConfig
+from randpos.core.fields import ConfigError
 from randpos.encodings import ENCODINGS
-from randpos.evaluation import draw_positions
+from randpos.loop.training import train
 from randpos.model import ModelConfig, Transformer
 from randpos.positions import float_positions, pose_positions, sample_positions
-from randpos.training import train
+from randpos.workloads.config import TrainConfig
+from randpos.workloads.evaluation import draw_positions
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -11,14 +11,8 @@ import textwrap
 
 import pytest
 
-from randpos.store import (
-    NON_RESULT_FIELDS,
-    STORE_VERSION,
-    ResultsStore,
-    StoreError,
-    config_hash,
-    default_store_path,
-)
+from randpos.loop.identity import NON_RESULT_FIELDS, config_hash
+from randpos.results.store import STORE_VERSION, ResultsStore, StoreError, default_store_path
 
 CONFIG = {
     "task": "parity_check",
@@ -169,7 +163,7 @@ def test_incompatible_or_foreign_store_is_refused_without_writing(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys
-    from randpos.store import ResultsStore
+    from randpos.results.store import ResultsStore
     path, worker, runs, lengths = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     store = ResultsStore(path, timeout=120)
     claimed = 0

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from randpos.config import ensemble_key
-from randpos.store import ResultsStore, config_hash
+from randpos.loop.identity import config_hash, ensemble_key
+from randpos.results.store import ResultsStore
 from randpos.sweep import (
     LocalExecutor,
     SweepError,
@@ -435,8 +435,8 @@ def test_a_sweep_trains_real_ensembles_equal_to_separate_runs(tmp_path):
     the trainer, its CPU execution) and give the numbers separate runs give."""
     from tiny import TINY_BASE
 
-    from randpos.config import TrainConfig
-    from randpos.training import train
+    from randpos.loop.training import train
+    from randpos.workloads.config import TrainConfig
 
     base = dict(
         TINY_BASE, steps=4, batch_size=8, log_every=2, pe="rope", randomized=True, max_position=64

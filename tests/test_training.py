@@ -9,9 +9,10 @@ import pytest
 import torch
 from tiny import TINY_BASE
 
-from randpos.config import ConfigError, TrainConfig
-from randpos.evaluation import mean_over
-from randpos.training import CHECKPOINT, StopFlag, Trainer, TrainingInterrupted, train
+from randpos.core.fields import ConfigError
+from randpos.loop.training import CHECKPOINT, StopFlag, Trainer, TrainingInterrupted, train
+from randpos.workloads.config import TrainConfig
+from randpos.workloads.evaluation import mean_over
 
 TINY = dict(
     TINY_BASE,
@@ -190,7 +191,7 @@ def test_bad_config_values_name_the_field(changes, match):
 
 
 def test_reference_reading_redraws_every_layer():
-    from randpos.evaluation import draw_positions
+    from randpos.workloads.evaluation import draw_positions
 
     cfg = tiny(pe="rope", randomized=True, max_position=64, randomize="distances")
     plan = draw_positions(cfg, 3, 10, torch.Generator().manual_seed(0))

@@ -1,5 +1,5 @@
 """Loading a run never runs its code (docs/protocol.md, "Run directories received from others";
-randpos.trust).
+randpos.loop.trust).
 
 * a crafted ``checkpoint.pt`` (a pickle whose ``__reduce__`` calls ``os.system``) runs nothing
   under ``randpos evaluate``, ``randpos generate`` or ``randpos train --resume``: one-line error,
@@ -29,9 +29,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from randpos.cli import app
-from randpos.config import ConfigError, TrainConfig
-from randpos.runs import load_checkpoint
-from randpos.training import load_model, train
+from randpos.core.fields import ConfigError
+from randpos.loop.runs import load_checkpoint
+from randpos.loop.training import load_model, train
+from randpos.workloads.config import TrainConfig
 
 runner = CliRunner()
 
@@ -478,7 +479,8 @@ def test_a_trusted_module_workload_loads(tmp_path):
 
 
 def test_a_store_naming_a_module_imports_nothing(tmp_path, evil_module):
-    from randpos.store import ResultsStore, config_hash
+    from randpos.loop.identity import config_hash
+    from randpos.results.store import ResultsStore
 
     workload, _ = evil_module
     out = tmp_path / "toy"
@@ -496,7 +498,7 @@ def test_a_store_naming_a_module_imports_nothing(tmp_path, evil_module):
 def test_report_samples_refuse_pickled_arrays(tmp_path):
     import pandas as pd
 
-    from randpos.report.images import sample_figures
+    from randpos.results.report.images import sample_figures
 
     marker = tmp_path / "marker"
     run = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""randpos.vision.data and randpos.vision.metrics: bundled digits, procedural shapes, crops, and
+"""randpos.images.data and randpos.images.metrics: bundled digits, procedural shapes, crops, and
 sample-quality metrics checked against closed forms and brute-force oracles.
 
 Every test leaves torch's global RNG untouched (autouse fixture) and stays at a few seconds: tiny
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from numerics import EPS32, EPS64, f64_atol
 
-from randpos.seeding import make_generator
-from randpos.vision import metrics
-from randpos.vision.data import (
+from randpos.core.seeding import make_generator
+from randpos.images import metrics
+from randpos.images.data import (
     CANVAS_MODES,
     DATASETS,
     IDENTITY_CROP,
@@ -31,7 +31,7 @@ from randpos.vision.data import (
     shape_images,
     shift_augment,
 )
-from randpos.vision.metrics import (
+from randpos.images.metrics import (
     FeatureNet,
     classifier_accuracy,
     frechet_distance,

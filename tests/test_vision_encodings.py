@@ -9,17 +9,18 @@ import pytest
 import torch
 from numerics import EPS32, EPS64, f64_atol
 
-from randpos.config import ConfigError, TrainConfig
+from randpos.core.fields import ConfigError
 from randpos.encodings import PE_NAMES_2D, build_encoding
 from randpos.model import ModelConfig, Transformer
 from randpos.model.attention import attend
-from randpos.vision.positions import (
+from randpos.positions.grid import (
     GRID_MODES,
     check_grid_positions,
     combine_axes,
     grid_positions,
     sample_grid_positions,
 )
+from randpos.workloads.config import TrainConfig
 
 ENCODINGS_2D = [n for n in PE_NAMES_2D if n != "none"]
 ROTARY_2D = ["rope2d_axial", "rope2d_mixed"]

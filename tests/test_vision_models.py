@@ -1,4 +1,4 @@
-"""ViT and DiT on patch grids, and the flow-matching objective and sampler (randpos.vision).
+"""ViT and DiT on patch grids, and the flow-matching objective and sampler (randpos.images).
 
 Tiny models only (width <= 32, grids <= 16x16): every test takes a few seconds on a busy CPU.
 Besides ``none`` the models are checked with two test-local 2D encodings (an absolute sin-cos
@@ -21,16 +21,14 @@ from torch import nn
 
 from randpos.encodings import ENCODINGS
 from randpos.encodings.base import PositionalEncoding, sinusoid
-from randpos.model import MultiHeadAttention
-from randpos.positions import randomized_positions
-from randpos.vision.flow import (
+from randpos.images.flow import (
     denoising_losses,
     euler_sample,
     flow_matching_loss,
     interpolate,
     sampling_times,
 )
-from randpos.vision.models import (
+from randpos.images.models import (
     DiT,
     PatchEmbed,
     VisionConfig,
@@ -39,6 +37,8 @@ from randpos.vision.models import (
     patchify,
     unpatchify,
 )
+from randpos.model import MultiHeadAttention
+from randpos.positions import randomized_positions
 
 # --- test-local 2D encodings ------------------------------------------------------------------
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from randpos.config import ConfigError, TrainConfig
-from randpos.report import write_report
-from randpos.store import ResultsStore
+from randpos.core.fields import ConfigError
+from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, train
+from randpos.results.report import write_report
+from randpos.results.store import ResultsStore
 from randpos.sweep import LocalExecutor, expand, load_spec, parse_spec, run_sweep
-from randpos.training import CHECKPOINT, Trainer, TrainingInterrupted, train
+from randpos.workloads.config import TrainConfig
 
 TINY = dict(
     workload="vit",
@@ -103,7 +104,7 @@ def test_an_interrupted_image_run_resumes_bit_exactly(tmp_path, workload):
 def test_an_image_ensemble_equals_separate_runs():
     """Exact: the "loop" execution (CPU's default, named here so that it holds on CUDA too)
     runs each member with the very ops of a single run, on its slices of the stacked weights
-    and batches (randpos.trainer), so the same machine gives the same numbers bit for bit."""
+    and batches (randpos.loop.trainer), so the same machine gives the same numbers bit for bit."""
     configs = [tiny(seed=s, pe="sincos2d", randomized=True) for s in (0, 1)]
     ensemble = Trainer(configs, execution="loop")
     ensemble.fit(progress=False)

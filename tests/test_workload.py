@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from randpos.config import ConfigError, TrainConfig
-from randpos.report import write_report
-from randpos.store import ResultsStore
+from randpos.core.fields import ConfigError
+from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, train
+from randpos.results.report import write_report
+from randpos.results.store import ResultsStore
 from randpos.sweep import LocalExecutor, parse_spec, run_sweep
-from randpos.training import CHECKPOINT, Trainer, TrainingInterrupted, train
 from randpos.workloads import Workload, get_workload
+from randpos.workloads.config import TrainConfig
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "reference_runs.json").read_text())
 TOY = dict(
@@ -73,7 +74,7 @@ def test_encoder_runs_give_the_numbers_recorded_before_the_one_loop(record, one_
 
 
 def test_the_encoder_is_the_default_and_new_fields_keep_old_run_ids():
-    from randpos.store import config_hash
+    from randpos.loop.identity import config_hash
 
     config = TrainConfig()
     assert config.workload == "encoder" and config.options == {}

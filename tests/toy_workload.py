@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from randpos.seeding import make_generator
+from randpos.core.seeding import make_generator
 from randpos.workloads import Workload
 
 

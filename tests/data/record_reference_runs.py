@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from tiny import TINY_BASE  # noqa: E402
 
-from randpos.config import TrainConfig  # noqa: E402
-from randpos.training import train  # noqa: E402
+from randpos.loop.training import train  # noqa: E402
+from randpos.workloads.config import TrainConfig  # noqa: E402
 
 OUT = Path(__file__).with_name("reference_runs.json")
 PES = ("none", "sincos", "learned", "relative", "relative_reference_bug", "rope", "alibi")

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from report_fixture import GOLDEN_FILES, build_small_store  # noqa: E402
 
-from randpos.report import write_report  # noqa: E402
+from randpos.results.report import write_report  # noqa: E402
 
 OUT = Path(__file__).with_name("report_golden")
 

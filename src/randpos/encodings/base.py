@@ -165,7 +165,7 @@ class PositionalEncoding(nn.Module):
     #: always read a whole-sequence distance table): no KV cache for them.
     supports_cache: ClassVar[bool] = True
     #: 1: sequence positions (B, T); 2: grid positions (B, N, 2) in (y, x) (the image
-    #: encodings, randpos.vision); None: any (NoPE). Models refuse the other kind
+    #: encodings, randpos.images); None: any (NoPE). Models refuse the other kind
     #: (:func:`check_position_dims`).
     position_dims: ClassVar[int | None] = 1
     #: Attention depends only on position differences while every position is below this

@@ -12,7 +12,7 @@ Randomness is explicit (docs/design.md §4): ``Transformer(config, generator=g)`
 ``g`` and ``forward(..., generator=g)`` draws every dropout mask from ``g``, in one call
 (:meth:`Transformer.draw_dropout_noise`, S = :attr:`Transformer.dropout_sites` uniform (B, T, D)
 slices, one per dropout site in forward order). Passing that tensor as ``dropout_noise`` instead
-gives the same masks, which is how a vmapped ensemble (``randpos.ensemble``) reproduces each
+gives the same masks, which is how a vmapped ensemble (``randpos.loop.ensemble``) reproduces each
 model's single-run dropout exactly: generators cannot cross vmap, tensors can. The forward has no
 data-dependent Python control flow, no in-place ops on activations and no ``.item()`` beyond the
 optional input validation (``validate=False`` skips the checks that need a device sync), so it

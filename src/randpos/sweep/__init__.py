@@ -15,13 +15,13 @@ A sweep file (YAML; presets in ``configs/sweeps/``)::
     include:                         # optional: extra runs (base + these fields)
       - {task: parity_check, pe: alibi}
 
-Each run is identified by the hash of its resolved config (:func:`randpos.store.config_hash`),
-so a sweep is idempotent: re-running it skips finished runs, re-runs runs whose owner died
-(resuming from their checkpoint in ``<runs_dir>/<run_id>/``) and retries failed runs only with
-``retry_failed``.
+Each run is identified by the hash of its resolved config
+(:func:`randpos.results.store.config_hash`), so a sweep is idempotent: re-running it skips finished
+runs, re-runs runs whose owner died (resuming from their checkpoint in ``<runs_dir>/<run_id>/``)
+and retries failed runs only with ``retry_failed``.
 
 Runs that differ only in seed and learning rate can train together as one ensemble (K models
-stepped as one batched computation, :mod:`randpos.ensemble`): the leader groups them into jobs
+stepped as one batched computation, :mod:`randpos.loop.ensemble`): the leader groups them into jobs
 of up to ``ensemble_size`` runs, by default 32 on GPUs and 1 on CPUs (where separate
 single-thread processes are faster; docs/performance.md).
 
@@ -32,16 +32,9 @@ shared filesystem for results (only for resuming checkpoints across nodes).
 The package, by seam: :mod:`~randpos.sweep.plan` (sweep files, grids, expansion into runs),
 :mod:`~randpos.sweep.jobs` (what a worker runs), :mod:`~randpos.sweep.executors` (local
 processes, Ray), :mod:`~randpos.sweep.run` (the leader: claiming, grouping, recording),
-:mod:`~randpos.sweep.status` and :mod:`~randpos.sweep.cli` (the commands).
+:mod:`~randpos.sweep.status`; the commands are :mod:`randpos.cli.sweeps`.
 """
 
-from randpos.sweep.cli import (
-    register_commands,
-    report_cli,
-    sweep_cli,
-    sweep_command,
-    sweep_status_cli,
-)
 from randpos.sweep.executors import (
     Job,
     LocalExecutor,
@@ -106,15 +99,10 @@ __all__ = [
     "load_spec",
     "make_executor",
     "parse_spec",
-    "register_commands",
-    "report_cli",
     "resolve_config",
     "run_sweep",
     "status_command",
-    "sweep_cli",
-    "sweep_command",
     "sweep_status",
-    "sweep_status_cli",
     "train_group",
     "train_run",
 ]

@@ -6,13 +6,13 @@ import importlib
 import importlib.util
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from randpos.store import config_hash
+from randpos.core.files import atomic_write_text
+from randpos.loop.identity import config_hash
 from randpos.sweep.plan import SweepError
 
 SUMMARY = "summary.json"
@@ -24,8 +24,8 @@ GroupFn = Callable[[list[dict], list[Path], bool], list]
 
 
 def train_run(config: dict, out_dir: Path, resume: bool) -> dict:
-    """The default run function: :func:`randpos.training.train` on one resolved config."""
-    from randpos.training import train
+    """The default run function: :func:`randpos.loop.training.train` on one resolved config."""
+    from randpos.loop.training import train
     from randpos.workloads import resolve_config
 
     return train(resolve_config(config), out_dir, resume=resume, progress=False)
@@ -33,8 +33,8 @@ def train_run(config: dict, out_dir: Path, resume: bool) -> dict:
 
 def train_group(configs: list[dict], out_dirs: list[Path], resume: bool) -> list:
     """The default group function: compatible runs trained as one ensemble
-    (:func:`randpos.ensemble.ensemble_run`); one summary or exception per run."""
-    from randpos.ensemble import ensemble_run
+    (:func:`randpos.loop.ensemble.ensemble_run`); one summary or exception per run."""
+    from randpos.loop.ensemble import ensemble_run
 
     return ensemble_run(configs, out_dirs, resume)
 
@@ -134,5 +134,5 @@ def load_run_fn(spec: str | None) -> RunFn:
 
 
 def _interrupted(exc: BaseException) -> bool:
-    # by name: the sweep module does not import torch (randpos.training)
+    # by name: the sweep module does not import torch (randpos.loop.training)
     return type(exc).__name__ == "TrainingInterrupted"

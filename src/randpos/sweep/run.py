@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from randpos.loop.identity import ensemble_key
-from randpos.store import STALE_AFTER_S, ResultsStore, default_store_path
+from randpos.loop.trust import check_summary
+from randpos.results.store import STALE_AFTER_S, ResultsStore, default_store_path
 from randpos.sweep.executors import Job, LocalExecutor, Outcome, RayExecutor, make_executor
 from randpos.sweep.jobs import SUMMARY, EachRun, GroupFn, RunFn, train_group, train_run
 from randpos.sweep.plan import SweepError, SweepSpec, expand, load_spec
-from randpos.trust import check_summary
 
 
 @dataclass
@@ -47,7 +47,7 @@ def run_sweep(
 ) -> SweepResult:
     """Run every unfinished run of a sweep; returns counts. Safe to interrupt and re-run.
 
-    ``ensemble_size``: up to this many compatible runs (:func:`randpos.config.ensemble_key`:
+    ``ensemble_size``: up to this many compatible runs (:func:`randpos.loop.identity.ensemble_key`:
     they differ only in seed and learning rate) form one job, trained by ``group_fn`` (default
     :func:`train_group`, one ensemble; with a custom ``run_fn`` and no ``group_fn``, the members
     one after another through ``run_fn``). ``None`` picks by device once the executor started:
@@ -180,11 +180,11 @@ def run_sweep(
 
 def default_ensemble_size(gpus: int, configs: Iterable[dict] = ()) -> int:
     """Runs per job when the sweep is not told: one on CPUs (separate single-thread processes
-    are fastest there), the ensemble size of :func:`randpos.ensemble.best_strategy` on GPUs,
+    are fastest there), the ensemble size of :func:`randpos.loop.ensemble.best_strategy` on GPUs,
     unless the runs are pinned to the CPU."""
     if not gpus or any(str(c.get("device", "auto")) == "cpu" for c in configs):
         return 1
-    from randpos.ensemble import GPU_ENSEMBLE_SIZE
+    from randpos.loop.ensemble import GPU_ENSEMBLE_SIZE
 
     return GPU_ENSEMBLE_SIZE
 
@@ -244,7 +244,7 @@ def _claim(store, rid, config, sweep, runs_dir, retry_failed, stale_after, resul
 
 def _finished_on_disk(out_dir: Path, rid: str) -> dict | None:
     """The run's summary.json when it is a well-formed summary of run ``rid``
-    (:func:`randpos.trust.check_summary`), else None: the run is trained (or resumed) again."""
+    (:func:`randpos.loop.trust.check_summary`), else None: the run is trained (or resumed) again."""
     try:
         summary = check_summary(json.loads((out_dir / SUMMARY).read_text()), out_dir / SUMMARY)
     except (OSError, ValueError):  # ConfigError is a ValueError

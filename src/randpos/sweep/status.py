@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from randpos.store import STALE_AFTER_S, ResultsStore, default_store_path
+from randpos.results.store import STALE_AFTER_S, ResultsStore, default_store_path
 from randpos.sweep.plan import SweepError
 from randpos.sweep.run import _fmt_seconds
 

@@ -2,10 +2,11 @@
 
 Everything else — K members stepped as one computation, per-member optimizers and random
 streams, clipping, checkpoints, exact resume, run files, the store, sweeps and the report — is
-the one loop of :mod:`randpos.trainer` and :mod:`randpos.training`, shared by every workload.
+the one loop of :mod:`randpos.loop.trainer` and :mod:`randpos.loop.training`, shared by every
+workload.
 
 A workload is built once per trainer from the members' shared config (members differ only in
-``seed`` and ``learning_rate``, :func:`randpos.config.ensemble_key`), so it holds nothing
+``seed`` and ``learning_rate``, :func:`randpos.loop.identity.ensemble_key`), so it holds nothing
 per-member: every random draw comes from the generators it is handed. Its methods are called
 in this order by the loop:
 
@@ -16,8 +17,8 @@ in this order by the loop:
 3. :meth:`loss` inside the member function (under ``vmap`` or one member at a time, possibly
    compiled), on a single member's batch; then :meth:`train_metric` on the stacked outputs;
 4. at the end, :meth:`evaluate_size` for every size of :meth:`eval_sizes`, all members scored
-   at once on the same data; :class:`randpos.evaluation.EvalResult` turns the per-size metric
-   into in-distribution (sizes <= N) and unseen (sizes > N) means;
+   at once on the same data; :class:`randpos.workloads.evaluation.EvalResult` turns the per-size
+   metric into in-distribution (sizes <= N) and unseen (sizes > N) means;
 5. :meth:`summary_fields` for the run's summary.
 
 Notation: K = members, B = batch. A *size* is what the curriculum draws and evaluation sweeps:

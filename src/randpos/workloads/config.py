@@ -107,7 +107,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     log_every: int = 100
     checkpoint_every: int = 1000
-    # torch.compile the training and evaluation steps (randpos.ensemble, docs/performance.md)
+    # torch.compile the training and evaluation steps (randpos.loop.ensemble, docs/performance.md)
     compile: bool = False
 
     # ---------------------------------------------------------------- construction / checks

@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from randpos.evaluation import PositionPlan, evaluate_length_batched
 from randpos.model import KVCache
 from randpos.positions import DECODE_MODES, decode_positions
 from randpos.workloads.base import Models
 from randpos.workloads.encoder import EncoderWorkload
+from randpos.workloads.evaluation import PositionPlan, evaluate_length_batched
 from randpos.workloads.registry import register_workload
 
 

@@ -3,8 +3,8 @@
 
 One step of a member: the task samples a batch of length n from the ``data`` stream; k blank
 tokens are appended; positions are drawn from the ``positions`` stream (contiguous, or a sorted
-random subset of [0, L) when randomized, :func:`randpos.evaluation.draw_positions`); dropout
-draws come from the ``dropout`` stream; the model's logits at the k blank positions give an
+random subset of [0, L) when randomized, :func:`randpos.workloads.evaluation.draw_positions`);
+dropout draws come from the ``dropout`` stream; the model's logits at the k blank positions give an
 unmasked mean cross-entropy (docs/reference-system.md §2.1) and a masked accuracy. Evaluation
 scores every length 1..M on sequences and positions that depend only on (eval_seed, n).
 """
@@ -17,8 +17,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from randpos.evaluation import PositionPlan, draw_positions, evaluate_length_batched, model_inputs
 from randpos.workloads.base import Batch, Models, Workload
+from randpos.workloads.evaluation import (
+    PositionPlan,
+    draw_positions,
+    evaluate_length_batched,
+    model_inputs,
+)
 from randpos.workloads.registry import register_workload
 
 

@@ -13,8 +13,8 @@ d = feature dimension. Images are (B, 1, S, S) float32 in [0, 1].
 * :func:`sample_metrics`: all of the above for one generated set against one real set.
 
 Randomness is explicit: network initialisation, training batches and KID subsets come from
-``torch.Generator``s (derived with :func:`randpos.seeding.make_generator`); torch's global RNG and
-thread settings are never touched.
+``torch.Generator``s (derived with :func:`randpos.core.seeding.make_generator`); torch's global RNG
+and thread settings are never touched.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from randpos.seeding import make_generator
-from randpos.vision.data import (
+from randpos.core.seeding import make_generator
+from randpos.images.data import (
     DIGIT_SIDE,
     digit_canvases,
     fixed_eval_set,

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from randpos.store import ResultsStore, default_store_path
+from randpos.results.store import ResultsStore, default_store_path
 from randpos.sweep.executors import make_executor
 from randpos.sweep.jobs import load_run_fn
 from randpos.sweep.plan import SweepError, expand, load_spec
@@ -80,7 +80,7 @@ def _cli_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from randpos.store import StoreError
+        from randpos.results.store import StoreError
 
         try:
             return func(*args, **kwargs)
@@ -200,7 +200,7 @@ def report_cli(
 ) -> None:
     """Table 1, mean ± std, median [IQR] and success rate over seeds, chance levels, the
     headline gains (max- and median-based) and figures, from the store alone."""
-    from randpos.report import report_command
+    from randpos.results.report import report_command
 
     report_command(
         store=store,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,7 +56,7 @@ def cli_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from randpos.training import TrainingInterrupted
+        from randpos.loop.training import TrainingInterrupted
 
         try:
             return func(*args, **kwargs)
@@ -98,7 +97,7 @@ def build_config(
 def open_store(store: Path | None, no_store: bool):
     if no_store:
         return None
-    from randpos.store import ResultsStore, default_store_path
+    from randpos.results.store import ResultsStore, default_store_path
 
     return ResultsStore(store or default_store_path())
 
@@ -225,7 +224,7 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train one model, evaluate every length 1..M, write DIR/summary.json and friends."""
-    from randpos.training import train as run_training
+    from randpos.loop.training import train as run_training
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
@@ -270,7 +269,8 @@ def evaluate(
     trust_workload: TrustOpt = None,
 ) -> None:
     """Evaluate a saved model on lengths 1..M with a chosen position mode."""
-    from randpos.training import atomic_write_text, evaluate_run
+    from randpos.core.files import atomic_write_text
+    from randpos.loop.training import evaluate_run
 
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist")
@@ -319,7 +319,7 @@ def generate(
     trust_workload: TrustOpt = None,
 ) -> None:
     """Print fresh examples of a run's task at one length: input, target, the model's output."""
-    from randpos.training import predict_run
+    from randpos.loop.training import predict_run
 
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist")
@@ -377,9 +377,9 @@ def compare(
     quiet: QuietOpt = False,
 ) -> None:
     """The main job: train a plain PE and its randomized form side by side, compare them."""
-    from randpos.plots import plot_runs
-    from randpos.training import run_id
-    from randpos.training import train as run_training
+    from randpos.loop.identity import run_id
+    from randpos.loop.plots import plot_runs
+    from randpos.loop.training import train as run_training
 
     base = build_config(
         config,
@@ -417,7 +417,7 @@ def compare(
 
 
 def print_summaries(summaries: list[dict]) -> None:
-    from randpos.plots import run_label
+    from randpos.loop.plots import run_label
 
     first = summaries[0]
     n, m = first["max_train_length"], first["eval_max_length"]
@@ -451,8 +451,8 @@ def print_summaries(summaries: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------- sweeps
-# `sweep`, `sweep-status` and `report` live with their implementation (randpos.sweep).
-from randpos.sweep import register_commands as _register_sweep_commands  # noqa: E402
+# `sweep`, `sweep-status` and `report` (randpos.cli.sweeps)
+from randpos.cli.sweeps import register_commands as _register_sweep_commands  # noqa: E402
 
 _register_sweep_commands(app)
 
@@ -460,6 +460,3 @@ _register_sweep_commands(app)
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="randpos")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

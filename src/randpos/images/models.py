@@ -15,7 +15,7 @@ implementation). The models never ask which encoding they run.
 these deliberate deviations:
 
 * velocity prediction only (``learn_sigma`` is not supported: the output has C channels, for the
-  flow-matching objective of :mod:`randpos.vision.flow`);
+  flow-matching objective of :mod:`randpos.images.flow`);
 * the timestep embedder is fed ``1000 * t`` for t in [0, 1] (so its frequencies are used as
   DiT's integer steps 0..999 use them);
 * attention projections are bias-free (the project's ``MultiHeadAttention``) where timm's has

@@ -10,10 +10,10 @@ Aggregation (stated in every caption):
 * headline = mean over the (task, PE) pairs that have both a plain and a randomized cell of
   (randomized - plain), in percentage points: the paper's "+12.0% on average".
 
-Next to these, per cell and at the seed table's learning rate (randpos.report.stats): the median
-and interquartile range over seeds, the success rate (fraction of seeds scoring at least tau)
-and the headline's gain from medians; per task, its chance level (randpos.report.chance), the
-accuracy of the best answer that ignores the order of the output positions, averaged over the
+Next to these, per cell and at the seed table's learning rate (randpos.results.report.stats): the
+median and interquartile range over seeds, the success rate (fraction of seeds scoring at least tau)
+and the headline's gain from medians; per task, its chance level (randpos.results.report.chance),
+the accuracy of the best answer that ignores the order of the output positions, averaged over the
 same unseen lengths.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from randpos.report.stats import DEFAULT_SUCCESS_THRESHOLD, QUANTILE_METHOD, summarize
+from randpos.results.report.stats import DEFAULT_SUCCESS_THRESHOLD, QUANTILE_METHOD, summarize
 
 LEVELS = ("regular", "dcf", "cs")
 LEVEL_NAMES = {
@@ -95,8 +95,8 @@ class Table1:
     headline: dict  # mean_gain (points), cells, per_pe gains, per-cell gains
     caption: str
     protocol: dict = field(default_factory=dict)
-    # Seed statistics (randpos.report.stats), same layout, over the seeds at the seed table's
-    # learning rate: median, quartiles, success rate (fraction >= threshold), seed count.
+    # Seed statistics (randpos.results.report.stats), same layout, over the seeds at the seed
+    # table's learning rate: median, quartiles, success rate (fraction >= threshold), seed count.
     median: pd.DataFrame | None = None
     q1: pd.DataFrame | None = None
     q3: pd.DataFrame | None = None
@@ -190,7 +190,7 @@ def build_table1(
 ) -> Table1:
     """Table 1 (max over seeds and learning rates), the seed table, the seed statistics and the
     headline. ``chance`` is each run's chance level (index of ``runs``; see
-    randpos.report.chance.ChanceLevels.of_runs), NaN or absent where there is none."""
+    randpos.results.report.chance.ChanceLevels.of_runs), NaN or absent where there is none."""
     if chance is not None:
         runs = runs.assign(chance=chance.reindex(runs.index))
     done = finished_runs(runs)
@@ -323,7 +323,8 @@ def describe_protocol(done: pd.DataFrame) -> dict:
         unseen = "N+1..M of each run (N in {}, M in {})".format(n or "?", m or "?")
     rand = done[done["randomized"]]
     max_pos = sorted(rand["max_position"].unique().tolist()) if "max_position" in rand else []
-    from randpos.store import NON_RESULT_FIELDS, RUN_COLUMNS
+    from randpos.loop.identity import NON_RESULT_FIELDS
+    from randpos.results.store import RUN_COLUMNS
 
     not_config = {"run_id", "max_position", *RUN_COLUMNS}
     config_columns = [

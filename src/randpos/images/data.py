@@ -17,7 +17,7 @@ Two families, each defined at every side S, so that every test resolution has gr
 
 Randomness is explicit (docs/design.md §4): every random function takes a ``torch.Generator`` and
 never touches torch's global RNG; the digits split uses scikit-learn with a seed derived by
-:func:`randpos.seeding.derive_seed`.
+:func:`randpos.core.seeding.derive_seed`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from randpos.seeding import derive_seed, make_generator
+from randpos.core.seeding import derive_seed, make_generator
 
 DATASETS = ("digits", "shapes")
 SPLITS = ("train", "test")

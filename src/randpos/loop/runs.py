@@ -21,10 +21,9 @@ import torch
 
 import randpos
 from randpos.core.fields import ConfigError
-from randpos.trust import check_checkpoint, error_line, unpickling_detail
-from randpos.workloads.config import TrainConfig
+from randpos.core.files import atomic_write_text
+from randpos.loop.trust import check_checkpoint, error_line, unpickling_detail
 
-CHECKPOINT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 RUN_FILES = (
@@ -76,9 +75,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """A run's checkpoint, read without running anything it holds and checked.
 
     ``torch.load(weights_only=True)`` rebuilds tensors and plain Python data (dicts, lists,
-    numbers, strings) only, which is all a checkpoint holds (``randpos.trainer.Member.state``):
+    numbers, strings) only, which is all a checkpoint holds (``randpos.loop.trainer.Member.state``):
     a pickle naming any other callable is refused before it is called. The structure is then
-    checked (:func:`randpos.trust.check_checkpoint`); any failure is a one-line ``ConfigError``.
+    checked (:func:`randpos.loop.trust.check_checkpoint`); any failure is a one-line
+    ``ConfigError``.
     """
     import pickle
     import warnings
@@ -103,7 +103,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], Any]:
     """``model.safetensors``: its tensors and the config stored in its metadata (parsed JSON,
-    not yet checked: :func:`randpos.trust.config_from_file`). One-line ``ConfigError`` for a
+    not yet checked: :func:`randpos.loop.trust.config_from_file`). One-line ``ConfigError`` for a
     truncated or foreign file."""
     from safetensors.torch import load_file, safe_open
 
@@ -198,7 +198,7 @@ def write_run_files(out: Path, member, result, summary: dict, workload, index: i
     """model.safetensors, history.jsonl, per_length.csv, accuracy.png, then summary.json."""
     from safetensors.torch import save_file
 
-    from randpos.plots import plot_runs
+    from randpos.loop.plots import plot_runs
 
     tmp = out / "model.safetensors.tmp"
     weights = {k: v.detach().cpu().contiguous() for k, v in member.model.state_dict().items()}
@@ -226,12 +226,9 @@ __all__ = [
     "StopFlag",
     "TrainingInterrupted",
     "atomic_torch_save",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "load_checkpoint",
     "make_summary",
     "prepare_out_dir",
     "read_model_file",
-    "run_id",
     "write_run_files",
 ]

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from randpos.core.seeding import make_generator
 from randpos.positions import sample_grid_positions
-from randpos.seeding import make_generator
 from randpos.workloads.base import Batch, Models, Workload
 from randpos.workloads.registry import register_workload
 
@@ -89,7 +89,7 @@ class VisionWorkload(Workload):
     dynamic_axes = {"images": (2, 3), "positions": (1,), "noise": (2, 3)}
 
     def __init__(self, config) -> None:
-        from randpos.vision.data import num_classes
+        from randpos.images.data import num_classes
 
         super().__init__(config)
         self.sides = _sides(self.opts.eval_sides)
@@ -101,8 +101,8 @@ class VisionWorkload(Workload):
         from randpos.core.fields import ConfigError, check_choice
         from randpos.encodings import get_encoding
         from randpos.encodings.base import check_position_dims
-        from randpos.vision.data import CANVAS_MODES, DATASETS
-        from randpos.vision.models import ATTN_LOGIT_SCALES
+        from randpos.images.data import CANVAS_MODES, DATASETS
+        from randpos.images.models import ATTN_LOGIT_SCALES
 
         super().validate(config)
         opts = cls.parse_options(config.options)
@@ -173,7 +173,7 @@ class VisionWorkload(Workload):
 
     @classmethod
     def vision_config(cls, config, opts, num_classes: int):
-        from randpos.vision.models import VisionConfig
+        from randpos.images.models import VisionConfig
 
         grid = config.max_train_length // opts.patch
         pe_options = dict(config.pe_options)
@@ -247,7 +247,7 @@ class VisionWorkload(Workload):
     # ----------------------------------------------------------------- data
     def training_images(self, size: int, generators) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """(images (B, 1, S, S) in [0, 1], labels (B,), crop box (B, 4) or None)."""
-        from randpos.vision.data import random_resize_crop, sample_images
+        from randpos.images.data import random_resize_crop, sample_images
 
         opts = self.opts
         images, labels = sample_images(
@@ -272,7 +272,7 @@ class VisionWorkload(Workload):
         return torch.where(drop.cpu(), torch.full_like(labels, self.num_classes), labels)
 
     def eval_images(self, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from randpos.vision.data import fixed_eval_set
+        from randpos.images.data import fixed_eval_set
 
         return fixed_eval_set(self.opts.dataset, side, self.opts.eval_count, self.config.eval_seed)
 
@@ -298,7 +298,7 @@ class ViTWorkload(VisionWorkload):
     metric = "accuracy"
 
     def build_model(self, generator: torch.Generator):
-        from randpos.vision.models import ViT
+        from randpos.images.models import ViT
 
         return ViT(self.model_config(), generator=generator)
 
@@ -357,7 +357,7 @@ class DiTWorkload(VisionWorkload):
     @classmethod
     def validate(cls, config) -> None:
         from randpos.core.fields import ConfigError
-        from randpos.vision.data import DIGIT_SIDE
+        from randpos.images.data import DIGIT_SIDE
 
         super().validate(config)
         small = [s for s in _sides(cls.parse_options(config.options).eval_sides) if s < DIGIT_SIDE]
@@ -368,7 +368,7 @@ class DiTWorkload(VisionWorkload):
             )
 
     def build_model(self, generator: torch.Generator):
-        from randpos.vision.models import DiT
+        from randpos.images.models import DiT
 
         return DiT(self.model_config(), generator=generator)
 
@@ -391,7 +391,7 @@ class DiTWorkload(VisionWorkload):
         return batch
 
     def loss(self, model, batch: Batch):
-        from randpos.vision.flow import interpolate
+        from randpos.images.flow import interpolate
 
         xt, target = interpolate(batch["images"], batch["noise"], batch["t"])
         v = model(
@@ -403,7 +403,7 @@ class DiTWorkload(VisionWorkload):
     def feature_net(self, side: int):
         from pathlib import Path
 
-        from randpos.vision.metrics import train_feature_net
+        from randpos.images.metrics import train_feature_net
 
         cache = self.opts.feature_cache or str(Path.home() / ".cache" / "randpos" / "vision")
         return _feature_net(
@@ -418,10 +418,10 @@ class DiTWorkload(VisionWorkload):
     def score_samples(
         self, images: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, size: int
     ) -> dict[str, float]:
-        """:func:`randpos.vision.metrics.sample_metrics` of generated ``images`` against
+        """:func:`randpos.images.metrics.sample_metrics` of generated ``images`` against
         ``real`` with this side's feature network and fixed KID subsets; the accuracy is named
         ``sample_accuracy``."""
-        from randpos.vision.metrics import sample_metrics
+        from randpos.images.metrics import sample_metrics
 
         kid_g = make_generator(self.config.eval_seed, f"vision/kid/{size}")
         metrics = sample_metrics(images, labels, real, self.feature_net(size), generator=kid_g)
@@ -430,14 +430,14 @@ class DiTWorkload(VisionWorkload):
         return metrics
 
     def identity_cond(self, batch: int, device) -> torch.Tensor | None:
-        from randpos.vision.data import IDENTITY_CROP
+        from randpos.images.data import IDENTITY_CROP
 
         if not self.opts.micro_cond:
             return None
         return torch.tensor(IDENTITY_CROP, device=device).expand(batch, 4)
 
     def evaluate_size(self, models: Models, copies: int, size: int, *, mode: str, device):
-        from randpos.vision.flow import euler_sample
+        from randpos.images.flow import euler_sample
 
         opts = self.opts
         real, labels = self.eval_images(size)
@@ -506,7 +506,7 @@ class DiTWorkload(VisionWorkload):
 
         import numpy as np
 
-        from randpos.runs import atomic_write_bytes
+        from randpos.core.files import atomic_write_bytes
 
         arrays = {
             f"side_{side}": (grids[member].squeeze(1).numpy() * 255).round().astype(np.uint8)
@@ -518,7 +518,7 @@ class DiTWorkload(VisionWorkload):
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         atomic_write_bytes(out / "samples.npz", buffer.getvalue())
-        from randpos.vision.figures import sample_rows
+        from randpos.images.figures import sample_rows
 
         sample_rows(
             arrays,

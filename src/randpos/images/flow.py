@@ -4,7 +4,7 @@ Notation: B = batch, x1 = data, x0 = noise (standard normal), x_t = t x1 + (1 - 
 regression target is the path's velocity u = x1 - x0 (willisma/SiT ``transport``, ICPlan).
 
 A ``model`` here is any callable ``model(x_t, t, y, positions, cond) -> velocity`` with x_t's
-shape, e.g. :class:`randpos.vision.models.DiT` (``functools.partial(dit, validate=False)`` skips
+shape, e.g. :class:`randpos.images.models.DiT` (``functools.partial(dit, validate=False)`` skips
 its range checks). Randomness is explicit: :func:`flow_matching_loss` takes the noise and the
 times from its caller, :func:`euler_sample` starts from the caller's noise, and
 :func:`denoising_losses` draws from the ``generator`` it is given; nothing here touches torch's

@@ -1,11 +1,11 @@
 """Training runs: ``train(config, out_dir) -> summary`` and ``train_runs`` for K at once.
 
-Every run, of every workload, goes through the one loop of :class:`randpos.trainer.Trainer`; a
+Every run, of every workload, goes through the one loop of :class:`randpos.loop.trainer.Trainer`; a
 single run is a trainer of one member. Read top to bottom, a step of a member is: the
 curriculum picks a size; the workload draws the member's batch from its own streams; the loss
 and its gradient are the workload's; gradients are clipped to global norm ``grad_clip``; Adam
-steps (:mod:`randpos.trainer`). Then every size 1..M is evaluated, and the run's files and
-store row are written (:mod:`randpos.runs`).
+steps (:mod:`randpos.loop.trainer`). Then every size 1..M is evaluated, and the run's files and
+store row are written (:mod:`randpos.loop.runs`).
 
 Robustness: SIGINT/SIGTERM stop at the next step boundary and leave a checkpoint holding the
 model, the optimizer and every random stream, so ``resume=True`` continues bit-for-bit; every
@@ -24,25 +24,25 @@ from typing import Any
 import torch
 
 from randpos.core.fields import ConfigError
-from randpos.evaluation import EvalResult
-from randpos.runs import (
+from randpos.core.files import atomic_write_text
+from randpos.core.seeding import resolve_device
+from randpos.loop.identity import run_id
+from randpos.loop.runs import (
     CHECKPOINT,
     SUMMARY,
     StopFlag,
     TrainingInterrupted,
-    atomic_write_text,
     load_checkpoint,
     make_summary,
     prepare_out_dir,
     read_model_file,
-    run_id,
     write_run_files,
 )
-from randpos.seeding import resolve_device
-from randpos.trainer import Trainer, check_compatible
-from randpos.trust import check_weights, config_from_file, read_summary
+from randpos.loop.trainer import Trainer, check_compatible
+from randpos.loop.trust import check_weights, config_from_file, read_summary
 from randpos.workloads import build_workload
 from randpos.workloads.config import TrainConfig
+from randpos.workloads.evaluation import EvalResult
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -60,7 +60,8 @@ def train(
 
     Files in ``out_dir``: config.json, checkpoint.pt (resumable), model.safetensors,
     history.jsonl, per_length.csv, accuracy.png and summary.json (written last: its presence
-    means the run is complete). ``store`` (a :class:`randpos.store.ResultsStore`) records the run.
+    means the run is complete). ``store`` (a :class:`randpos.results.store.ResultsStore`) records
+    the run.
     """
     (outcome,) = train_runs(
         [config],
@@ -257,8 +258,8 @@ def predict_run(
     its KV cache; an encoder answers in one pass. Positions follow the run's evaluation mode
     (``eval_positions``) and, for a decoder, ``decode_positions``. ``trust_workload``: the
     ``module:Class`` workload the run may name (:func:`load_model`)."""
-    from randpos.evaluation import draw_positions
-    from randpos.seeding import make_generator
+    from randpos.core.seeding import make_generator
+    from randpos.workloads.evaluation import draw_positions
 
     if not isinstance(length, int) or length < 1:
         raise ConfigError(f"--length must be a positive integer, got {length!r}")
@@ -309,7 +310,7 @@ def load_model(
     trust_workload: str | Sequence[str] | None = None,
 ) -> tuple[torch.nn.Module, TrainConfig]:
     """Load a finished run's model (model.safetensors) or a checkpoint.pt, without running
-    anything the files hold (:mod:`randpos.trust`): a config naming a ``module:Class``
+    anything the files hold (:mod:`randpos.loop.trust`): a config naming a ``module:Class``
     workload is refused unless that path is in ``trust_workload``, and files that are not what
     randpos writes, or do not fit the model their config describes, give a one-line
     ``ConfigError``."""

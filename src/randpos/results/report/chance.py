@@ -14,8 +14,8 @@ best answer that ignores the order of the output positions:
   scored on: choosing it there would add about 0.4 / sqrt(S) to a balanced task's 0.5.
 
 The hits are pooled per token within each sub-batch and averaged over the sub-batches, as the
-accuracy metric pools a model's (randpos.evaluation). The sequences are the runs' own
-evaluation sequences (:func:`randpos.evaluation.evaluation_batch`: eval_seed, length,
+accuracy metric pools a model's (randpos.workloads.evaluation). The sequences are the runs' own
+evaluation sequences (:func:`randpos.workloads.evaluation.evaluation_batch`: eval_seed, length,
 eval_batch_size), unless a smaller number is asked for; a run's chance level is the mean over
 the lengths its unseen-length score averages over.
 
@@ -34,8 +34,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from randpos.report.architectures import TASK_WORKLOADS  # the others (images) have no chance
-from randpos.seeding import make_generator
+from randpos.core.seeding import make_generator
+from randpos.results.report.architectures import (
+    TASK_WORKLOADS,  # the others (images) have no chance
+)
 from randpos.workloads.config import TrainConfig
 
 
@@ -67,7 +69,7 @@ def order_free_hits(
 
 def pooled_accuracy(hits: torch.Tensor, counted: torch.Tensor, sub_batch: int) -> float:
     """Hits pooled per token within sub-batches of ``sub_batch`` sequences, then the mean over
-    sub-batches (the metric's aggregation, randpos.evaluation.evaluate_length_batched)."""
+    sub-batches (the metric's aggregation, randpos.workloads.evaluation.evaluate_length_batched)."""
     if hits.numel() % sub_batch:
         sub_batch = hits.numel()
     pooled = hits.view(-1, sub_batch).sum(1).double() / counted.view(-1, sub_batch).sum(1).clamp(
@@ -82,8 +84,8 @@ def chance_at_length(
 ) -> float:
     """The chance level of ``task`` at ``length`` on ``sequences`` evaluation sequences of
     ``eval_seed`` (cached: a pure function of its arguments)."""
-    from randpos.evaluation import evaluation_batch
     from randpos.tasks import get_task
+    from randpos.workloads.evaluation import evaluation_batch
 
     spec = get_task(task)
     batch = evaluation_batch(spec, length, eval_seed, sequences)

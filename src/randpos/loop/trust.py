@@ -2,7 +2,7 @@
 others. Loading a run never runs its code (docs/protocol.md, "Run directories received from
 others"; docs/workloads.md for the workload rule):
 
-* ``checkpoint.pt`` is read with ``torch.load(weights_only=True)`` (:func:`randpos.runs.
+* ``checkpoint.pt`` is read with ``torch.load(weights_only=True)`` (:func:`randpos.loop.runs.
   load_checkpoint`): tensors and plain Python data only, so a pickle that would call a function
   is refused before anything runs; ``model.safetensors`` holds tensors and string metadata by
   construction; ``summary.json`` is JSON.
@@ -27,7 +27,9 @@ from randpos.core.fields import ConfigError
 from randpos.workloads import resolve_config
 from randpos.workloads.config import TrainConfig
 
-#: The keys of a checkpoint (``randpos.trainer.Member.state``) and the type each must have.
+#: The version of the checkpoint format (``randpos.loop.trainer.Member.state``).
+CHECKPOINT_VERSION = 1
+#: The keys of a checkpoint (``randpos.loop.trainer.Member.state``) and the type each must have.
 CHECKPOINT_KEYS = (
     "version",
     "config",
@@ -80,8 +82,6 @@ def config_from_file(
 def check_checkpoint(state: Any, source: Any) -> dict[str, Any]:
     """``state`` (what ``torch.load`` returned) if it has the structure of a randpos
     checkpoint, else a one-line ``ConfigError`` naming what is wrong."""
-    from randpos.runs import CHECKPOINT_VERSION
-
     def bad(what: str) -> ConfigError:
         return ConfigError(f"{source} is not a randpos checkpoint: {what}")
 

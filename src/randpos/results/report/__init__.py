@@ -14,11 +14,12 @@
     figures/accuracy_<task>.png, figures/table1_heatmap.png
 
 Next to the paper's max over seeds and learning rates, every table states the median, the
-interquartile range and the success rate over seeds (randpos.report.stats; the threshold tau is
-``success_threshold``) and, for the algorithmic tasks, the chance level (randpos.report.chance).
+interquartile range and the success rate over seeds (randpos.results.report.stats; the threshold
+tau is ``success_threshold``) and, for the algorithmic tasks, the chance level
+(randpos.results.report.chance).
 
 Table 1 holds the paper's workload (``encoder``) only; runs of other workloads get a table and
-a figure each (:mod:`randpos.report.workloads`), and a store without encoder runs a report
+a figure each (:mod:`randpos.results.report.workloads`), and a store without encoder runs a report
 without Table 1.
 """
 
@@ -33,12 +34,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from randpos.report.architectures import CAPTION as ARCHITECTURE_CAPTION
-from randpos.report.architectures import accuracy_by_architecture, architecture_table, task_runs
-from randpos.report.chance import ChanceLevels
-from randpos.report.images import write_images_section
-from randpos.report.stats import DEFAULT_SUCCESS_THRESHOLD, QUANTILE_METHOD, check_threshold
-from randpos.report.tables import (
+from randpos.results.report.architectures import CAPTION as ARCHITECTURE_CAPTION
+from randpos.results.report.architectures import (
+    accuracy_by_architecture,
+    architecture_table,
+    task_runs,
+)
+from randpos.results.report.chance import ChanceLevels
+from randpos.results.report.images import write_images_section
+from randpos.results.report.stats import DEFAULT_SUCCESS_THRESHOLD, QUANTILE_METHOD, check_threshold
+from randpos.results.report.tables import (
     LEVEL_NAMES,
     Table1,
     build_table1,
@@ -49,17 +54,17 @@ from randpos.report.tables import (
     to_latex,
     to_markdown,
 )
-from randpos.report.workloads import CAPTION as WORKLOAD_CAPTION
-from randpos.report.workloads import (
+from randpos.results.report.workloads import CAPTION as WORKLOAD_CAPTION
+from randpos.results.report.workloads import (
     figure_name,
     is_encoder,
     metric_vs_size,
     seed_caption,
     workload_tables,
 )
-from randpos.report.workloads import to_html as workload_html
-from randpos.report.workloads import to_markdown as workload_markdown
-from randpos.store import ResultsStore, default_store_path
+from randpos.results.report.workloads import to_html as workload_html
+from randpos.results.report.workloads import to_markdown as workload_markdown
+from randpos.results.store import ResultsStore, default_store_path
 
 
 @dataclass
@@ -183,7 +188,7 @@ def _write_table1(t: Table1, report: Report, out: Path, paths: dict, figures: bo
 
     figure_paths: dict[str, Path] = {}
     if figures:
-        from randpos.report.figures import accuracy_vs_length, heatmap
+        from randpos.results.report.figures import accuracy_vs_length, heatmap
 
         figure_paths["heatmap"] = heatmap(t, out / "figures" / "table1_heatmap.png")
         encoder_runs = report.runs[is_encoder(report.runs)]
@@ -291,7 +296,7 @@ def _markdown(
         frame = report.architectures
         caption = f"{ARCHITECTURE_CAPTION} {_seed_caption(report, frame)}"
         parts += ["", "## Architectures", "", caption, "", workload_markdown(frame)]
-    parts += images or []  # the images section (randpos.report.images), when there are any
+    parts += images or []  # the images section (randpos.results.report.images), when there are any
     if figures:
         parts += ["", "## Figures", ""]
         for name, path in figures.items():

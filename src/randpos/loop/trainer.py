@@ -4,7 +4,7 @@ Notation: K = members, B = batch, S = a member's size for the step (a length, a 
 
 Every run is a member of a :class:`Trainer`; an ordinary run is a trainer of one member. The
 members' configs may differ only in ``seed`` and ``learning_rate``
-(:func:`randpos.config.ensemble_key`): same workload, architecture and protocol, and the same
+(:func:`randpos.loop.identity.ensemble_key`): same workload, architecture and protocol, and the same
 ``curriculum_seed``, so every member trains on the same size at every step. What differs
 between kinds of model is the :class:`randpos.workloads.Workload` (model, batches, loss,
 evaluation); everything here is shared by all of them. Per member:
@@ -41,17 +41,17 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.optim.adam import adam
 
 import randpos
-from randpos.compile import autocast, check_precision, mark_dynamic, maybe_compile
 from randpos.core.fields import ConfigError
-from randpos.evaluation import EvalResult
+from randpos.core.seeding import make_generator, resolve_device
+from randpos.loop.compile import autocast, check_precision, mark_dynamic, maybe_compile
 from randpos.loop.identity import ENSEMBLE_VARYING_FIELDS, counted_fields
 from randpos.loop.identity import ensemble_key as _ensemble_key
-from randpos.progress import ProgressReporter
-from randpos.runs import CHECKPOINT_VERSION, StopFlag, TrainingInterrupted, atomic_torch_save
-from randpos.seeding import make_generator, resolve_device
-from randpos.trust import check_adam_state, check_weights
+from randpos.loop.progress import ProgressReporter
+from randpos.loop.runs import CHECKPOINT_VERSION, StopFlag, TrainingInterrupted, atomic_torch_save
+from randpos.loop.trust import check_adam_state, check_weights
 from randpos.workloads import Workload, build_workload
 from randpos.workloads.config import TrainConfig
+from randpos.workloads.evaluation import EvalResult
 
 #: How the members run (docs/performance.md has the measurements):
 #: "vmap": one vmapped eager pass for all members (batched kernels; the CUDA default);
@@ -81,7 +81,7 @@ def check_compatible(configs: Sequence[TrainConfig]) -> None:
         raise ConfigError(
             "an ensemble's configs may differ only in seed and learning_rate; these differ: "
             + ", ".join(differ)
-            + " (split them with randpos.ensemble.group_compatible)"
+            + " (split them with randpos.loop.ensemble.group_compatible)"
         )
 
 
@@ -159,7 +159,7 @@ class Member:
         }
 
     def load_state(self, state: dict[str, Any], source: str = "checkpoint") -> None:
-        """Continue from ``state`` (:func:`randpos.runs.load_checkpoint`: its structure is
+        """Continue from ``state`` (:func:`randpos.loop.runs.load_checkpoint`: its structure is
         checked); ``ConfigError`` naming ``source`` unless it was written by this config's run."""
         # the fields that decide a run's id (fields added after the checkpoint was written
         # count only when they leave their defaults)
@@ -214,7 +214,7 @@ class Trainer:
         :data:`EXECUTIONS`; by default "compiled" when ``compile`` (default: the configs' field)
         is true, else "vmap" on CUDA and "loop" on CPU.
         ``backend`` is the ``torch.compile`` backend (tests pass a
-        :class:`randpos.compile.CompileCounter`). ``attention`` overrides the attention backend
+        :class:`randpos.loop.compile.CompileCounter`). ``attention`` overrides the attention backend
         of models that have one: by default "math" for vmapped execution on CPU (torch's fused
         CPU kernel has no vmap rule and would loop over the members), else the configs' choice.
         Both backends give the same numbers."""

@@ -1,9 +1,9 @@
 """Many runs per device: grouping compatible runs into ensembles, and the default strategy.
 
-An *ensemble* is a :class:`randpos.trainer.Trainer` with K > 1 members: K runs whose configs
+An *ensemble* is a :class:`randpos.loop.trainer.Trainer` with K > 1 members: K runs whose configs
 differ only in ``seed`` and ``learning_rate`` (:func:`ensemble_key`), stepped as one batched
 computation with exactly the numbers of K separate runs (the loop is the same one every run
-goes through; :mod:`randpos.trainer` explains how). This module groups runs into such ensembles
+goes through; :mod:`randpos.loop.trainer` explains how). This module groups runs into such ensembles
 (:func:`group_compatible`, used by the sweep), runs a group from a sweep worker
 (:func:`ensemble_run`), and says how to run many models on a device (:func:`best_strategy`;
 docs/performance.md has the measurements).
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from randpos.loop.identity import ENSEMBLE_VARYING_FIELDS, ensemble_key
-from randpos.trainer import EXECUTIONS
-from randpos.training import train_runs
+from randpos.loop.trainer import EXECUTIONS
+from randpos.loop.training import train_runs
 from randpos.workloads import resolve_config
 from randpos.workloads.config import TrainConfig
 
@@ -70,7 +70,7 @@ class Strategy:
     """How to run many independent models on one device (docs/performance.md).
 
     kind: "ensemble": groups of up to ``ensemble_size`` compatible runs
-          (:func:`group_compatible`), each group one :func:`randpos.training.train_runs`
+          (:func:`group_compatible`), each group one :func:`randpos.loop.training.train_runs`
           call with the given ``execution``, ``workers`` such calls at a time (one per GPU);
           "processes": ``workers`` processes, one single-member run each.
     threads: torch intra-op threads per process (0: torch's default).
@@ -99,7 +99,7 @@ def best_strategy(device: str | torch.device = "auto") -> Strategy:
     runs per GPU. A single small model leaves a GPU mostly idle (its step is a few hundred
     tiny kernels); K members batched under vmap do K times the work per kernel.
     """
-    from randpos.seeding import resolve_device
+    from randpos.core.seeding import resolve_device
 
     dev = resolve_device(str(device))
     if dev.type == "cuda":

@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from randpos.report.stats import length_band  # noqa: E402
-from randpos.report.tables import Table1, column_label, pe_order  # noqa: E402
+from randpos.results.report.stats import length_band  # noqa: E402
+from randpos.results.report.tables import Table1, column_label, pe_order  # noqa: E402
 
 PLAIN_STYLE = {"color": "tab:red", "linestyle": "--", "label": "plain"}
 RANDOM_STYLE = {"color": "tab:blue", "linestyle": "-", "label": "randomized"}

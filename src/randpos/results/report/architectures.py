@@ -6,8 +6,8 @@ autoregressively, greedy decoding), ``encoder (causal)`` (the encoder with ``cau
 with one row per (task, encoding, architecture, plain | randomized): the run count, the mean ±
 sample std (ddof=1) over seeds of the unseen-length score (``ood_accuracy``, lengths N+1..M)
 and the mean in-distribution score (lengths 1..N), then the seed statistics (median, quartiles,
-success rate; randpos.report.stats) and the task's chance level (randpos.report.chance); and a
-figure of accuracy per length per task.
+success rate; randpos.results.report.stats) and the task's chance level
+(randpos.results.report.chance); and a figure of accuracy per length per task.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from randpos.report.stats import DEFAULT_SUCCESS_THRESHOLD, best_lr_runs, length_band
-from randpos.report.workloads import seed_columns
+from randpos.results.report.stats import DEFAULT_SUCCESS_THRESHOLD, best_lr_runs, length_band
+from randpos.results.report.workloads import seed_columns
 
 TASK_WORKLOADS = ("encoder", "decoder")
 
@@ -59,7 +59,7 @@ def architecture_table(
 ) -> pd.DataFrame | None:
     """The comparison table, or None when the task runs have a single architecture. The seed
     statistics and ``chance`` (each run's chance level, index of ``runs``) follow the columns
-    of the mean (randpos.report.workloads.seed_columns)."""
+    of the mean (randpos.results.report.workloads.seed_columns)."""
     if "task" not in runs or runs.empty:
         return None
     mine = task_runs(runs).copy()

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from randpos.loop.identity import ENSEMBLE_VARYING_FIELDS, RUNTIME_FIELDS
-from randpos.report.stats import (
+from randpos.results.report.stats import (
     DEFAULT_SUCCESS_THRESHOLD,
     QUANTILE_METHOD,
     best_lr_runs,
@@ -51,7 +51,7 @@ def group_columns(runs: pd.DataFrame) -> list[str]:
 def seed_columns(
     group: pd.DataFrame, threshold: float, chance: pd.Series | None = None
 ) -> dict[str, float]:
-    """The seed-statistics columns of a group of runs (randpos.report.stats): median, q1, q3
+    """The seed-statistics columns of a group of runs (randpos.results.report.stats): median, q1, q3
     and success rate of the unseen score over the seeds at the group's best-mean learning rate;
     with ``chance`` (per run, index of the runs), the group's mean chance level."""
     stats = seed_statistics(group, threshold)

@@ -7,8 +7,8 @@ numbers); for each ``*.json``, every old top-level key must hold the same value,
 way the report writes it; for each ``*.parquet``, every old column must be equal value for
 value (NaN equal to NaN). New columns, keys and files are allowed, and listed.
 
-``python -m randpos.report.compare OLD_DIR NEW_DIR`` prints one line per file and exits with 1
-when any existing column or key changed.
+``python -m randpos.results.report.compare OLD_DIR NEW_DIR`` prints one line per file and exits
+with 1 when any existing column or key changed.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def compare_reports(old_dir: str | Path, new_dir: str | Path) -> list[FileCheck]
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m randpos.report.compare OLD_DIR NEW_DIR", file=sys.stderr)
+        print("usage: python -m randpos.results.report.compare OLD_DIR NEW_DIR", file=sys.stderr)
         return 2
     checks = compare_reports(*args)
     for check in checks:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from randpos.report.workloads import group_columns
+from randpos.results.report.workloads import group_columns
 
 IMAGE_WORKLOADS = ("vit", "dit", "arpg")
 #: the metrics shown per workload, first the workload's own; lower is better for all but

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from randpos.core.seeding import make_generator
 from randpos.positions import PositionPlan, plan_positions
-from randpos.seeding import make_generator
 from randpos.tasks import Batch, Task, get_task
 from randpos.workloads.config import TrainConfig
 
@@ -67,7 +67,7 @@ def evaluation_batch(
 ) -> Batch:
     """The evaluation sequences of one length: a function of (eval_seed, length) alone, drawn
     from their own stream, so every model of a comparison is scored on the same batch (and the
-    report measures the task's chance level on it, randpos.report.chance)."""
+    report measures the task's chance level on it, randpos.results.report.chance)."""
     generator = make_generator(eval_seed, f"eval-data/{length}", device)
     return task.sample(sequences, length, generator)
 
@@ -150,7 +150,7 @@ def evaluate_length_batched(
     """Accuracies at one length of ``copies`` models scored on the same sequences and positions.
 
     ``forward(tokens (E', T), plan)`` returns logits (copies, E', T', C) whose last k entries
-    are the output positions (an ensemble, :mod:`randpos.ensemble`). Positions are drawn per
+    are the output positions (an ensemble, :mod:`randpos.loop.ensemble`). Positions are drawn per
     chunk of the single-model size whatever ``copies`` is, so every model gets exactly the
     numbers a lone evaluation gives; a chunk is split further for the forward to keep
     ``copies`` models within the memory budget. ``replan(plan, k, generator)``, if given,

@@ -2,7 +2,7 @@
 2503.10568), scaled down to binarized digit canvases (docs/images.md, "ARPG").
 
 Notation: B = batch, h x w = the token grid, N = h * w, V = vocabulary, D = width, H = heads,
-d = D / H. Grid index n = row * w + column (row-major, as :func:`randpos.vision.models.patchify`).
+d = D / H. Grid index n = row * w + column (row-major, as :func:`randpos.images.models.patchify`).
 An *order* (B, N) is a permutation of the grid indices: ``orders[b, i]`` is the grid index
 generated i-th. Positions are data (docs/design.md §1): ``positions`` (B or 1, N, 2) give each grid
 index its (y, x) position, exactly as for the ViT and the DiT, so randomized 2D positions plug in
@@ -59,9 +59,7 @@ from torch import nn
 
 from randpos.encodings import get_encoding
 from randpos.encodings.base import PositionalEncoding
-from randpos.model.attention import KVCache, attend
-from randpos.model.layers import Linear
-from randpos.vision.models import (
+from randpos.images.models import (
     MLP,
     VisionConfig,
     _check_ranges,
@@ -73,6 +71,8 @@ from randpos.vision.models import (
     xavier_uniform_,
     zero_,
 )
+from randpos.model.attention import KVCache, attend
+from randpos.model.layers import Linear
 
 #: generation orders of :func:`generation_orders`
 ORDERS = ("random", "raster", "spiral")

@@ -40,7 +40,7 @@ try:
     import transformers
 except ImportError as err:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "randpos.hf needs the transformers package: pip install 'randpos[hf]'"
+        "randpos.model.hf needs the transformers package: pip install 'randpos[hf]'"
     ) from err
 
 from randpos.positions import decode_positions, pose_positions, sorted_subset, spread_positions
@@ -148,7 +148,7 @@ def check_position_ids_arg(model: Any) -> None:
         name = type(model).__name__ if not isinstance(model, type) else model.__name__
         raise ValueError(
             f"position_ids: {name}.forward has no position_ids argument, so custom positions "
-            f"cannot reach it; randpos.hf supports causal LMs that take position_ids"
+            f"cannot reach it; randpos.model.hf supports causal LMs that take position_ids"
         )
 
 
