@@ -56,13 +56,18 @@ def write_spec(path, **changes):
 
 
 # ------------------------------------------------------------------------------ expansion
+def randomized(config: dict) -> bool:
+    """Whether a resolved config's positions are randomized."""
+    return config["positions"]["sampler"] != "contiguous"
+
+
 def test_grid_expands_to_the_cartesian_product_with_stable_ids():
     runs = expand(spec())
     assert len(runs) == 2 * 2 * 2 * 2
     for rid, config in runs.items():
         assert rid == config_hash(config)
         assert config["steps"] == 10 and config["eval_max_length"] == 20
-    combos = {(c["task"], c["pe"], c["randomized"], c["seed"]) for c in runs.values()}
+    combos = {(c["task"], c["pe"], randomized(c), c["seed"]) for c in runs.values()}
     assert len(combos) == 16
     # Key order in the file changes nothing; ids are those of the resolved configs.
     reordered = spec(grid=dict(reversed(list(GRID.items()))), base=dict(reversed(BASE.items())))
@@ -83,7 +88,7 @@ def test_duplicates_are_merged_and_rules_apply():
     )
     runs = expand(ruled)
     assert len(runs) == 16 - 4 + 1
-    assert not any(c["pe"] == "none" and c["randomized"] for c in runs.values())
+    assert not any(c["pe"] == "none" and randomized(c) for c in runs.values())
     assert any(c["pe"] == "alibi" and c["seed"] == 7 for c in runs.values())
 
 
@@ -98,7 +103,7 @@ def test_arms_are_crossed_with_the_grid():
     )
     assert len(runs) == 3 * 2 * 2
     got = {
-        (c["pe"], c["randomized"], c["learning_rate"], c["task"], c["seed"]) for c in runs.values()
+        (c["pe"], randomized(c), c["learning_rate"], c["task"], c["seed"]) for c in runs.values()
     }
     assert ("none", False, 1e-3, "parity_check", 0) in got
     assert ("rope", True, 3e-4, "reverse_string", 1) in got
@@ -478,7 +483,7 @@ def test_cli_commands(tmp_path):
     typer = pytest.importorskip("typer")
     from typer.testing import CliRunner
 
-    from randpos.sweep import register_commands
+    from randpos.cli.sweeps import register_commands
 
     app = typer.Typer()
     register_commands(app)

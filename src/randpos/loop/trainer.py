@@ -47,8 +47,8 @@ from randpos.loop.compile import autocast, check_precision, mark_dynamic, maybe_
 from randpos.loop.identity import ENSEMBLE_VARYING_FIELDS, counted_fields
 from randpos.loop.identity import ensemble_key as _ensemble_key
 from randpos.loop.progress import ProgressReporter
-from randpos.loop.runs import CHECKPOINT_VERSION, StopFlag, TrainingInterrupted, atomic_torch_save
-from randpos.loop.trust import check_adam_state, check_weights
+from randpos.loop.runs import StopFlag, TrainingInterrupted, atomic_torch_save
+from randpos.loop.trust import CHECKPOINT_VERSION, check_adam_state, check_weights
 from randpos.workloads import Workload, build_workload
 from randpos.workloads.config import TrainConfig
 from randpos.workloads.evaluation import EvalResult

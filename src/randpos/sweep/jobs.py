@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from randpos.core.files import atomic_write_text
+from randpos.workloads.compat import config_value
 from randpos.loop.identity import config_hash
 from randpos.sweep.plan import SweepError
 
@@ -90,7 +91,8 @@ def fake_run(
     rng = random.Random(rid)
     n, m = config["max_train_length"], config["eval_max_length"]
     # Randomized runs extrapolate (slow decay); learning rate and seed add spread.
-    decay = 150.0 if config.get("randomized") else 8.0
+    randomized = config_value(config, "randomized")
+    decay = 150.0 if randomized else 8.0
     skill = 0.75 + 0.25 * rng.random()
     per_length = {}
     for length in range(1, m + 1):
@@ -103,7 +105,7 @@ def fake_run(
         "run_id": rid,
         "task": config["task"],
         "pe": config["pe"],
-        "randomized": config["randomized"],
+        "randomized": randomized,
         "steps": config["steps"],
         "seed": config["seed"],
         "learning_rate": config["learning_rate"],
