@@ -29,6 +29,7 @@ from randpos.images.arpg import (
 from randpos.images.models import VisionConfig
 from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, train
 from randpos.positions.grid import grid_positions, sample_grid_positions
+from randpos.workloads import resolve_config
 from randpos.workloads.config import TrainConfig
 
 # The float32 logits of two code paths (cached vs full, fewer vs more queries) differ by rounding:
@@ -239,7 +240,7 @@ def test_the_model_refuses_what_it_cannot_run():
 TINY = dict(
     workload="arpg",
     pe="rope2d_axial",
-    rope_theta=100.0,
+    pe_options={"theta": 100.0},
     steps=12,
     batch_size=8,
     max_train_length=8,
@@ -265,7 +266,7 @@ TINY = dict(
 
 def tiny(**changes) -> TrainConfig:
     options = {**TINY["options"], **changes.pop("options", {})}
-    return TrainConfig(**{**TINY, **changes, "options": options})
+    return resolve_config({**TINY, **changes, "options": options})
 
 
 @pytest.fixture
@@ -305,7 +306,7 @@ def test_an_interrupted_arpg_run_resumes_bit_exactly(tmp_path, feature_cache):
 
 @pytest.mark.numerics
 def test_an_arpg_ensemble_equals_separate_runs():
-    configs = [tiny(seed=s, pe="rope2d_mixed", rope_theta=10.0) for s in (0, 1)]
+    configs = [tiny(seed=s, pe="rope2d_mixed", pe_options={"theta": 10.0}) for s in (0, 1)]
     ensemble = Trainer(configs)
     ensemble.fit(progress=False)
     for config, member in zip(configs, ensemble.members, strict=True):
@@ -345,7 +346,7 @@ def test_a_model_trained_on_random_orders_is_queried_in_other_orders():
     ("changes", "message"),
     [
         ({"pe": "sincos2d"}, r"pe='sincos2d'.*rotary"),
-        ({"rope_scaling": "ntk"}, r"rope_scaling='ntk'"),
+        ({"pe.scaling": "ntk"}, r"pe.scaling='ntk'"),
         ({"num_layers": 1}, r"depth=1"),
         ({"options": {"train_order": "spiral"}}, r"options.train_order"),
         ({"options": {"gen_order": "zigzag"}}, r"options.gen_order"),
@@ -395,5 +396,5 @@ def test_arpg_presets_expand_and_validate():
     assert len(runs) == 3 * len(full.arms)
     orders = {c["options"].get("train_order", "random") for c in runs.values()}
     assert orders == {"random", "raster"}
-    assert {c["randomized"] for c in runs.values()} == {False, True}
+    assert {c["positions"]["sampler"] for c in runs.values()} == {"contiguous", "random"}
     assert 0 < len(expand(smoke)) < len(runs)

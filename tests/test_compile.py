@@ -15,6 +15,7 @@ from tiny import TINY_BASE
 from randpos.core.fields import ConfigError
 from randpos.loop.compile import CompileCounter
 from randpos.loop.training import Trainer, train
+from randpos.workloads import resolve_config
 from randpos.workloads.config import TrainConfig
 
 TINY = dict(TINY_BASE, steps=6, batch_size=8, log_every=1)
@@ -23,7 +24,7 @@ RELATIVE = dict(pe="relative", randomized=True, max_position=64, randomize="dist
 
 def members(**changes) -> list[TrainConfig]:
     return [
-        TrainConfig.from_dict(TINY, seed=s, learning_rate=lr, **changes)
+        resolve_config(TINY, seed=s, learning_rate=lr, **changes)
         for s, lr in [(0, 1e-3), (1, 3e-3)]
     ]
 
@@ -111,7 +112,7 @@ def test_batched_mode_equals_eager():
 
 
 def test_bf16_needs_cuda():
-    config = TrainConfig.from_dict(TINY, precision="bf16")
+    config = resolve_config(TINY, precision="bf16")
     with pytest.raises(ConfigError, match="bf16"):
         Trainer(config)
     with pytest.raises(ConfigError, match="bf16"):

@@ -22,7 +22,7 @@ from randpos.loop.training import Trainer, train
 from randpos.model import KVCache, ModelConfig, Transformer
 from randpos.positions import DECODE_MODES, decode_positions, randomized_positions
 from randpos.tasks import get_task
-from randpos.workloads import get_workload
+from randpos.workloads import get_workload, resolve_config
 from randpos.workloads.config import TrainConfig
 
 L = 64
@@ -158,7 +158,7 @@ DECODER = dict(TINY_BASE, workload="decoder", steps=30, batch_size=16, learning_
 
 
 def decoder(**overrides) -> TrainConfig:
-    return TrainConfig(**{**DECODER, **overrides})
+    return resolve_config({**DECODER, **overrides})
 
 
 def test_the_decoder_poses_a_task_autoregressively():
@@ -215,13 +215,13 @@ def test_decoder_ensemble_members_decode_like_single_runs():
 def test_decoder_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="options.decode_positions='next'"):
         decoder(options={"decode_positions": "next"}).validate()
-    with pytest.raises(ConfigError, match="randomize 'distances'"):
+    with pytest.raises(ConfigError, match="reading 'distances'"):
         decoder(pe="alibi", randomized=True, randomize="distances").validate()
     with pytest.raises(ConfigError, match="cannot decode with a KV cache"):
         decoder(pe="relative_reference_bug").validate()
     decoder(pe="xpos").validate()  # causal-only encodings need no causal=true on a decoder
     with pytest.raises(ConfigError, match="causal-only: set causal=true"):
-        TrainConfig(**{**DECODER, "workload": "encoder", "pe": "cope"}).validate()
+        resolve_config({**DECODER, "workload": "encoder", "pe": "cope"})
 
 
 def test_the_cli_trains_a_decoder_and_prints_its_generations(tmp_path):

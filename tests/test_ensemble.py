@@ -10,18 +10,19 @@ from numerics import EPS32, EPS64, f32_atol, magnitude
 from tiny import TINY_BASE
 
 from randpos.core.fields import ConfigError
-from randpos.workloads.config import TrainConfig
 from randpos.loop.ensemble import best_strategy, ensemble_key, group_compatible
+from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, train, train_runs
 from randpos.model import ModelConfig, Transformer
 from randpos.tasks import get_task
-from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, train, train_runs
+from randpos.workloads import resolve_config
+from randpos.workloads.config import TrainConfig
 
 TINY = dict(TINY_BASE, steps=6, batch_size=8, dropout=0.1, log_every=1, checkpoint_every=3)
 MEMBERS = [(0, 1e-3), (1, 3e-3), (2, 5e-4)]  # (seed, learning rate): K = 3
 
 
 def tiny(**changes) -> TrainConfig:
-    return TrainConfig.from_dict(TINY, **changes)
+    return resolve_config(TINY, **changes)
 
 
 def members(**changes) -> list[TrainConfig]:

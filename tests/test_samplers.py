@@ -12,6 +12,7 @@ from randpos.encodings import ENCODINGS
 from randpos.loop.training import train
 from randpos.model import ModelConfig, Transformer
 from randpos.positions import float_positions, pose_positions, sample_positions
+from randpos.workloads import resolve_config
 from randpos.workloads.config import TrainConfig
 from randpos.workloads.evaluation import draw_positions
 
@@ -72,7 +73,7 @@ def test_sample_positions_dispatches_on_the_sampler():
 
 def tiny(**changes) -> TrainConfig:
     base = dict(TINY_BASE, steps=6, batch_size=8, log_every=3, randomized=True, max_position=64)
-    return TrainConfig.from_dict(base, **changes)
+    return resolve_config(base, **changes)
 
 
 @pytest.mark.parametrize("randomize", ["float", "pose"])

@@ -31,6 +31,7 @@ from randpos.sweep import (
     run_sweep,
     sweep_status,
 )
+from randpos.workloads import resolve_config
 
 # A short evaluation keeps the fake results small: N = 10, lengths 1..20.
 BASE = {"steps": 10, "max_train_length": 10, "eval_max_length": 20, "max_position": 64}
@@ -441,7 +442,6 @@ def test_a_sweep_trains_real_ensembles_equal_to_separate_runs(tmp_path):
     from tiny import TINY_BASE
 
     from randpos.loop.training import train
-    from randpos.workloads.config import TrainConfig
 
     base = dict(
         TINY_BASE, steps=4, batch_size=8, log_every=2, pe="rope", randomized=True, max_position=64
@@ -456,7 +456,7 @@ def test_a_sweep_trains_real_ensembles_equal_to_separate_runs(tmp_path):
     for rid, config in expand(sweep_spec).items():
         summary = store.get_run(rid)["summary"]
         assert summary["timings"]["ensemble_size"] == 4
-        alone = train(TrainConfig.from_dict(config), tmp_path / "alone" / rid, progress=False)
+        alone = train(resolve_config(config), tmp_path / "alone" / rid, progress=False)
         assert summary["run_id"] == alone["run_id"] == rid
         assert summary["per_length"] == pytest.approx(alone["per_length"], abs=1e-9)
         assert summary["final_loss"] == pytest.approx(alone["final_loss"], rel=1e-5)

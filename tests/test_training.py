@@ -11,6 +11,7 @@ from tiny import TINY_BASE
 
 from randpos.core.fields import ConfigError
 from randpos.loop.training import CHECKPOINT, StopFlag, Trainer, TrainingInterrupted, train
+from randpos.workloads import resolve_config
 from randpos.workloads.config import TrainConfig
 from randpos.workloads.evaluation import mean_over
 
@@ -26,7 +27,7 @@ TINY = dict(
 
 
 def tiny(**changes) -> TrainConfig:
-    return TrainConfig.from_dict(TINY, **changes)
+    return resolve_config(TINY, **changes)
 
 
 def test_short_training_run_drives_the_loss_down():

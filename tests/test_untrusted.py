@@ -32,7 +32,7 @@ from randpos.cli import app
 from randpos.core.fields import ConfigError
 from randpos.loop.runs import load_checkpoint
 from randpos.loop.training import load_model, train
-from randpos.workloads.config import TrainConfig
+from randpos.workloads import resolve_config
 
 runner = CliRunner()
 
@@ -463,7 +463,7 @@ def test_a_run_naming_a_module_is_refused(run_dir, tmp_path, evil_module, where)
 
 def test_a_trusted_module_workload_loads(tmp_path):
     out = tmp_path / "toy"
-    train(TrainConfig.from_dict(TOY), out, progress=False)  # named here: imported
+    train(resolve_config(TOY), out, progress=False)  # named here: imported
     result = invoke("evaluate", out, "--quiet")
     assert_one_line_error(result, "--trust-workload toy_workload:MeanRegression")
     result = invoke("evaluate", out, "--quiet", "--trust-workload", "toy_workload:MeanRegression")
@@ -484,7 +484,7 @@ def test_a_store_naming_a_module_imports_nothing(tmp_path, evil_module):
 
     workload, _ = evil_module
     out = tmp_path / "toy"
-    summary = train(TrainConfig.from_dict(TOY), out, progress=False)
+    summary = train(resolve_config(TOY), out, progress=False)
     config = {**summary["config"], "workload": workload}
     summary = {**summary, "workload": workload, "config": config, "run_id": config_hash(config)}
     store = ResultsStore(tmp_path / "received.sqlite")

@@ -11,6 +11,7 @@ from numerics import EPS32, EPS64, f64_atol
 
 from randpos.core.fields import ConfigError
 from randpos.encodings import PE_NAMES_2D, build_encoding
+from randpos.encodings.base import EncodingShape
 from randpos.model import ModelConfig, Transformer
 from randpos.model.attention import attend
 from randpos.positions.grid import (
@@ -20,7 +21,7 @@ from randpos.positions.grid import (
     grid_positions,
     sample_grid_positions,
 )
-from randpos.workloads.config import TrainConfig
+from randpos.workloads import resolve_config
 
 ENCODINGS_2D = [n for n in PE_NAMES_2D if n != "none"]
 ROTARY_2D = ["rope2d_axial", "rope2d_mixed"]
@@ -39,17 +40,11 @@ def angle_atol(max_angle: float, factor: float = 1.0) -> float:
     return EPS64 * (8 * max_angle + 4) * factor
 
 
-def encoding(name: str, *, width=32, heads=2, layers=2, L=64, theta=100.0, **extra):
-    config = ModelConfig(
-        width=width,
-        num_heads=heads,
-        num_layers=layers,
-        pe=name,
-        max_position=L,
-        rope_theta=theta,
-        **extra,
-    )
-    pe = build_encoding(config)
+def encoding(name: str, *, width=32, heads=2, layers=2, L=64, theta=100.0, **options):
+    """``name`` built for a bidirectional model of this shape; ``options`` are pe options
+    (``theta`` 100 as rope-vit's axial RoPE)."""
+    shape = EncodingShape(width=width, num_heads=heads, num_layers=layers, max_position=L)
+    pe = build_encoding(name, shape, {"theta": theta, **options})
     pe.reset_parameters(gen(1))
     return pe
 
@@ -308,7 +303,7 @@ def test_axis_transforms_match_fit(kind, side):
         width=64,
         heads=2,
         theta=10000.0,
-        rope_scaling=kind,
+        scaling=kind,
         original_max_position_embeddings=8,
     )
     p = grid_positions(1, side, 6).double()  # y stretched by side / 8, x not at all
@@ -332,7 +327,7 @@ def test_axis_transforms_match_fit(kind, side):
 def test_transforms_are_plain_axial_within_the_training_grid(kind):
     plain = encoding("rope2d_axial", theta=10000.0)
     scaled = encoding(
-        "rope2d_axial", theta=10000.0, rope_scaling=kind, original_max_position_embeddings=8
+        "rope2d_axial", theta=10000.0, scaling=kind, original_max_position_embeddings=8
     )
     p = sample_grid_positions("random", 2, 5, 6, 8, gen(9))
     # exact ("bit for bit", the module's promise): at s = 1 torch.where selects the plain
@@ -345,12 +340,12 @@ def test_transforms_are_plain_axial_within_the_training_grid(kind):
 def test_bad_2d_settings_name_the_field():
     with pytest.raises(ValueError, match="divisible by 4"):
         encoding("rope2d_axial", width=24, heads=4)
-    with pytest.raises(ValueError, match="rope_scaling='dynamic'"):
-        encoding("rope2d_axial", rope_scaling="dynamic", original_max_position_embeddings=8)
+    with pytest.raises(ValueError, match="pe.scaling='dynamic'"):
+        encoding("rope2d_axial", scaling="dynamic", original_max_position_embeddings=8)
     with pytest.raises(ValueError, match="original_max_position_embeddings"):
-        encoding("rope2d_axial", rope_scaling="ntk")
+        encoding("rope2d_axial", scaling="ntk")
     with pytest.raises(ValueError, match="rope2d_mixed learns"):
-        encoding("rope2d_mixed", rope_scaling="linear", original_max_position_embeddings=8)
+        encoding("rope2d_mixed", scaling="linear", original_max_position_embeddings=8)
     with pytest.raises(ValueError, match="sincos2d needs width divisible by 4"):
         encoding("sincos2d", width=30, heads=1)
 
@@ -359,9 +354,9 @@ def test_models_refuse_the_other_kind_of_encoding():
     with pytest.raises(ValueError, match="'sincos2d' is a 2D .* takes: .*rope"):
         Transformer(ModelConfig(pe="sincos2d"))
     with pytest.raises(ConfigError, match="'rope2d_axial' is a 2D"):
-        TrainConfig.from_dict({"pe": "rope2d_axial"})
+        resolve_config({"pe": "rope2d_axial"})
     with pytest.raises(ConfigError, match="'rope' is a 1D .* takes: .*rope2d_axial"):
-        TrainConfig.from_dict(
+        resolve_config(
             {
                 "workload": "vit",
                 "pe": "rope",

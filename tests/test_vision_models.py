@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 
 from randpos.encodings import ENCODINGS
 from randpos.encodings.base import PositionalEncoding, sinusoid
+from randpos.encodings.rope import RotaryOptions
 from randpos.images.flow import (
     denoising_losses,
     euler_sample,
@@ -335,11 +337,12 @@ def test_float_positions_need_an_encoding_that_takes_them():
         (dict(cond_dim=-1), "cond_dim"),
         (dict(pe="xpos"), "pe"),
         (dict(pe="relative"), "pe"),
-        (dict(rope_scaling="bogus"), "rope_scaling"),
+        (dict(pe="rope2d_axial", pe_options={"scaling": "bogus"}), "pe.scaling"),
     ],
 )
 def test_config_errors_name_the_field(overrides, field):
-    with pytest.raises(ValueError, match=f"VisionConfig.{field}="):
+    prefix = "" if field.startswith("pe.") else "VisionConfig."
+    with pytest.raises(ValueError, match=re.escape(f"{prefix}{field}=")):
         ViT(config(**overrides))
 
 
@@ -443,7 +446,7 @@ def test_logit_scale_equals_a_manually_scaled_attention(backend):
     # the manual formula is the oracle: module, inputs and formula all in float64
     attn = MultiHeadAttention(D, H, causal=False, backend=backend)
     scramble(attn).double()
-    pe = Axial2D(config(width=D, num_heads=H).model_config())
+    pe = Axial2D(config(width=D, num_heads=H).encoding_shape(), RotaryOptions(theta=100.0))
     x = torch.randn(2, T, D, generator=gen(4), dtype=torch.float64)
     pos = random_grid(2, 1, T, 16, gen(5))
     s = 1.7

@@ -13,12 +13,13 @@ from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, trai
 from randpos.results.report import write_report
 from randpos.results.store import ResultsStore
 from randpos.sweep import LocalExecutor, expand, load_spec, parse_spec, run_sweep
+from randpos.workloads import resolve_config
 from randpos.workloads.config import TrainConfig
 
 TINY = dict(
     workload="vit",
     pe="rope2d_axial",
-    rope_theta=100.0,
+    pe_options={"theta": 100.0},
     steps=12,
     batch_size=8,
     max_train_length=8,
@@ -42,7 +43,7 @@ def tiny(**changes) -> TrainConfig:
     options = {**TINY["options"], **changes.pop("options", {})}
     if changes.get("workload") == "dit":
         options = {**DIT_OPTIONS, **options}
-    return TrainConfig(**{**TINY, **changes, "options": options})
+    return resolve_config({**TINY, **changes, "options": options})
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +135,7 @@ def test_training_leaves_the_global_rng_alone(tmp_path):
         ({"dropout": 0.1}, r"dropout=0.1"),
         ({"pe": "learned2d", "options": {"pi": True}, "randomized": True}, r"options.pi"),
         ({"options": {"augment": "zoom"}}, r"options.augment"),
-        ({"rope_scaling": "ntk", "rope_scaling_factor": 2.0}, r"rope_scaling_factor=2.0"),
+        ({"pe.scaling": "ntk", "pe.factor": 2.0}, r"pe.factor=2.0"),
     ],
 )
 def test_bad_image_configs_fail_with_one_line_naming_the_field(changes, message):
@@ -145,7 +146,7 @@ def test_bad_image_configs_fail_with_one_line_naming_the_field(changes, message)
 
 def test_a_2d_encoding_on_the_1d_encoder_is_refused():
     with pytest.raises(ConfigError, match="sincos2d"):
-        TrainConfig(task="parity_check", pe="sincos2d").validate()
+        resolve_config(task="parity_check", pe="sincos2d")
 
 
 def test_image_presets_expand_and_validate():

@@ -29,7 +29,7 @@ from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, trai
 from randpos.results.report import write_report
 from randpos.results.store import ResultsStore
 from randpos.sweep import LocalExecutor, parse_spec, run_sweep
-from randpos.workloads import Workload, get_workload
+from randpos.workloads import Workload, get_workload, resolve_config
 from randpos.workloads.config import TrainConfig
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "reference_runs.json").read_text())
@@ -50,7 +50,7 @@ TOY = dict(
 
 
 def toy(**changes) -> TrainConfig:
-    return TrainConfig.from_dict(TOY, **changes)
+    return resolve_config(TOY, **changes)
 
 
 # ----------------------------------------------------------------------------- the encoder
@@ -117,7 +117,7 @@ def test_encoder_runs_give_the_numbers_recorded_before_the_one_loop(record, one_
     num_layers x (steps + 1) x sqrt(T or ff_width) x max|logit|) of a tie, whose hit may flip:
     on an Intel CPU (AVX-512 kernels) the loss differed by ~1e-8 relative and every accuracy
     was identical."""
-    config = TrainConfig.from_dict(record["config"])
+    config = resolve_config(record["config"])
     with EvalLogits() as seen, TrainLogits() as train_seen:
         summary = train(config, progress=False)
     assert summary["run_id"] == record["run_id"]
@@ -155,7 +155,7 @@ def test_the_encoder_is_the_default_and_new_fields_keep_old_run_ids():
 # ----------------------------------------------------------------------------- configuration
 def test_workload_and_option_errors_name_the_field():
     with pytest.raises(ConfigError, match="workload"):
-        TrainConfig.from_dict(workload="nope")
+        resolve_config(workload="nope")
     with pytest.raises(ConfigError, match="hiden.*did you mean 'hidden'"):
         toy(options={"hiden": 3})
     with pytest.raises(ConfigError, match="options.hidden must be an integer"):
@@ -163,7 +163,7 @@ def test_workload_and_option_errors_name_the_field():
     assert toy(**{"options.hidden": "5"}).options == {"hidden": 5}  # CLI form, coerced
     assert toy(options={"hidden": 8, "tolerance": 0.05}).options == {}  # defaults: not stored
     with pytest.raises(ConfigError, match="options"):
-        TrainConfig.from_dict(options={"hidden": 3})  # the encoder takes none
+        resolve_config(options={"hidden": 3})  # the encoder takes none
     assert issubclass(get_workload("toy_workload:MeanRegression"), Workload)
 
 

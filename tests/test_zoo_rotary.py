@@ -15,15 +15,17 @@ import torch
 from numerics import EPS32, EPS64, assert_close_f32, f32_atol, f64_atol, magnitude
 
 from randpos.encodings import get_encoding
-from randpos.encodings.base import inverse_frequencies
-from randpos.encodings.rope import ROPE_SCALING_TYPES, rope_inverse_frequencies
+from randpos.encodings.base import EncodingShape, inverse_frequencies
+from randpos.encodings.cope import CopeOptions
+from randpos.encodings.rope import ROPE_SCALING_TYPES, RotaryOptions, rope_inverse_frequencies
 from randpos.encodings.xpos import XPosEncoding
 from randpos.model import ModelConfig, Transformer
 from randpos.positions import randomized_positions
 
-CONFIG = ModelConfig(max_position=2048, causal=True)
-B, H, T = 2, CONFIG.num_heads, 9
-d = CONFIG.width // H
+SHAPE = EncodingShape(max_position=2048, causal=True)  # the reference model's width and heads
+B, H, T = 2, SHAPE.num_heads, 9
+d = SHAPE.head_width
+L = SHAPE.max_position
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -41,10 +43,20 @@ def positions(max_position=2048, seed=0, batch=B, length=T) -> torch.Tensor:
     return randomized_positions(batch, length, max_position, gen(seed), per_sequence=True)
 
 
-def encoding(name: str, config: ModelConfig = CONFIG, **kwargs):
-    pe = get_encoding(name)(config, **kwargs)
+def encoding(name: str, shape: EncodingShape = SHAPE, options=None, **kwargs):
+    """``name`` for a model of ``shape`` with ``options`` (pe.NAME values), in float64."""
+    cls = get_encoding(name)
+    pe = cls(shape, cls.parse_options(options), **kwargs)
     pe.reset_parameters(gen())
     return pe.double()
+
+
+def rope(options: RotaryOptions | None = None, shape: EncodingShape = SHAPE):
+    return get_encoding("rope")(shape, options)
+
+
+def scaled(kind, factor, **fields) -> RotaryOptions:
+    return RotaryOptions(scaling=kind, factor=factor, **fields)
 
 
 def scores(pe, q, k, pos) -> torch.Tensor:
@@ -54,7 +66,7 @@ def scores(pe, q, k, pos) -> torch.Tensor:
 
 def build_model(pe: str, seed: int = 0, **overrides) -> Transformer:
     small = {"num_layers": 2, "width": 32, "num_heads": 4, "ff_width": 64, "max_position": 64}
-    fields = {"pe": pe, "causal": True, **small, **overrides}  # head width 8, as CONFIG
+    fields = {"pe": pe, "causal": True, **small, **overrides}  # head width 8, as SHAPE
     return Transformer(ModelConfig(**fields), generator=gen(seed))
 
 
@@ -88,7 +100,7 @@ def test_causal_only_encodings_refuse_bidirectional_models(name):
     cls = get_encoding(name)
     assert cls.causal_only
     with pytest.raises(ValueError, match=f"^{name} is causal-only: set causal=true"):
-        cls(dataclasses.replace(CONFIG, causal=False))
+        cls(dataclasses.replace(SHAPE, causal=False))
     with pytest.raises(ValueError, match="causal"):
         Transformer(ModelConfig(pe=name))
     Transformer(ModelConfig(pe=name, causal=True, num_layers=1))  # fine when causal
@@ -110,12 +122,12 @@ def test_capabilities():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", ["int", "float"])
 def test_xpos_without_decay_is_rope_bit_for_bit(dtype, kind):
-    rope = get_encoding("rope")(CONFIG)
+    plain = rope()
     # zeta^0 = 1 exactly (IEEE pow(x, +-0) = 1 in every kernel), and x * 1, x / 1 are exact
-    flat = XPosEncoding(CONFIG, scale_base=math.inf)
+    flat = XPosEncoding(SHAPE, scale_base=math.inf)
     q, k = qk(dtype=dtype)
     pos = positions() if kind == "int" else positions().double() + 0.37
-    for got, want in zip(flat.rotate(q, k, pos, 0), rope.rotate(q, k, pos, 0), strict=True):
+    for got, want in zip(flat.rotate(q, k, pos, 0), plain.rotate(q, k, pos, 0), strict=True):
         assert torch.equal(got, want)
     # and whole models: same weights, same logits, bit for bit
     tokens, pos = model_inputs()
@@ -198,8 +210,8 @@ def test_xpos_decays_by_zeta_per_pair():
 # --- cope --------------------------------------------------------------------------------------
 
 
-def cope_with_table(config=CONFIG, seed=1, scale=0.5):
-    pe = encoding("cope", config)
+def cope_with_table(npos=None, seed=1, scale=0.5):
+    pe = encoding("cope", options={"npos": npos})
     with torch.no_grad():
         pe.table.copy_(
             torch.randn(pe.table.shape, generator=gen(seed), dtype=torch.float64) * scale
@@ -209,12 +221,14 @@ def cope_with_table(config=CONFIG, seed=1, scale=0.5):
 
 def test_cope_table_and_npos():
     pe = encoding("cope")
-    assert pe.table.shape == (CONFIG.num_layers, d, CONFIG.max_position + 1)
+    assert pe.table.shape == (SHAPE.num_layers, d, SHAPE.max_position + 1)
     assert torch.equal(pe.table, torch.zeros_like(pe.table))
-    assert encoding("cope", dataclasses.replace(CONFIG, cope_npos=16)).table.shape[-1] == 16
+    assert encoding("cope", options={"npos": 16}).table.shape[-1] == 16
     for bad in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match="ModelConfig.cope_npos"):
-            get_encoding("cope")(dataclasses.replace(CONFIG, cope_npos=bad))
+        with pytest.raises(ValueError, match="pe.npos"):
+            get_encoding("cope").parse_options({"npos": bad})
+        with pytest.raises(ValueError, match="pe.npos"):
+            CopeOptions(npos=bad)
 
 
 def cope_brute_force(pe, q, k, layer=0) -> list:
@@ -253,8 +267,7 @@ def test_cope_matches_brute_force(npos, chunk, monkeypatch):
     """Also with the query rows in chunks (down to one row per chunk): the same numbers."""
     if chunk is not None:
         monkeypatch.setattr("randpos.encodings.cope.COPE_CHUNK_ELEMENTS", chunk)
-    config = dataclasses.replace(CONFIG, cope_npos=npos)
-    pe = cope_with_table(config)
+    pe = cope_with_table(npos)
     q, k = qk(batch=2, length=6)
     for layer in (0, 3):
         got = pe.bias(q, k, positions(length=6), layer)  # (B, H, T, T)
@@ -274,8 +287,7 @@ def test_cope_matches_brute_force(npos, chunk, monkeypatch):
 
 def test_cope_with_open_gates_is_a_relative_table():
     """All gates 1 (q . k huge): p_ij = i - j + 1, an exact lookup of e (clamped to npos - 1)."""
-    config = dataclasses.replace(CONFIG, cope_npos=5)
-    pe = cope_with_table(config)
+    pe = cope_with_table(5)
     q = torch.full((1, H, T, d), 30.0, dtype=torch.float64)
     # sigmoid(2546) is exactly 1 (exp(-2546) underflows to 0), so the positions are integers
     torch.testing.assert_close(
@@ -341,8 +353,7 @@ def test_cope_never_materializes_a_pair_by_width_tensor():
     from torch.overrides import TorchFunctionMode
 
     length, npos = 24, 8
-    config = dataclasses.replace(CONFIG, cope_npos=npos)
-    pe = cope_with_table(config)
+    pe = cope_with_table(npos)
     q, k = qk(length=length)
     largest = []
 
@@ -385,8 +396,8 @@ def test_causal_fast_path_equals_math_path(pe):
 
 
 def test_rope_scaling_defaults():
-    c = ModelConfig()
-    assert (c.rope_theta, c.rope_scaling, c.rope_scaling_factor) == (10000.0, "none", 1.0)
+    c = RotaryOptions()
+    assert (c.theta, c.scaling, c.factor) == (10000.0, "none", 1.0)
     assert (c.original_max_position_embeddings, c.attention_factor) == (None, None)
     assert (c.beta_fast, c.beta_slow, c.low_freq_factor, c.high_freq_factor) == (32, 1, 1, 4)
     assert ROPE_SCALING_TYPES == ("none", "linear", "ntk", "dynamic", "yarn", "llama3")
@@ -413,22 +424,19 @@ def test_identity_scalings_are_plain_rope_bit_for_bit(scaling, dtype):
     # dynamic at any factor leaves RoPE unchanged while every position < L0 (= max_position here)
     # factor 1: x / 1, pow(1, y) = 1 and base * 1 are exact (IEEE), so the same numbers
     kind, factor = scaling
-    config = dataclasses.replace(
-        CONFIG, num_heads=4, rope_scaling=kind, rope_scaling_factor=factor
-    )  # head width 16
-    pe = get_encoding("rope")(config)
+    options = RotaryOptions(scaling=kind, factor=factor)
+    pe = rope(options, dataclasses.replace(SHAPE, num_heads=4))  # head width 16
     q, k = qk(dtype=dtype, width=16, heads=4)
     pos = positions()
     pos[0, -1] = 2047  # the largest position allowed: seq_len = 2048 = L0
     for got, want in zip(pe.rotate(q, k, pos, 0), committed_rope(q, k, pos), strict=True):
         assert torch.equal(got, want)
-    inv, factor = rope_inverse_frequencies(16, config, seq_len=2048)
+    inv, factor = rope_inverse_frequencies(16, options, L, seq_len=2048)
     assert torch.equal(inv, inverse_frequencies(8, 16)) and factor == 1.0
 
 
 def test_linear_scaling_is_position_interpolation():
-    config = dataclasses.replace(CONFIG, rope_scaling="linear", rope_scaling_factor=4.0)
-    pe, plain = get_encoding("rope")(config), get_encoding("rope")(CONFIG)
+    pe, plain = rope(scaled("linear", 4.0)), rope()
     q, k = qk()
     pos = positions()
     # p (theta / 4) and (p / 4) theta: dividing by 4 is exact, so the angles are the same
@@ -437,12 +445,8 @@ def test_linear_scaling_is_position_interpolation():
         assert torch.equal(got, want)
 
 
-def scaled(kind, factor, **fields):
-    return dataclasses.replace(CONFIG, rope_scaling=kind, rope_scaling_factor=factor, **fields)
-
-
 def test_ntk_endpoints_and_test_vectors():
-    inv, _ = rope_inverse_frequencies(128, scaled("ntk", 2.0))
+    inv, _ = rope_inverse_frequencies(128, scaled("ntk", 2.0), L)
     plain = inverse_frequencies(64, 128)
     assert inv[0].item() == 1.0
     # (base s^(d/(d-2)))^e / base^e = 1/s for e = -(d-2)/d: s^(d/(d-2)) (a pow of a rounded
@@ -455,22 +459,22 @@ def test_ntk_endpoints_and_test_vectors():
 
 def test_dynamic_test_vector_and_threshold():
     config = scaled("dynamic", 2.0, original_max_position_embeddings=2048)
-    inv, _ = rope_inverse_frequencies(128, config, seq_len=8192)
+    inv, _ = rope_inverse_frequencies(128, config, L, seq_len=8192)
     # the notes' base has 7 digits (+-0.005), which the power -2/128 shrinks
     assert inv[1].item() == pytest.approx(72195.86 ** (-2 / 128), rel=0.005 / 72195.86 * 2 / 128)
     for seq_len in (None, 1, 2048, torch.tensor(2048)):  # unchanged while l <= L0
         assert torch.equal(
-            rope_inverse_frequencies(128, config, seq_len)[0], inverse_frequencies(64, 128)
+            rope_inverse_frequencies(128, config, L, seq_len)[0], inverse_frequencies(64, 128)
         )
     # the encoding uses max(positions) + 1, a tensor (no device sync)
-    pe = get_encoding("rope")(config)
+    pe = rope(config)
     pos = torch.tensor([[0, 5, 4000]])
-    assert torch.equal(pe.frequencies(pos)[0], rope_inverse_frequencies(d, config, 4001)[0])
+    assert torch.equal(pe.frequencies(pos)[0], rope_inverse_frequencies(d, config, L, 4001)[0])
 
 
 def test_yarn_test_vector():
     config = scaled("yarn", 4.0, original_max_position_embeddings=4096)
-    inv, factor = rope_inverse_frequencies(128, config)
+    inv, factor = rope_inverse_frequencies(128, config, L)
     plain = inverse_frequencies(64, 128)
     assert factor == pytest.approx(1.1386294, rel=0.5e-7 / 1.1386294)  # 8 digits given
     # outside the ramp the blend weights are exactly 0 and 1, the division by s = 4 is exact and
@@ -480,13 +484,13 @@ def test_yarn_test_vector():
     assert torch.equal(ratio[:21], torch.ones(21, dtype=torch.float64))  # pairs <= low = 20
     assert torch.equal(ratio[46:], torch.full((18,), 0.25, dtype=torch.float64))  # >= high
     assert bool(((ratio[21:46] < 1) & (ratio[21:46] > 0.25)).all())
-    explicit = rope_inverse_frequencies(128, dataclasses.replace(config, attention_factor=1.5))
+    explicit = rope_inverse_frequencies(128, dataclasses.replace(config, attention_factor=1.5), L)
     assert explicit[1] == 1.5 and torch.equal(explicit[0], inv)
 
 
 def test_llama3_test_vector():
-    config = scaled("llama3", 8.0, rope_theta=500000.0, original_max_position_embeddings=8192)
-    inv, factor = rope_inverse_frequencies(128, config)
+    config = scaled("llama3", 8.0, theta=500000.0, original_max_position_embeddings=8192)
+    inv, factor = rope_inverse_frequencies(128, config, L)
     ratio = inv / torch.pow(500000.0, -2.0 * torch.arange(64, dtype=torch.float64) / 128)
     kept, divided = ratio == 1.0, (ratio - 0.125).abs() < 1e-15
     smoothed = ~(kept | divided)
@@ -497,8 +501,8 @@ def test_llama3_test_vector():
 @pytest.mark.numerics
 def test_attention_factor_scales_cos_and_sin():
     config = scaled("yarn", 16.0, original_max_position_embeddings=512)
-    pe = get_encoding("rope")(config)
-    inv, factor = rope_inverse_frequencies(d, config)
+    pe = rope(config)
+    inv, factor = rope_inverse_frequencies(d, config, L)
     assert factor == pytest.approx(0.1 * math.log(16) + 1)
     q, k = qk()
     pos = positions()
@@ -511,7 +515,7 @@ def test_attention_factor_scales_cos_and_sin():
     atol = f64_atol(factor * 2**0.5 * magnitude(q), depth=4)
     torch.testing.assert_close(rq, torch.view_as_real(z).flatten(-2) * factor, atol=atol, rtol=0)
     # so the logits scale by factor^2 against the same frequencies without the factor
-    unscaled = get_encoding("rope")(config)
+    unscaled = rope(config)
     unscaled.frequencies = lambda p: (inv, 1.0)
     # same angles; the factors' products and the 8-term sums round otherwise
     want = scores(unscaled, q, k, pos) * factor**2
@@ -523,48 +527,44 @@ def test_attention_factor_scales_cos_and_sin():
 @pytest.mark.parametrize(
     ("field", "value", "others"),
     [
-        ("rope_scaling", "ntk-aware", {}),
-        ("rope_scaling_factor", 0.5, {"rope_scaling": "linear"}),
-        ("rope_scaling_factor", 2.0, {}),  # no effect with rope_scaling="none"
-        ("rope_theta", 0.0, {}),
-        ("rope_theta", float("nan"), {}),
-        ("original_max_position_embeddings", 0, {"rope_scaling": "yarn"}),
-        ("beta_fast", 0.5, {"rope_scaling": "yarn"}),
-        ("beta_slow", -1.0, {"rope_scaling": "yarn"}),
-        ("low_freq_factor", "1", {"rope_scaling": "llama3"}),
-        ("high_freq_factor", 0.5, {"rope_scaling": "llama3"}),
-        ("attention_factor", -1.0, {"rope_scaling": "yarn"}),
-        ("attention_factor", 1.2, {"rope_scaling": "linear"}),
+        ("scaling", "ntk-aware", {}),
+        ("factor", 0.5, {"scaling": "linear"}),
+        ("factor", 2.0, {}),  # no effect with scaling="none"
+        ("theta", 0.0, {}),
+        ("theta", float("nan"), {}),
+        ("original_max_position_embeddings", 0, {"scaling": "yarn"}),
+        ("beta_fast", 0.5, {"scaling": "yarn"}),
+        ("beta_slow", -1.0, {"scaling": "yarn"}),
+        ("low_freq_factor", "one", {"scaling": "llama3"}),
+        ("high_freq_factor", 0.5, {"scaling": "llama3"}),
+        ("attention_factor", -1.0, {"scaling": "yarn"}),
+        ("attention_factor", 1.2, {"scaling": "linear"}),
     ],
 )
 @pytest.mark.parametrize("pe", ["rope", "xpos"])
 def test_bad_rope_fields_name_the_field(pe, field, value, others):
-    config = ModelConfig(pe=pe, causal=True, num_layers=1, **{**others, field: value})
-    with pytest.raises(ValueError, match=f"^ModelConfig.{field}=") as info:
+    config = ModelConfig(pe=pe, causal=True, num_layers=1, pe_options={**others, field: value})
+    with pytest.raises(ValueError, match=f"^pe.{field}[=\\s]") as info:
         Transformer(config)
     assert "\n" not in str(info.value)
 
 
 def test_head_width_two_refuses_ntk():
-    with pytest.raises(ValueError, match="ModelConfig.num_heads"):
-        Transformer(ModelConfig(pe="rope", width=16, num_heads=8, rope_scaling="ntk"))
+    with pytest.raises(ValueError, match="num_heads: the head width 2"):
+        Transformer(ModelConfig(pe="rope", width=16, num_heads=8, pe_options={"scaling": "ntk"}))
 
 
 @pytest.mark.parametrize("kind", ["linear", "ntk", "dynamic", "yarn", "llama3"])
 def test_scaled_models_run_and_xpos_shares_the_scaling(kind):
-    overrides = {
-        "rope_scaling": kind,
-        "rope_scaling_factor": 4.0,
-        "original_max_position_embeddings": 16,
-    }
-    m = build_model("rope", **overrides).eval()
+    options = {"scaling": kind, "factor": 4.0, "original_max_position_embeddings": 16}
+    m = build_model("rope", pe_options=options).eval()
     tokens, pos = model_inputs()
     out = m(tokens, pos)
     assert bool(torch.isfinite(out).all())
     plain = build_model("rope").eval()(tokens, pos)
     rounding = f32_atol(plain, depth=MODEL_DEPTH, width=MODEL_WIDTH)
     assert float((out - plain).detach().abs().max()) > 100 * rounding
-    flat = XPosEncoding(dataclasses.replace(m.config), scale_base=math.inf)
+    flat = XPosEncoding(m.config.encoding_shape(), m.pe.options, scale_base=math.inf)
     q, k = qk(dtype=torch.float32)
     for got, want in zip(flat.rotate(q, k, pos, 0), m.pe.rotate(q, k, pos, 0), strict=True):
         assert torch.equal(got, want)
@@ -618,16 +618,10 @@ def hf_rope(kind: str, factor: float, head_width: int, theta: float, seq_len=Non
 
 
 def ours(kind, factor, head_width, theta, seq_len=None, **fields):
-    config = dataclasses.replace(
-        CONFIG,
-        rope_scaling=kind,
-        rope_scaling_factor=factor,
-        rope_theta=theta,
-        max_position=65536,
-        original_max_position_embeddings=L0,
-        **fields,
+    options = RotaryOptions(
+        scaling=kind, factor=factor, theta=theta, original_max_position_embeddings=L0, **fields
     )
-    return rope_inverse_frequencies(head_width, config, seq_len)
+    return rope_inverse_frequencies(head_width, options, 65536, seq_len)
 
 
 def assert_same(mine, theirs):

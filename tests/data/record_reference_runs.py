@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from tiny import TINY_BASE  # noqa: E402
 
 from randpos.loop.training import train  # noqa: E402
-from randpos.workloads.config import TrainConfig  # noqa: E402
+from randpos.workloads import resolve_config
 
 OUT = Path(__file__).with_name("reference_runs.json")
 PES = ("none", "sincos", "learned", "relative", "relative_reference_bug", "rope", "alibi")
@@ -35,7 +35,7 @@ def cases() -> list[dict]:
 
 
 def record(config: dict) -> dict:
-    summary = train(TrainConfig.from_dict(config), progress=False)
+    summary = train(resolve_config(config), progress=False)
     return {
         "config": config,
         "run_id": summary["run_id"],

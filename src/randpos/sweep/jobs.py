@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from randpos.core.files import atomic_write_text
-from randpos.workloads.compat import config_value
 from randpos.loop.identity import config_hash
 from randpos.sweep.plan import SweepError
+from randpos.workloads.compat import config_value
 
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"

@@ -36,6 +36,20 @@ LEGACY_PE_FIELDS = {
 }
 _PE_LEGACY_NAMES = {new: old for old, new in LEGACY_PE_FIELDS.items()}
 
+#: The fields of the flat form, in the order earlier versions wrote them (the order of the
+#: store's columns and of the reports' grouping columns).
+FLAT_FIELDS = (
+    "workload", "options", "task", "pe",
+    "randomized", "max_position", "randomize", "redraw_per_layer", "both_sides",
+    "per_sequence_positions", "eval_positions",
+    "steps", "batch_size", "max_train_length", "curriculum", "learning_rate", "grad_clip",
+    "adam_beta1", "adam_beta2", "adam_eps", "seed", "curriculum_seed",
+    "eval_max_length", "eval_batch_size", "eval_sub_batch_size", "eval_seed",
+    "num_layers", "width", "num_heads", "ff_width", "dropout", "attention", "causal",
+    *LEGACY_PE_FIELDS,
+    "precision", "device", "threads", "log_every", "checkpoint_every", "compile",
+)  # fmt: skip
+
 
 def legacy_pe_defaults() -> dict[str, Any]:
     """The flat encoding fields with their defaults (the options' defaults, renamed)."""
@@ -88,7 +102,10 @@ def nest(
     if given:
         data["pe_options"] = normalize_options(pe_options)
 
-    options = dict(data.get("options") or {})
+    options = data.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"options must be a mapping of the workload's fields, got {options!r}")
+    options = dict(options or {})
     for key in [k for k in data if k.startswith("options.")]:
         options[key.removeprefix("options.")] = data.pop(key)  # CLI: options.NAME=VALUE
     if options:
@@ -114,7 +131,8 @@ def legacy_flat(config: dict[str, Any]) -> dict[str, Any]:
             out[_PE_LEGACY_NAMES[new]] = options.pop(new)
     if options:
         out["pe_options"] = options
-    return out
+    ordered = {k: out.pop(k) for k in FLAT_FIELDS if k in out}
+    return {**ordered, **out}
 
 
 def is_config_key(key: str, fields: Iterable[str]) -> bool:
@@ -158,6 +176,7 @@ def _coerce_flat(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = [
+    "FLAT_FIELDS",
     "LEGACY_PE_FIELDS",
     "config_value",
     "is_config_key",

@@ -24,7 +24,7 @@ from randpos.results.report.stats import (
     length_band,
     seed_statistics,
 )
-from randpos.workloads.config import TrainConfig
+from randpos.workloads.compat import FLAT_FIELDS
 
 DEFAULT = "encoder"
 
@@ -38,7 +38,7 @@ def is_encoder(runs: pd.DataFrame) -> pd.Series:
 
 def group_columns(runs: pd.DataFrame) -> list[str]:
     """The config columns that vary between these runs, seed and learning rate aside."""
-    fields = [f for f in TrainConfig.field_names() if f != "options"]
+    fields = [f for f in FLAT_FIELDS if f != "options"] + ["pe_options"]
     fields += sorted(c for c in runs.columns if c.startswith("options."))
     skip = set(ENSEMBLE_VARYING_FIELDS) | set(RUNTIME_FIELDS)
     return [
