@@ -16,7 +16,15 @@ from rich.console import Console
 from rich.table import Table
 
 from randpos.core.fields import ConfigError
-from randpos.workloads import build_workload, resolve_config
+from randpos.core.files import atomic_write_text
+from randpos.encodings import ENCODINGS
+from randpos.loop.identity import run_id
+from randpos.loop.plots import plot_runs, run_label
+from randpos.loop.training import TrainingInterrupted, evaluate_run, predict_run
+from randpos.loop.training import train as run_training
+from randpos.results.store import ResultsStore, default_store_path
+from randpos.tasks import TASK_NAMES, get_task
+from randpos.workloads import WORKLOADS, build_workload, resolve_config
 from randpos.workloads.config import CONFIG_DIR, TrainConfig, find_preset, load_yaml
 
 app = typer.Typer(
@@ -56,7 +64,6 @@ def cli_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from randpos.loop.training import TrainingInterrupted
 
         try:
             return func(*args, **kwargs)
@@ -97,7 +104,6 @@ def build_config(
 def open_store(store: Path | None, no_store: bool):
     if no_store:
         return None
-    from randpos.results.store import ResultsStore, default_store_path
 
     return ResultsStore(store or default_store_path())
 
@@ -151,7 +157,6 @@ TrustOpt = Annotated[
 @cli_errors
 def list_cmd() -> None:
     """List tasks, positional encodings and presets."""
-    from randpos.tasks import TASK_NAMES, get_task
 
     table = Table(title="tasks", show_lines=False)
     table.add_column("task", no_wrap=True, min_width=27)
@@ -169,7 +174,6 @@ def list_cmd() -> None:
         )
     console.print(table)
     console.print(encodings_table())
-    from randpos.workloads import WORKLOADS
 
     console.print("workloads (--set workload=NAME, or module:Class): " + ", ".join(WORKLOADS))
     if CONFIG_DIR.is_dir():
@@ -178,7 +182,6 @@ def list_cmd() -> None:
 
 def encodings_table() -> Table:
     """Every registered encoding: its hooks, whether it is causal-only, the samplers it takes."""
-    from randpos.encodings import ENCODINGS
 
     table = Table(title="positional encodings")
     table.add_column("encoding", no_wrap=True, min_width=max(map(len, ENCODINGS)))
@@ -224,7 +227,6 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train one model, evaluate every length 1..M, write DIR/summary.json and friends."""
-    from randpos.loop.training import train as run_training
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
@@ -269,8 +271,6 @@ def evaluate(
     trust_workload: TrustOpt = None,
 ) -> None:
     """Evaluate a saved model on lengths 1..M with a chosen position mode."""
-    from randpos.core.files import atomic_write_text
-    from randpos.loop.training import evaluate_run
 
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist")
@@ -319,7 +319,6 @@ def generate(
     trust_workload: TrustOpt = None,
 ) -> None:
     """Print fresh examples of a run's task at one length: input, target, the model's output."""
-    from randpos.loop.training import predict_run
 
     if not run_dir.is_dir():
         raise ConfigError(f"run directory {run_dir} does not exist")
@@ -377,9 +376,6 @@ def compare(
     quiet: QuietOpt = False,
 ) -> None:
     """The main job: train a plain PE and its randomized form side by side, compare them."""
-    from randpos.loop.identity import run_id
-    from randpos.loop.plots import plot_runs
-    from randpos.loop.training import train as run_training
 
     base = build_config(
         config,
@@ -417,7 +413,6 @@ def compare(
 
 
 def print_summaries(summaries: list[dict]) -> None:
-    from randpos.loop.plots import run_label
 
     first = summaries[0]
     n, m = first["max_train_length"], first["eval_max_length"]

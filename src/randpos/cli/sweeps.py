@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
-from randpos.results.store import ResultsStore, default_store_path
+from randpos.results.report import report_command
+from randpos.results.store import ResultsStore, StoreError, default_store_path
 from randpos.sweep.executors import make_executor
 from randpos.sweep.jobs import load_run_fn
 from randpos.sweep.plan import SweepError, expand, load_spec
@@ -34,7 +36,6 @@ def sweep_command(
     loaded = load_spec(spec)
     plan = expand(loaded)
     if dry_run:
-        from rich.console import Console
 
         console = Console()
         console.print(f"sweep {loaded.name}: {len(plan)} runs")
@@ -80,7 +81,6 @@ def _cli_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from randpos.results.store import StoreError
 
         try:
             return func(*args, **kwargs)
@@ -200,7 +200,6 @@ def report_cli(
 ) -> None:
     """Table 1, mean ± std, median [IQR] and success rate over seeds, chance levels, the
     headline gains (max- and median-based) and figures, from the store alone."""
-    from randpos.results.report import report_command
 
     report_command(
         store=store,

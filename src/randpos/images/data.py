@@ -67,7 +67,9 @@ class DigitsSplit(NamedTuple):
 @functools.lru_cache(maxsize=8)
 def load_digits_split(seed: int = 0) -> DigitsSplit:
     """The 1,437 / 360 split of scikit-learn's digits, stratified by class, fixed by ``seed``."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # the images extra: only the digits data needs it
+
+    # the images extra: only the digits data needs it
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()

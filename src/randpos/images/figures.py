@@ -10,10 +10,10 @@ import numpy as np
 def sample_rows(arrays: dict[str, np.ndarray], path: str | Path, *, title: str = "") -> None:
     """One row per ``side_S`` entry of ``arrays`` (uint8 (n, S, S)), images at their own
     resolution (nearest-neighbour, so an 8x8 canvas shows its 8x8 pixels), written to ``path``."""
-    import matplotlib
+    import matplotlib  # heavy: imported only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: imported only when a figure is drawn
 
     rows = sorted(arrays.items(), key=lambda kv: int(kv[0].split("_")[-1]))
     columns = max(len(a) for _, a in rows)

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from randpos.core.seeding import make_generator
@@ -161,8 +163,6 @@ def _metadata(dataset: str, side: int, seed: int, steps: int, net: FeatureNet) -
 
 def _load_cached(path: Path, expected: dict[str, str]) -> FeatureNet | None:
     """The cached net, or None when the file is missing, unreadable or for another setting."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
 
     if not path.is_file():
         return None
@@ -242,7 +242,6 @@ def _train_feature_net(
     images, labels = fixed_eval_set(dataset, side, EVAL_COUNT, seed)
     net.heldout_accuracy = classifier_accuracy(net, images, labels)
     if path is not None:
-        from safetensors.torch import save_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
         # write then rename, so that a concurrent sweep worker never reads a half-written file
@@ -287,7 +286,7 @@ def frechet_distance(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray)
 
     a (n, d), b (m, d) with n, m >= 2; Ca, Cb are the unbiased sample covariances (np.cov, as in
     the reference FID code), sqrtm is scipy's with its (numerically) imaginary part dropped."""
-    from scipy import linalg
+    from scipy import linalg  # the images extra: only the image metrics need it
 
     xa, xb = _features_2d(a, "a"), _features_2d(b, "b")
     if xa.shape[1] != xb.shape[1]:
@@ -369,7 +368,7 @@ INK_THRESHOLD = 0.5
 def pixel_stats(images: torch.Tensor) -> dict[str, float]:
     """``mean_ink`` (mean intensity), ``ink_fraction`` (share of pixels > 0.5) and ``components``
     (mean number of 8-connected components of the > 0.5 mask, ``scipy.ndimage.label``)."""
-    from scipy import ndimage
+    from scipy import ndimage  # the images extra: only the image metrics need it
 
     _check_images(images)
     x = images.detach().cpu().to(torch.float64)

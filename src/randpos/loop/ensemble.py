@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from randpos.core.seeding import resolve_device
 from randpos.loop.identity import ENSEMBLE_VARYING_FIELDS, ensemble_key
 from randpos.loop.trainer import EXECUTIONS
 from randpos.loop.training import train_runs
@@ -99,7 +100,6 @@ def best_strategy(device: str | torch.device = "auto") -> Strategy:
     runs per GPU. A single small model leaves a GPU mostly idle (its step is a few hundred
     tiny kernels); K members batched under vmap do K times the work per kernel.
     """
-    from randpos.core.seeding import resolve_device
 
     dev = resolve_device(str(device))
     if dev.type == "cuda":

@@ -11,17 +11,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, safe_open, save_file
 
 import randpos
 from randpos.core.fields import ConfigError
 from randpos.core.files import atomic_write_text
+from randpos.loop.plots import plot_runs
 from randpos.loop.trust import check_checkpoint, error_line, unpickling_detail
 
 CHECKPOINT = "checkpoint.pt"
@@ -80,8 +84,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     checked (:func:`randpos.loop.trust.check_checkpoint`); any failure is a one-line
     ``ConfigError``.
     """
-    import pickle
-    import warnings
 
     try:
         with warnings.catch_warnings():
@@ -105,7 +107,6 @@ def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], Any]:
     """``model.safetensors``: its tensors and the config stored in its metadata (parsed JSON,
     not yet checked: :func:`randpos.loop.trust.config_from_file`). One-line ``ConfigError`` for a
     truncated or foreign file."""
-    from safetensors.torch import load_file, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -196,9 +197,7 @@ def make_summary(trainer, index: int, result, rid: str, eval_seconds: float) -> 
 
 def write_run_files(out: Path, member, result, summary: dict, workload, index: int = 0) -> None:
     """model.safetensors, history.jsonl, per_length.csv, accuracy.png, then summary.json."""
-    from safetensors.torch import save_file
 
-    from randpos.loop.plots import plot_runs
 
     tmp = out / "model.safetensors.tmp"
     weights = {k: v.detach().cpu().contiguous() for k, v in member.model.state_dict().items()}

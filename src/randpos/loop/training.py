@@ -25,7 +25,7 @@ import torch
 
 from randpos.core.fields import ConfigError
 from randpos.core.files import atomic_write_text
-from randpos.core.seeding import resolve_device
+from randpos.core.seeding import make_generator, resolve_device
 from randpos.loop.identity import run_id
 from randpos.loop.runs import (
     CHECKPOINT,
@@ -42,7 +42,7 @@ from randpos.loop.trainer import Trainer, check_compatible
 from randpos.loop.trust import check_weights, config_from_file, read_summary
 from randpos.workloads import build_workload
 from randpos.workloads.config import TrainConfig
-from randpos.workloads.evaluation import EvalResult
+from randpos.workloads.evaluation import EvalResult, draw_positions
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -258,8 +258,6 @@ def predict_run(
     its KV cache; an encoder answers in one pass. Positions follow the run's evaluation mode
     (``eval_positions``) and, for a decoder, ``decode_positions``. ``trust_workload``: the
     ``module:Class`` workload the run may name (:func:`load_model`)."""
-    from randpos.core.seeding import make_generator
-    from randpos.workloads.evaluation import draw_positions
 
     if not isinstance(length, int) or length < 1:
         raise ConfigError(f"--length must be a positive integer, got {length!r}")

@@ -19,11 +19,15 @@ Torch is imported only inside the functions that need it: the sweep leader uses
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from randpos.core.fields import ConfigError
+from randpos.loop.identity import config_hash
 from randpos.workloads import resolve_config
 from randpos.workloads.config import TrainConfig
 
@@ -158,7 +162,6 @@ def check_adam_state(state: dict, params: list, source: Any) -> None:
     """``ConfigError`` unless ``state`` (a checkpoint's ``optimizer``) is the state of one Adam
     group over ``params``: a ``step``, ``exp_avg`` and ``exp_avg_sq`` per parameter that has
     taken a step, each moment shaped like its parameter."""
-    import torch
 
     def bad(what: str) -> ConfigError:
         return ConfigError(f"{source}: its optimizer state does not fit the model ({what})")
@@ -190,7 +193,6 @@ def check_summary(summary: Any, source: Any) -> dict[str, Any]:
     """``summary`` (a parsed ``summary.json``) if it has what randpos reads from one: a
     ``run_id`` that is the hash of its ``config``, per-length numbers, the two means, N and M
     and the timings; else a one-line ``ConfigError``."""
-    from randpos.loop.identity import config_hash
 
     def bad(what: str) -> ConfigError:
         return ConfigError(f"{source} is not a randpos run summary: {what}")
@@ -228,7 +230,6 @@ def check_summary(summary: Any, source: Any) -> dict[str, Any]:
 
 def read_summary(path: Path) -> dict[str, Any]:
     """A run's ``summary.json``, checked (:func:`check_summary`)."""
-    import json
 
     try:
         data = json.loads(Path(path).read_text())
@@ -293,7 +294,6 @@ def _is_plain(value: Any) -> bool:
 
 
 def _is_tensor_map(value: Any) -> bool:
-    import torch
 
     return isinstance(value, Mapping) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
@@ -301,7 +301,6 @@ def _is_tensor_map(value: Any) -> bool:
 
 
 def _is_generator_state(value: Any) -> bool:
-    import torch
 
     return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
 

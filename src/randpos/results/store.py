@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from randpos import __version__
 from randpos.loop.identity import NON_RESULT_FIELDS, canonical, config_hash
 from randpos.workloads.compat import legacy_flat
 
@@ -118,7 +119,6 @@ def default_store_path() -> Path:
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """``randpos.__version__``, plus ``git describe`` of the source tree when available."""
-    from randpos import __version__
 
     src = Path(__file__).resolve().parent
     try:
@@ -505,7 +505,7 @@ class ResultsStore:
 
     def runs(self, sweep: str | None = None, status: str | None = None) -> pd.DataFrame:
         """One row per run: config fields as columns, then accuracies, status and timings."""
-        import pandas as pd
+        import pandas as pd  # heavy: imported only when a frame is built
 
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
@@ -537,7 +537,7 @@ class ResultsStore:
 
     def per_length(self, sweep: str | None = None) -> pd.DataFrame:
         """Long format: run_id, length, accuracy, then the run's config fields (done runs)."""
-        import pandas as pd
+        import pandas as pd  # heavy: imported only when a frame is built
 
         query = "SELECT p.run_id, p.length, p.accuracy, r.config FROM per_length p "
         query += "JOIN runs r ON r.run_id = p.run_id"

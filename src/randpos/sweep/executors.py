@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import importlib.util
 import json
+import multiprocessing
 import os
 import signal
 import threading
@@ -13,6 +15,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from randpos.sweep.jobs import EachRun, GroupFn, RunFn, _interrupted
 from randpos.sweep.plan import SweepError
@@ -104,12 +108,7 @@ def execute(
             config["threads"] = threads
         configs.append(config)
     if threads:
-        try:
-            import torch
-
-            torch.set_num_threads(threads)
-        except ImportError:  # pragma: no cover - torch is a dependency
-            pass
+        torch.set_num_threads(threads)
     started = time.perf_counter()
     try:
         if len(configs) == 1:
@@ -151,16 +150,9 @@ class LocalExecutor:
     def _gpus(self) -> int:
         if self.device == "cpu":
             return 0
-        try:
-            import torch
-
-            return torch.cuda.device_count() if torch.cuda.is_available() else 0
-        except ImportError:  # pragma: no cover
-            return 0
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
     def start(self, run_fn: RunFn, group_fn: GroupFn | None = None) -> int:
-        import concurrent.futures
-        import multiprocessing
 
         self.run_fn, self.group_fn = run_fn, group_fn
         ctx = multiprocessing.get_context("spawn")  # no forked torch/CUDA/SQLite state
@@ -195,7 +187,6 @@ class LocalExecutor:
         self.futures[future] = job.run_ids
 
     def poll(self, timeout: float) -> list[Outcome]:
-        import concurrent.futures
 
         if not self.futures:
             time.sleep(timeout)
@@ -253,7 +244,7 @@ class RayExecutor:
 
     def start(self, run_fn: RunFn, group_fn: GroupFn | None = None) -> int:
         try:
-            import ray
+            import ray  # optional extra: pip install 'randpos[ray]'
         except ImportError:
             raise SweepError(
                 "the ray executor needs Ray: pip install -e '.[ray]' (or pip install ray)"

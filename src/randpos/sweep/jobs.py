@@ -12,8 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from randpos.core.files import atomic_write_text
+from randpos.loop.ensemble import ensemble_run
 from randpos.loop.identity import config_hash
+from randpos.loop.training import train
 from randpos.sweep.plan import SweepError
+from randpos.workloads import resolve_config
 from randpos.workloads.compat import config_value
 
 SUMMARY = "summary.json"
@@ -26,8 +29,6 @@ GroupFn = Callable[[list[dict], list[Path], bool], list]
 
 def train_run(config: dict, out_dir: Path, resume: bool) -> dict:
     """The default run function: :func:`randpos.loop.training.train` on one resolved config."""
-    from randpos.loop.training import train
-    from randpos.workloads import resolve_config
 
     return train(resolve_config(config), out_dir, resume=resume, progress=False)
 
@@ -35,7 +36,6 @@ def train_run(config: dict, out_dir: Path, resume: bool) -> dict:
 def train_group(configs: list[dict], out_dirs: list[Path], resume: bool) -> list:
     """The default group function: compatible runs trained as one ensemble
     (:func:`randpos.loop.ensemble.ensemble_run`); one summary or exception per run."""
-    from randpos.loop.ensemble import ensemble_run
 
     return ensemble_run(configs, out_dirs, resume)
 

@@ -9,6 +9,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from randpos.loop.ensemble import GPU_ENSEMBLE_SIZE
 from randpos.loop.identity import ensemble_key
 from randpos.loop.trust import check_summary
 from randpos.results.store import STALE_AFTER_S, ResultsStore, default_store_path
@@ -184,7 +194,6 @@ def default_ensemble_size(gpus: int, configs: Iterable[dict] = ()) -> int:
     unless the runs are pinned to the CPU."""
     if not gpus or any(str(c.get("device", "auto")) == "cpu" for c in configs):
         return 1
-    from randpos.loop.ensemble import GPU_ENSEMBLE_SIZE
 
     return GPU_ENSEMBLE_SIZE
 
@@ -290,13 +299,6 @@ class _SweepProgress:
     def __enter__(self):
         if not self.enabled:
             return self
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
 
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -358,7 +360,6 @@ class _SweepProgress:
         if self.progress is not None:
             self.progress.console.print(text, highlight=False)
         else:
-            from rich.console import Console
 
             Console(stderr=True).print(text, highlight=False)
 

@@ -7,6 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from randpos.results.store import STALE_AFTER_S, ResultsStore, default_store_path
 from randpos.sweep.plan import SweepError
 from randpos.sweep.run import _fmt_seconds
@@ -70,8 +73,6 @@ def sweep_status(
 
 def status_command(name: str | None = None, store: Path | None = None) -> dict[str, Any]:
     """Body of ``randpos sweep-status``: prints and returns :func:`sweep_status`."""
-    from rich.console import Console
-    from rich.table import Table
 
     path = Path(store or default_store_path())
     if not path.is_file():  # a status query must not create an empty store

@@ -24,7 +24,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from randpos.core.fields import ConfigError, check_choice
 from randpos.core.seeding import make_generator
+from randpos.images.arpg import (
+    ARPG,
+    ORDERS,
+    SCHEDULES,
+    binarize,
+    check_arpg_config,
+    decode_counts,
+    detokenize,
+    generate,
+    generation_orders,
+    tokenize,
+)
 from randpos.workloads.base import Batch, Models
 from randpos.workloads.images import DiTWorkload, VisionOptions
 from randpos.workloads.registry import register_workload
@@ -52,8 +65,6 @@ class ARPGWorkload(DiTWorkload):
 
     @classmethod
     def validate(cls, config) -> None:
-        from randpos.core.fields import ConfigError, check_choice
-        from randpos.images.arpg import ORDERS, SCHEDULES, check_arpg_config
 
         opts = cls.parse_options(config.options)
         defaults = VisionOptions()
@@ -76,12 +87,10 @@ class ARPGWorkload(DiTWorkload):
             raise ConfigError(str(exc).replace("VisionConfig.", "")) from None
 
     def build_model(self, generator: torch.Generator):
-        from randpos.images.arpg import ARPG
 
         return ARPG(self.model_config(), generator=generator)
 
     def draw_batch(self, model, size, generators, device) -> Batch:
-        from randpos.images.arpg import generation_orders, tokenize
 
         images, labels, _ = self.training_images(size, generators)
         B, grid = len(labels), size // self.opts.patch
@@ -124,7 +133,6 @@ class ARPGWorkload(DiTWorkload):
 
     def real_canvases(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The held-out canvases of ``size``, binarized (what the tokens express), and labels."""
-        from randpos.images.arpg import binarize
 
         real, labels = self.eval_images(size)
         return binarize(real), labels
@@ -136,7 +144,6 @@ class ARPGWorkload(DiTWorkload):
         ARPG or a trained member) at ``size`` with the evaluation's fixed orders, positions and
         sampling streams, decoded in ``decode_steps`` steps (None: ``options.decode_steps``),
         and their sample metrics against the binarized held-out canvases."""
-        from randpos.images.arpg import decode_counts, detokenize, generate, generation_orders
 
         opts, cfg = self.opts, self.config
         grid = size // opts.patch
@@ -162,7 +169,6 @@ class ARPGWorkload(DiTWorkload):
         return images, self.score_samples(images, labels, self.real_canvases(size)[0], size)
 
     def evaluate_size(self, models: Models, copies: int, size: int, *, mode: str, device):
-        from randpos.images.arpg import generation_orders, tokenize
 
         grid = size // self.opts.patch
         real, labels = self.real_canvases(size)

@@ -34,6 +34,7 @@ from randpos.core.fields import (
 from randpos.model.attention import ATTENTION_BACKENDS
 from randpos.model.config import ModelConfig
 from randpos.positions.spec import PositionSpec
+from randpos.tasks import get_task
 from randpos.workloads.compat import nest
 
 CURRICULA = ("uniform", "fixed")
@@ -218,7 +219,6 @@ class TrainConfig:
         return self.positions.max_position if self.randomized else self.longest_sequence()
 
     def model_config(self) -> ModelConfig:
-        from randpos.tasks import get_task
 
         task = get_task(self.task)
         return ModelConfig(
@@ -238,7 +238,6 @@ class TrainConfig:
 
 
 def _sequence_length(task_name: str, n: int) -> int:
-    from randpos.tasks import get_task
 
     task = get_task(task_name)
     n_in = task.input_length(n)

@@ -28,7 +28,9 @@ from typing import Any
 
 import torch
 
-from randpos.model import KVCache
+from randpos.core.fields import ConfigError
+from randpos.encodings import get_encoding
+from randpos.model import KVCache, Transformer
 from randpos.positions import DECODE_MODES, decode_positions
 from randpos.workloads.base import Models
 from randpos.workloads.encoder import EncoderWorkload
@@ -58,8 +60,6 @@ class DecoderWorkload(EncoderWorkload):
 
     @classmethod
     def validate(cls, config) -> None:
-        from randpos.core.fields import ConfigError
-        from randpos.encodings import get_encoding
 
         super().validate(config)
         opts = cls.parse_options(config.options)
@@ -95,7 +95,6 @@ class DecoderWorkload(EncoderWorkload):
         return torch.cat([x, sep, y[:, :-1] + self.output_offset], dim=1)
 
     def build_model(self, generator: torch.Generator):
-        from randpos.model import Transformer
 
         base = self.config.model_config()
         vocab = self.output_offset + self.task.output_vocab_size

@@ -17,6 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from randpos.core.fields import ConfigError, check_choice
+from randpos.encodings import PE_NAMES, build_encoding, check_position_dims, get_encoding
+from randpos.model import Transformer
+from randpos.tasks import TASK_NAMES, get_task
 from randpos.workloads.base import Batch, Models, Workload
 from randpos.workloads.evaluation import (
     PositionPlan,
@@ -44,16 +48,12 @@ class EncoderWorkload(Workload):
     }
 
     def __init__(self, config) -> None:
-        from randpos.tasks import get_task
 
         super().__init__(config)
         self.task = get_task(config.task)
 
     @classmethod
     def validate(cls, config) -> None:
-        from randpos.core.fields import ConfigError, check_choice
-        from randpos.encodings import PE_NAMES, build_encoding, check_position_dims, get_encoding
-        from randpos.tasks import TASK_NAMES
 
         super().validate(config)
         check_choice("task", config.task, TASK_NAMES)
@@ -104,7 +104,6 @@ class EncoderWorkload(Workload):
         return model_inputs(sample, self.task)
 
     def build_model(self, generator: torch.Generator):
-        from randpos.model import Transformer
 
         return Transformer(self.config.model_config(), generator=generator)
 
@@ -148,7 +147,6 @@ class EncoderWorkload(Workload):
     # ----------------------------------------------------------------- evaluation
     def check_eval_size(self, size: int) -> None:
         """``ConfigError`` when a plain model's positions do not reach length ``size``."""
-        from randpos.core.fields import ConfigError
 
         cfg = self.config
         needed, covered = cfg.sequence_length(size), cfg.model_max_position()

@@ -17,13 +17,34 @@ times and dropped labels). Evaluation data depend only on (eval_seed, S).
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from randpos.core.fields import ConfigError, check_choice
+from randpos.core.files import atomic_write_bytes
 from randpos.core.seeding import make_generator
+from randpos.encodings import get_encoding
+from randpos.encodings.base import check_position_dims
+from randpos.images.data import (
+    CANVAS_MODES,
+    DATASETS,
+    DIGIT_SIDE,
+    IDENTITY_CROP,
+    fixed_eval_set,
+    num_classes,
+    random_resize_crop,
+    sample_images,
+)
+from randpos.images.figures import sample_rows
+from randpos.images.flow import euler_sample, interpolate
+from randpos.images.metrics import sample_metrics, train_feature_net
+from randpos.images.models import ATTN_LOGIT_SCALES, DiT, VisionConfig, ViT
 from randpos.positions import sample_grid_positions
 from randpos.workloads.base import Batch, Models, Workload
 from randpos.workloads.registry import register_workload
@@ -89,7 +110,6 @@ class VisionWorkload(Workload):
     dynamic_axes = {"images": (2, 3), "positions": (1,), "noise": (2, 3)}
 
     def __init__(self, config) -> None:
-        from randpos.images.data import num_classes
 
         super().__init__(config)
         self.sides = _sides(self.opts.eval_sides)
@@ -98,11 +118,6 @@ class VisionWorkload(Workload):
     # ----------------------------------------------------------------- configuration
     @classmethod
     def validate(cls, config) -> None:
-        from randpos.core.fields import ConfigError, check_choice
-        from randpos.encodings import get_encoding
-        from randpos.encodings.base import check_position_dims
-        from randpos.images.data import CANVAS_MODES, DATASETS
-        from randpos.images.models import ATTN_LOGIT_SCALES
 
         super().validate(config)
         opts = cls.parse_options(config.options)
@@ -173,7 +188,6 @@ class VisionWorkload(Workload):
 
     @classmethod
     def vision_config(cls, config, opts, num_classes: int):
-        from randpos.images.models import VisionConfig
 
         grid = config.max_train_length // opts.patch
         pe_options = dict(config.pe_options)
@@ -247,7 +261,6 @@ class VisionWorkload(Workload):
     # ----------------------------------------------------------------- data
     def training_images(self, size: int, generators) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """(images (B, 1, S, S) in [0, 1], labels (B,), crop box (B, 4) or None)."""
-        from randpos.images.data import random_resize_crop, sample_images
 
         opts = self.opts
         images, labels = sample_images(
@@ -272,7 +285,6 @@ class VisionWorkload(Workload):
         return torch.where(drop.cpu(), torch.full_like(labels, self.num_classes), labels)
 
     def eval_images(self, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from randpos.images.data import fixed_eval_set
 
         return fixed_eval_set(self.opts.dataset, side, self.opts.eval_count, self.config.eval_seed)
 
@@ -298,7 +310,6 @@ class ViTWorkload(VisionWorkload):
     metric = "accuracy"
 
     def build_model(self, generator: torch.Generator):
-        from randpos.images.models import ViT
 
         return ViT(self.model_config(), generator=generator)
 
@@ -356,8 +367,6 @@ class DiTWorkload(VisionWorkload):
 
     @classmethod
     def validate(cls, config) -> None:
-        from randpos.core.fields import ConfigError
-        from randpos.images.data import DIGIT_SIDE
 
         super().validate(config)
         small = [s for s in _sides(cls.parse_options(config.options).eval_sides) if s < DIGIT_SIDE]
@@ -368,7 +377,6 @@ class DiTWorkload(VisionWorkload):
             )
 
     def build_model(self, generator: torch.Generator):
-        from randpos.images.models import DiT
 
         return DiT(self.model_config(), generator=generator)
 
@@ -391,7 +399,6 @@ class DiTWorkload(VisionWorkload):
         return batch
 
     def loss(self, model, batch: Batch):
-        from randpos.images.flow import interpolate
 
         xt, target = interpolate(batch["images"], batch["noise"], batch["t"])
         v = model(
@@ -401,9 +408,7 @@ class DiTWorkload(VisionWorkload):
         return loss, loss.detach().reshape(1)  # no training metric (NaN): the loss is logged
 
     def feature_net(self, side: int):
-        from pathlib import Path
 
-        from randpos.images.metrics import train_feature_net
 
         cache = self.opts.feature_cache or str(Path.home() / ".cache" / "randpos" / "vision")
         return _feature_net(
@@ -421,7 +426,6 @@ class DiTWorkload(VisionWorkload):
         """:func:`randpos.images.metrics.sample_metrics` of generated ``images`` against
         ``real`` with this side's feature network and fixed KID subsets; the accuracy is named
         ``sample_accuracy``."""
-        from randpos.images.metrics import sample_metrics
 
         kid_g = make_generator(self.config.eval_seed, f"vision/kid/{size}")
         metrics = sample_metrics(images, labels, real, self.feature_net(size), generator=kid_g)
@@ -430,14 +434,12 @@ class DiTWorkload(VisionWorkload):
         return metrics
 
     def identity_cond(self, batch: int, device) -> torch.Tensor | None:
-        from randpos.images.data import IDENTITY_CROP
 
         if not self.opts.micro_cond:
             return None
         return torch.tensor(IDENTITY_CROP, device=device).expand(batch, 4)
 
     def evaluate_size(self, models: Models, copies: int, size: int, *, mode: str, device):
-        from randpos.images.flow import euler_sample
 
         opts = self.opts
         real, labels = self.eval_images(size)
@@ -502,11 +504,8 @@ class DiTWorkload(VisionWorkload):
     def write_files(self, out, member: int) -> None:
         """``samples.npz`` (uint8 (20, S, S) per side: two samples per class, in class order)
         and ``samples.png`` (one row per side) of member ``member``'s last evaluation."""
-        import io
 
-        import numpy as np
 
-        from randpos.core.files import atomic_write_bytes
 
         arrays = {
             f"side_{side}": (grids[member].squeeze(1).numpy() * 255).round().astype(np.uint8)
@@ -518,7 +517,6 @@ class DiTWorkload(VisionWorkload):
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         atomic_write_bytes(out / "samples.npz", buffer.getvalue())
-        from randpos.images.figures import sample_rows
 
         sample_rows(
             arrays,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from rich.console import Console
 
 from randpos.results.report.architectures import CAPTION as ARCHITECTURE_CAPTION
 from randpos.results.report.architectures import (
@@ -41,6 +42,7 @@ from randpos.results.report.architectures import (
     task_runs,
 )
 from randpos.results.report.chance import ChanceLevels
+from randpos.results.report.figures import accuracy_vs_length, heatmap
 from randpos.results.report.images import write_images_section
 from randpos.results.report.stats import DEFAULT_SUCCESS_THRESHOLD, QUANTILE_METHOD, check_threshold
 from randpos.results.report.tables import (
@@ -65,6 +67,7 @@ from randpos.results.report.workloads import (
 from randpos.results.report.workloads import to_html as workload_html
 from randpos.results.report.workloads import to_markdown as workload_markdown
 from randpos.results.store import ResultsStore, default_store_path
+from randpos.tasks import TASK_NAMES
 
 
 @dataclass
@@ -188,7 +191,6 @@ def _write_table1(t: Table1, report: Report, out: Path, paths: dict, figures: bo
 
     figure_paths: dict[str, Path] = {}
     if figures:
-        from randpos.results.report.figures import accuracy_vs_length, heatmap
 
         figure_paths["heatmap"] = heatmap(t, out / "figures" / "table1_heatmap.png")
         encoder_runs = report.runs[is_encoder(report.runs)]
@@ -214,7 +216,6 @@ def _chance_curve(report: Report, runs: pd.DataFrame, task: str) -> pd.Series | 
     mine = runs[runs["task"] == task]
     if report.table.chance_row.isna().all() or mine.empty:
         return None
-    from randpos.tasks import TASK_NAMES
 
     if task not in TASK_NAMES:
         return None
@@ -435,7 +436,6 @@ def report_command(
     chance_sequences: int | None = None,
 ) -> dict[str, Path]:
     """Body of ``randpos report``: write the outputs and print the headline and Table 1."""
-    from rich.console import Console
 
     paths = write_report(
         store or default_store_path(),

@@ -89,10 +89,10 @@ def accuracy_by_architecture(per_length: pd.DataFrame, runs: pd.DataFrame, path:
     """Accuracy per length, one panel per task, a line per (architecture, encoding, plain |
     randomized): the mean over the runs (seeds), with the interquartile range over the seeds at
     the row's learning rate with the best mean as a band where there are two or more."""
-    import matplotlib
+    import matplotlib  # heavy: imported only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: imported only when a figure is drawn
 
     runs = runs.copy()
     runs["architecture"] = architecture(runs)

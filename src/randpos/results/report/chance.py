@@ -38,7 +38,9 @@ from randpos.core.seeding import make_generator
 from randpos.results.report.architectures import (
     TASK_WORKLOADS,  # the others (images) have no chance
 )
+from randpos.tasks import TASK_NAMES, get_task
 from randpos.workloads.config import TrainConfig
+from randpos.workloads.evaluation import evaluation_batch
 
 
 def majority_class(targets: torch.Tensor, mask: torch.Tensor) -> int:
@@ -84,8 +86,6 @@ def chance_at_length(
 ) -> float:
     """The chance level of ``task`` at ``length`` on ``sequences`` evaluation sequences of
     ``eval_seed`` (cached: a pure function of its arguments)."""
-    from randpos.tasks import get_task
-    from randpos.workloads.evaluation import evaluation_batch
 
     spec = get_task(task)
     batch = evaluation_batch(spec, length, eval_seed, sequences)
@@ -129,7 +129,6 @@ class ChanceLevels:
         """Each run's chance level (index of ``runs``): the mean over the lengths its
         unseen-length score averages over (those of ``per_length`` above N when given, else
         N+1..M); NaN for runs of workloads without a task, or of an unknown task."""
-        from randpos.tasks import TASK_NAMES
 
         out = pd.Series(np.nan, index=runs.index, dtype=float)
         if runs.empty or "task" not in runs:

@@ -91,7 +91,7 @@ def compare_json(old: Path, new: Path) -> FileCheck:
 
 
 def compare_parquet(old: Path, new: Path) -> FileCheck:
-    import pandas as pd
+    import pandas as pd  # heavy: imported only when a frame is built
 
     check = FileCheck(old.name)
     before, after = pd.read_parquet(old), pd.read_parquet(new)

@@ -127,10 +127,10 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def metrics_figure(frame: pd.DataFrame, workload: str, train_side: int, path: Path) -> Path:
     """One panel per metric: the arm means (over seeds) against the canvas side."""
-    import matplotlib
+    import matplotlib  # heavy: imported only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: imported only when a figure is drawn
 
     names = [m for m in METRICS[workload] if m in set(frame["metric"])]
     mine = frame[frame["workload"] == workload]
@@ -170,10 +170,10 @@ def sample_figures(frame: pd.DataFrame, out: Path, workload: str = "dit") -> dic
     """Per canvas side, one PNG with a row of generated samples per arm of ``workload`` (its
     lowest seed whose run directory still holds samples.npz): ``samples_S{side}.png`` for the
     DiT, ``{workload}_samples_S{side}.png`` for the others. Returns name -> path."""
-    import matplotlib
+    import matplotlib  # heavy: imported only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: imported only when a figure is drawn
 
     mine = frame[frame["workload"] == workload][["arm", "run_id", "seed", "out_dir"]]
     arrays: dict[str, dict[str, np.ndarray]] = {}

@@ -24,32 +24,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from randpos.encodings import PE_NAMES
+from randpos.loop.identity import NON_RESULT_FIELDS
 from randpos.results.report.stats import DEFAULT_SUCCESS_THRESHOLD, QUANTILE_METHOD, summarize
+from randpos.results.store import RUN_COLUMNS
+from randpos.tasks import TASK_NAMES, get_task
+from randpos.tasks.base import LEVELS
 
-LEVELS = ("regular", "dcf", "cs")
 LEVEL_NAMES = {
     "regular": "Regular (R)",
     "dcf": "Deterministic context-free (DCF)",
     "cs": "Context-sensitive (CS)",
-}
-# docs/reference-system.md §1 summary table; used when the task registry cannot be imported.
-FALLBACK_TASKS = {
-    "regular": ("even_pairs", "modular_arithmetic", "parity_check", "cycle_navigation"),
-    "dcf": (
-        "stack_manipulation",
-        "reverse_string",
-        "modular_arithmetic_brackets",
-        "solve_equation",
-    ),
-    "cs": (
-        "duplicate_string",
-        "missing_duplicate_string",
-        "odds_first",
-        "binary_addition",
-        "binary_multiplication",
-        "compute_sqrt",
-        "bucket_sort",
-    ),
 }
 # The paper's column order; encodings added later follow in registry order.
 PE_ORDER = ("none", "sincos", "relative", "alibi", "rope", "learned")
@@ -60,22 +45,11 @@ AXES = {"task", "pe", "randomized", "seed", "learning_rate"}
 
 def task_levels() -> dict[str, str]:
     """Task name -> level, in the docs/reference-system.md §1 order."""
-    try:
-        from randpos.tasks import TASK_NAMES, get_task
-
-        return {name: get_task(name).level for name in TASK_NAMES}
-    except Exception:  # noqa: BLE001 - the registry is optional for reading a store
-        return {t: level for level, tasks in FALLBACK_TASKS.items() for t in tasks}
+    return {name: get_task(name).level for name in TASK_NAMES}
 
 
 def pe_order(names) -> list[str]:
-    try:
-        from randpos.encodings import PE_NAMES
-
-        registry = list(PE_NAMES)
-    except Exception:  # noqa: BLE001
-        registry = list(PE_ORDER)
-    order = list(PE_ORDER) + [p for p in registry if p not in PE_ORDER]
+    order = list(PE_ORDER) + [p for p in PE_NAMES if p not in PE_ORDER]
     present = set(names)
     return [p for p in order if p in present] + sorted(present - set(order))
 
@@ -323,8 +297,6 @@ def describe_protocol(done: pd.DataFrame) -> dict:
         unseen = "N+1..M of each run (N in {}, M in {})".format(n or "?", m or "?")
     rand = done[done["randomized"]]
     max_pos = sorted(rand["max_position"].unique().tolist()) if "max_position" in rand else []
-    from randpos.loop.identity import NON_RESULT_FIELDS
-    from randpos.results.store import RUN_COLUMNS
 
     not_config = {"run_id", "max_position", *RUN_COLUMNS}
     config_columns = [
@@ -626,7 +598,6 @@ def chance_caption(t: Table1, sequences: int | None = None) -> str:
 
 
 __all__ = [
-    "FALLBACK_TASKS",
     "LEVELS",
     "PE_ORDER",
     "Table1",

@@ -161,10 +161,10 @@ def figure_name(workload: str) -> str:
 def metric_vs_size(per_length: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
     """The per-size metric of a workload's run groups: the mean over each group's runs, and the
     interquartile range over the seeds at its best-mean learning rate as a band (2+ seeds)."""
-    import matplotlib
+    import matplotlib  # heavy: imported only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: imported only when a figure is drawn
 
     keys = group_columns(runs)
     label_of = {

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from numerics import EPS32, EPS64, magnitude
-from test_ensemble import (
+from trajectories import (
     EvalLogits,
     assert_same_accuracies,
     flip_bound,
@@ -32,7 +32,8 @@ from randpos.sweep import LocalExecutor, parse_spec, run_sweep
 from randpos.workloads import Workload, get_workload, resolve_config
 from randpos.workloads.config import TrainConfig
 
-RECORDED = json.loads((Path(__file__).parent / "data" / "reference_runs.json").read_text())
+DATA = Path(__file__).resolve().parents[1] / "data"
+RECORDED = json.loads((DATA / "reference_runs.json").read_text())
 TOY = dict(
     workload="toy_workload:MeanRegression",
     options={"hidden": 6},
@@ -249,7 +250,7 @@ def test_the_committed_reproduction_report_regenerates_byte_identically(tmp_path
     again, with its numbers unchanged, when the seed statistics and chance levels were added);
     the report of the same store must not change by a byte (figures aside: their pixels depend
     on the matplotlib and FreeType versions installed, not on randpos)."""
-    committed = Path(__file__).resolve().parents[1] / "docs" / "reproduction"
+    committed = Path(__file__).resolve().parents[2] / "docs" / "reproduction"
     store = tmp_path / "store.sqlite"
     store.write_bytes((committed / "store.sqlite").read_bytes())
     write_report(ResultsStore(store), tmp_path / "out", sweep="repro_cpu")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 from numerics import assert_close_f32, f32_atol
-from test_ensemble import EvalLogits, assert_same_evaluation, logit_width
 from tiny import TINY_BASE
+from trajectories import EvalLogits, assert_same_evaluation, logit_width
 
 from randpos.core.fields import ConfigError
 from randpos.encodings import PE_NAMES_1D as PE_NAMES

@@ -227,7 +227,7 @@ def test_report_of_whole_store_and_bad_inputs(fixture, tmp_path):
         assert not (tmp_path / name).exists()  # nothing written on bad input
 
 
-GOLDEN = Path(__file__).with_name("data") / "report_golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "report_golden"
 
 
 def test_a_regenerated_report_keeps_every_recorded_column_byte_identical(tmp_path):

@@ -27,7 +27,7 @@ from randpos.model.hf import (  # noqa: E402
     rooted_positions,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 50
 MPE = 256  # max_position_embeddings of the tiny configs
 L = 64  # the random range [0, L) used by most tests

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_ensemble import EvalLogits, assert_same_evaluation, assert_same_training, loss_atol
 from tiny import TINY_BASE
+from trajectories import EvalLogits, assert_same_evaluation, assert_same_training, loss_atol
 
 from randpos.core.fields import ConfigError
 from randpos.loop.compile import CompileCounter
