@@ -18,7 +18,7 @@ are contiguous/arange and random/random.
 
 Usage (6 min 16 s measured on one thread of a busy 2-core VM)::
 
-    .venv/bin/python examples/hf_finetune.py --out docs/hf/finetune.json
+    .venv/bin/python examples/hf_finetune.py --out results/hf/finetune.json
 """
 
 from __future__ import annotations

@@ -5,18 +5,19 @@ from __future__ import annotations
 import functools
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from randpos.results.report import report_command
 from randpos.results.store import ResultsStore, StoreError, default_store_path
 from randpos.sweep.executors import make_executor
 from randpos.sweep.jobs import load_run_fn
 from randpos.sweep.plan import SweepError, expand, load_spec
-from randpos.sweep.run import SweepResult, run_sweep
-from randpos.sweep.status import status_command
+from randpos.sweep.run import SweepResult, fmt_seconds, run_sweep
+from randpos.sweep.status import sweep_status
 
 
 def sweep_command(
@@ -209,6 +210,41 @@ def report_cli(
         success_threshold=success_threshold,
         chance_sequences=chance_sequences,
     )
+
+
+def status_command(name: str | None = None, store: Path | None = None) -> dict[str, Any]:
+    """Body of ``randpos sweep-status``: prints and returns :func:`randpos.sweep.sweep_status`."""
+
+    path = Path(store or default_store_path())
+    if not path.is_file():  # a status query must not create an empty store
+        raise FileNotFoundError(f"no results store at {path}")
+    results_store = ResultsStore(path)
+    if name is None:
+        names = results_store.sweeps()
+        if len(names) != 1:
+            raise SweepError(
+                "name the sweep; sweeps in this store: " + (", ".join(names) or "(none)")
+            )
+        name = names[0]
+    info = sweep_status(results_store, name)
+    console = Console()
+    eta = fmt_seconds(info["eta_seconds"]) if info["eta_seconds"] is not None else "?"
+    console.print(
+        f"sweep [bold]{name}[/bold]: {info['done']}/{info['total']} done, "
+        f"{info['failed']} failed, {info['running']} running, {info['stale']} stale "
+        f"(owner died; resumed by the next `randpos sweep`), {info['pending']} pending; "
+        f"ETA {eta}",
+        highlight=False,
+    )
+    table = Table("task", "done", "failed", "running", "stale", "pending")
+    for task, row in info["per_task"].items():
+        table.add_row(
+            task, *(str(row[k]) for k in ("done", "failed", "running", "stale", "pending"))
+        )
+    console.print(table)
+    for rid, error in list(info["failures"].items())[:20]:
+        console.print(f"[red]failed[/red] {rid}: {error}", highlight=False)
+    return info
 
 
 def register_commands(app: typer.Typer) -> None:

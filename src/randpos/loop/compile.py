@@ -18,9 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch._dynamo.backends.registry import lookup_backend
-from torch._inductor import list_mode_options
-from torch._inductor.compile_fx import compile_fx
 
 from randpos.workloads.config import PRECISIONS
 
@@ -41,10 +38,14 @@ class CompileCounter:
             return self.backend(graph_module, example_inputs, **kwargs)
         if self.backend == "inductor" and kwargs:
             # what torch.compile(mode=...) does for inductor: the mode as config patches
+            # (heavy: torch's compiler stack, imported only when a graph is compiled)
+            from torch._inductor import list_mode_options
+            from torch._inductor.compile_fx import compile_fx
 
             patches = dict(list_mode_options(kwargs["mode"])) if kwargs.get("mode") else {}
             patches.update(kwargs.get("options") or {})
             return compile_fx(graph_module, example_inputs, config_patches=patches)
+        from torch._dynamo.backends.registry import lookup_backend  # heavy, as above
 
         return lookup_backend(self.backend)(graph_module, example_inputs, **kwargs)
 

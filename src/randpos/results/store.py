@@ -156,8 +156,11 @@ class ResultsStore:
     """Results of every run, keyed by run id; safe for concurrent writers.
 
     Connections are per process and per thread (opened lazily), so a store object may be passed
-    to worker processes or threads; it pickles as its path.
+    to worker processes or threads; it pickles as its path. ``stale_after``: seconds without a
+    heartbeat after which a 'running' run of another host counts as abandoned.
     """
+
+    stale_after: float = STALE_AFTER_S
 
     def __init__(self, path: str | os.PathLike | None = None, *, timeout: float = 60.0):
         self.path = Path(path) if path is not None else default_store_path()
@@ -324,7 +327,7 @@ class ResultsStore:
         sweep: str | None = None,
         out_dir: str | os.PathLike | None = None,
         retry_failed: bool = False,
-        stale_after: float = STALE_AFTER_S,
+        stale_after: float | None = None,
     ) -> bool:
         """Atomically take a run for this process: True if it was free, failed (with
         ``retry_failed``) or abandoned by a dead owner; False if done or owned by a live one."""
@@ -340,7 +343,8 @@ class ResultsStore:
                     return False
                 if status == "failed" and not retry_failed:
                     return False
-                if status == "running" and not _is_stale(host, pid, heartbeat, now, stale_after):
+                limit = self.stale_after if stale_after is None else stale_after
+                if status == "running" and not _is_stale(host, pid, heartbeat, now, limit):
                     return False
             self._start(conn, run_id, config_json, out_dir, now)
             if sweep is not None:
@@ -475,7 +479,7 @@ class ResultsStore:
         row = self._conn().execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else row[0]
 
-    def is_stale(self, run_id: str, stale_after: float = STALE_AFTER_S) -> bool:
+    def is_stale(self, run_id: str, stale_after: float | None = None) -> bool:
         """Whether a 'running' run's owner is gone (dead pid here, or no recent heartbeat)."""
         row = (
             self._conn()
@@ -484,7 +488,8 @@ class ResultsStore:
         )
         if row is None or row[0] != "running":
             return False
-        return _is_stale(row[1], row[2], row[3], time.time(), stale_after)
+        limit = self.stale_after if stale_after is None else stale_after
+        return _is_stale(row[1], row[2], row[3], time.time(), limit)
 
     def get_run(self, run_id: str) -> dict | None:
         cur = self._conn().execute("SELECT * FROM runs WHERE run_id = ?", (run_id,))

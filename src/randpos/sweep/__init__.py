@@ -71,7 +71,6 @@ from randpos.sweep.run import (
     run_sweep,
 )
 from randpos.sweep.status import (
-    status_command,
     sweep_status,
 )
 
@@ -101,7 +100,6 @@ __all__ = [
     "parse_spec",
     "resolve_config",
     "run_sweep",
-    "status_command",
     "sweep_status",
     "train_group",
     "train_run",

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -21,10 +22,12 @@ from rich.progress import (
 from randpos.loop.ensemble import GPU_ENSEMBLE_SIZE
 from randpos.loop.identity import ensemble_key
 from randpos.loop.trust import check_summary
-from randpos.results.store import STALE_AFTER_S, ResultsStore, default_store_path
 from randpos.sweep.executors import Job, LocalExecutor, Outcome, RayExecutor, make_executor
 from randpos.sweep.jobs import SUMMARY, EachRun, GroupFn, RunFn, train_group, train_run
 from randpos.sweep.plan import SweepError, SweepSpec, expand, load_spec
+
+if TYPE_CHECKING:  # the sweep writes into the store it is handed; it never opens one
+    from randpos.results.store import ResultsStore
 
 
 @dataclass
@@ -42,7 +45,7 @@ class SweepResult:
 
 def run_sweep(
     spec: SweepSpec | str | os.PathLike,
-    store: ResultsStore | str | os.PathLike | None = None,
+    store: ResultsStore,
     executor: LocalExecutor | RayExecutor | str | None = None,
     *,
     run_fn: RunFn | None = None,
@@ -51,11 +54,15 @@ def run_sweep(
     runs_dir: str | os.PathLike | None = None,
     retry_failed: bool = False,
     progress: bool = True,
-    stale_after: float = STALE_AFTER_S,
+    stale_after: float | None = None,
     poll_interval: float = 0.5,
     heartbeat_every: float = 10.0,
 ) -> SweepResult:
     """Run every unfinished run of a sweep; returns counts. Safe to interrupt and re-run.
+
+    ``store`` is the results store (a :class:`randpos.results.store.ResultsStore`) the leader
+    claims runs in and records them to; ``stale_after`` (default: the store's) is how long a
+    running run may go without a heartbeat before it counts as abandoned.
 
     ``ensemble_size``: up to this many compatible runs (:func:`randpos.loop.identity.ensemble_key`:
     they differ only in seed and learning rate) form one job, trained by ``group_fn`` (default
@@ -68,8 +75,8 @@ def run_sweep(
     if not isinstance(spec, SweepSpec):
         spec = load_spec(spec)
     plan = expand(spec)  # validates everything before the store is touched
-    if not isinstance(store, ResultsStore):
-        store = ResultsStore(store if store is not None else default_store_path())
+    if stale_after is None:
+        stale_after = store.stale_after
     if executor is None or isinstance(executor, str):
         executor = make_executor(executor or "local")
     if group_fn is None:
@@ -332,7 +339,7 @@ class _SweepProgress:
         eta = "ETA ?"
         if durations:
             mean = sum(durations) / len(durations)
-            eta = "ETA " + _fmt_seconds(remaining * mean / max(1, capacity))
+            eta = "ETA " + fmt_seconds(remaining * mean / max(1, capacity))
         counts = f"done {r.done} failed {r.failed} running {running}"
         if waiting:
             counts += f" elsewhere {waiting}"
@@ -364,7 +371,7 @@ class _SweepProgress:
             Console(stderr=True).print(text, highlight=False)
 
 
-def _fmt_seconds(seconds: float) -> str:
+def fmt_seconds(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)

@@ -1,23 +1,15 @@
-"""A sweep's status from the store: done, failed, running, queued, ETA."""
+"""A sweep's status from the results store it is handed: done, failed, running, queued, ETA."""
 
 from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
-from randpos.results.store import STALE_AFTER_S, ResultsStore, default_store_path
 from randpos.sweep.plan import SweepError
-from randpos.sweep.run import _fmt_seconds
 
 
-def sweep_status(
-    store: ResultsStore, name: str, *, stale_after: float = STALE_AFTER_S
-) -> dict[str, Any]:
+def sweep_status(store, name: str, *, stale_after: float | None = None) -> dict[str, Any]:
     """Counts (done / failed / running / stale / pending), per-task breakdown and an ETA."""
     plan = store.sweep_plan(name)
     if not plan:
@@ -69,38 +61,3 @@ def sweep_status(
         "failures": failures,
         "host": socket.gethostname(),
     }
-
-
-def status_command(name: str | None = None, store: Path | None = None) -> dict[str, Any]:
-    """Body of ``randpos sweep-status``: prints and returns :func:`sweep_status`."""
-
-    path = Path(store or default_store_path())
-    if not path.is_file():  # a status query must not create an empty store
-        raise FileNotFoundError(f"no results store at {path}")
-    results_store = ResultsStore(path)
-    if name is None:
-        names = results_store.sweeps()
-        if len(names) != 1:
-            raise SweepError(
-                "name the sweep; sweeps in this store: " + (", ".join(names) or "(none)")
-            )
-        name = names[0]
-    info = sweep_status(results_store, name)
-    console = Console()
-    eta = _fmt_seconds(info["eta_seconds"]) if info["eta_seconds"] is not None else "?"
-    console.print(
-        f"sweep [bold]{name}[/bold]: {info['done']}/{info['total']} done, "
-        f"{info['failed']} failed, {info['running']} running, {info['stale']} stale "
-        f"(owner died; resumed by the next `randpos sweep`), {info['pending']} pending; "
-        f"ETA {eta}",
-        highlight=False,
-    )
-    table = Table("task", "done", "failed", "running", "stale", "pending")
-    for task, row in info["per_task"].items():
-        table.add_row(
-            task, *(str(row[k]) for k in ("done", "failed", "running", "stale", "pending"))
-        )
-    console.print(table)
-    for rid, error in list(info["failures"].items())[:20]:
-        console.print(f"[red]failed[/red] {rid}: {error}", highlight=False)
-    return info

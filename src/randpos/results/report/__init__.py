@@ -189,11 +189,12 @@ def _write_table1(t: Table1, report: Report, out: Path, paths: dict, figures: bo
     paths["table1_stats_csv"] = _write_frame(t.stats, out / "table1_stats.csv")
     paths["latex"] = _write_text(out / "table1.tex", to_latex(t))
 
+    # every length's chance level, whether or not the figures that draw them are (chance.csv)
+    encoder_runs = report.runs[is_encoder(report.runs)]
+    curves = {task: _chance_curve(report, encoder_runs, task) for _, task in t.best.index}
     figure_paths: dict[str, Path] = {}
     if figures:
-
         figure_paths["heatmap"] = heatmap(t, out / "figures" / "table1_heatmap.png")
-        encoder_runs = report.runs[is_encoder(report.runs)]
         for _, task in t.best.index:
             figure_paths[f"accuracy_{task}"] = accuracy_vs_length(
                 report.per_length,
@@ -201,7 +202,7 @@ def _write_table1(t: Table1, report: Report, out: Path, paths: dict, figures: bo
                 task,
                 out / "figures" / f"accuracy_{task}.png",
                 seed_runs=t.seed_runs,
-                chance=_chance_curve(report, encoder_runs, task),
+                chance=curves[task],
             )
     headline = {**t.headline, "protocol": t.protocol}
     headline |= {**t.median_headline, "seed_statistics": _seed_protocol(report)}
@@ -214,10 +215,7 @@ def _write_table1(t: Table1, report: Report, out: Path, paths: dict, figures: bo
 def _chance_curve(report: Report, runs: pd.DataFrame, task: str) -> pd.Series | None:
     """The task's chance level at every length its runs were evaluated at (None without)."""
     mine = runs[runs["task"] == task]
-    if report.table.chance_row.isna().all() or mine.empty:
-        return None
-
-    if task not in TASK_NAMES:
+    if report.table.chance_row.isna().all() or mine.empty or task not in TASK_NAMES:
         return None
     lengths = report.per_length[report.per_length["run_id"].isin(mine["run_id"])]["length"]
     return report.chance.curve(mine, task, sorted(lengths.astype(int).unique()))
