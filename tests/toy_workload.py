@@ -1,5 +1,5 @@
 """A workload defined outside the package, in a few lines: the proof that a new kind of model
-needs no loop of its own (tests/test_workload.py, docs/workloads.md).
+needs no loop of its own (tests/workloads/test_workload_interface.py, docs/workloads.md).
 
 Regression: from n numbers drawn uniformly from [0, 1), predict their mean. The model is a tiny
 per-element MLP averaged over the sequence; the metric is the share of predictions within

@@ -215,3 +215,46 @@ def test_sigterm_leaves_a_checkpoint_and_resume_matches(tmp_path: Path):
     a = json.loads((tmp_path / "a" / "summary.json").read_text())
     b = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert a["per_length"] == b["per_length"] and a["final_loss"] == b["final_loss"]
+
+
+@pytest.mark.parametrize("model", ["vit", "dit", "arpg"])
+def test_a_workload_named_alone_trains_with_its_own_defaults(model, tmp_path):
+    """``--model NAME`` with nothing else set: the workload's defaults (no dropout, 16 x 16
+    canvases, a 2D encoding), not the encoder's; only the budget is cut here."""
+    small = ["steps=2", "options.eval_sides=8,16", "options.eval_count=10", "checkpoint_every=2"]
+    if model != "vit":
+        small += ["options.eval_samples=10", "options.feature_steps=2"]
+    if model == "dit":
+        small += ["options.sample_steps=2"]
+    sets = [arg for item in small for arg in ("--set", item)]
+    out = tmp_path / "run"
+    result = invoke("train", "--model", model, "--pe", "sincos2d" if model != "arpg" else
+                    "rope2d_axial", "--out", str(out), "--no-store", "--quiet", "--device", "cpu",
+                    *sets)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["dropout"] == 0.0 and config["max_train_length"] == 16
+    assert config["positions"]["max_position"] == 16 and config["positions"]["per_sequence"]
+    assert config["num_layers"] == 4 and config["pe_options"] == {"theta": 100.0}
+
+
+def test_position_and_encoding_options_from_the_command_line(tmp_path):
+    out = tmp_path / "run"
+    result = invoke(
+        "train", "--pe", "rope", "--randomized", "-L", "128", "--set", "positions.eval=spread",
+        "--set", "eval_max_length=12", "--set", "steps=3",
+        "--set", "pe.theta=500", "--set", "pe.scaling=linear", "--set", "pe.factor=2",
+        "--out", str(out), "--no-store", *TINY_SETS,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["positions"] == {**config["positions"], "sampler": "random",
+                                   "max_position": 128, "eval": "spread"}  # fmt: skip
+    assert config["pe_options"] == {"factor": 2.0, "scaling": "linear", "theta": 500.0}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["randomized"] and summary["eval_positions"] == "spread"
+    bad = invoke("train", "--pe", "rope", "--set", "pe.tehta=5", "--out", str(tmp_path / "b"))
+    assert bad.exit_code == 2 and "did you mean 'theta'" in bad.output
+    bad = invoke("train", "--pe", "sincos", "--set", "positions.sampler=sorted",
+                 "--out", str(tmp_path / "c"))  # fmt: skip
+    assert bad.exit_code == 2 and "unknown positions.sampler 'sorted'" in bad.output

@@ -1,9 +1,9 @@
 """Record the numbers of short runs, one plain and one randomized per encoding (plus the
 distances reading for relative and ALiBi), so that a change to the training loop can be checked
-against them (tests/test_workload.py). Written with the code of commit 34fe52e (before the
-workload interface), by ``python tests/data/record_reference_runs.py``; ``--check`` re-runs them
-with the code at hand and prints the differences. One intra-op thread, in the recording and in
-the test: CPU reductions split across threads round differently.
+against them (tests/workloads/test_workload_interface.py). Written with the code of commit 34fe52e
+(before the workload interface), by ``python tests/data/record_reference_runs.py``; ``--check``
+re-runs them with the code at hand and prints the differences. One intra-op thread, in the
+recording and in the test: CPU reductions split across threads round differently.
 """
 
 import json

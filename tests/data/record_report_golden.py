@@ -1,8 +1,8 @@
 """Write the report of tests/report_fixture.py's store into tests/data/report_golden/ (only
-the files that tests/test_report.py compares column by column). Recorded with the report code
-of commit 502c6a9, before the seed statistics were added: ``python
+the files that tests/results/test_report.py compares column by column). Recorded with the report
+code of commit 502c6a9, before the seed statistics were added: ``python
 tests/data/record_report_golden.py``. Re-running it with later code must leave the files'
-existing columns as they are (tests/test_report.py checks that without re-running this).
+existing columns as they are (tests/results/test_report.py checks that without re-running this).
 """
 
 import shutil

@@ -42,7 +42,7 @@ def assert_compiled_matches_eager(
     backend, execution="compiled", *, cuda_graphs=False, tol=None, eval_tol=None, **changes
 ) -> CompileCounter:
     """Compiled training and evaluation give the eager numbers. On CPU (``tol`` None) to the
-    tolerances derived in tests/test_ensemble.py: the graphs run other kernels (decomposed
+    tolerances derived in tests/loop/test_ensemble.py: the graphs run other kernels (decomposed
     ops, another backward), so the two round differently; ``tol`` and ``eval_tol``: the CUDA
     tests' own tolerances for losses and weights, and for accuracies."""
     configs = members(**changes)

@@ -113,7 +113,7 @@ def train_accuracy_bound(config: TrainConfig, seen: TrainLogits, tol: float) -> 
 def test_encoder_runs_give_the_numbers_recorded_before_the_one_loop(record, one_thread):
     """The recording was made on an AMD CPU; another CPU (kernel set, matrix library) rounds
     every step of the run differently. So the final loss agrees to the training tolerance of
-    tests/test_ensemble.py (EPS32 x num_layers x steps x sqrt(batch x outputs) x the loss), and
+    tests/loop/test_ensemble.py (EPS32 x num_layers x steps x sqrt(batch x outputs) x the loss), and
     the accuracies exactly but for predictions within twice the logit tolerance (EPS32 x
     num_layers x (steps + 1) x sqrt(T or ff_width) x max|logit|) of a tie, whose hit may flip:
     on an Intel CPU (AVX-512 kernels) the loss differed by ~1e-8 relative and every accuracy

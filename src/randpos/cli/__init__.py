@@ -181,24 +181,26 @@ def list_cmd() -> None:
 
 
 def encodings_table() -> Table:
-    """Every registered encoding: its hooks, whether it is causal-only, the samplers it takes."""
+    """Every registered encoding: its positions, hooks, whether it is causal-only, the samplers
+    (``positions.sampler``) and the reference's distance reading it takes, its options."""
 
     table = Table(title="positional encodings")
     table.add_column("encoding", no_wrap=True, min_width=max(map(len, ENCODINGS)))
-    for col in ("positions", "hooks", "causal-only", "samplers (randomize)"):
+    for col in ("positions", "hooks", "causal-only", "samplers", "reading", "options (pe.NAME)"):
         table.add_column(col)
     for name, cls in ENCODINGS.items():
         hooks = cls.overridden_hooks()
-        samplers = ["positions", "pose"]
-        samplers += ["distances"] if cls.uses_distances else []
-        samplers += ["float"] if cls.float_positions else []
+        samplers = ["random", "pose"] + (["float"] if cls.float_positions else [])
+        options = cls.Options.__name__ if cls.Options else "-"
         dims = {1: "1D", 2: "2D", None: "1D, 2D"}[cls.position_dims]
         table.add_row(
             name,
             dims,
             ", ".join(hooks) or "-",
             "yes" if cls.causal_only else "",
-            ", ".join(samplers) if cls.randomizable else "none (not randomizable)",
+            ", ".join(samplers) if cls.randomizable else "contiguous only",
+            "distances" if cls.uses_distances else "",
+            options,
         )
     return table
 

@@ -13,7 +13,7 @@ with Hugging Face's rope types and field names (``scaling`` is HF's ``rope_type`
 ``factor``). Scaling changes only the inverse frequencies theta_m and an attention factor that
 multiplies cos and sin (so the logits by its square); :func:`rope_inverse_frequencies` computes
 both, as a pure function of the options and the position range (and, for ``dynamic``, of the
-largest position seen). ``tests/test_zoo_rotary.py`` checks it against
+largest position seen). ``tests/encodings/test_rotary_and_cope.py`` checks it against
 ``transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS``. With ``scaling="none"`` (the default)
 the numbers are those of plain RoPE, bit for bit.
 """

@@ -23,8 +23,8 @@ channels rotate as in :mod:`randpos.encodings.rope`. Both take the rotary encodi
   rope-vit uses theta = 10. rope-vit keeps them out of weight decay; randpos trains with plain
   Adam (no decay), so nothing to exclude.
 
-Both depend on positions only through differences (tests/test_vision_encodings.py) and accept
-float positions.
+Both depend on positions only through differences (tests/encodings/test_grid_encodings.py) and
+accept float positions.
 """
 
 from __future__ import annotations

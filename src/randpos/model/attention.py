@@ -90,7 +90,7 @@ def _prefer_math_on_cpu(q: torch.Tensor, bias: torch.Tensor | None) -> bool:
     * vmap, for which SDPA's CPU kernel has no batching rule (it would loop, or fail when the
       mask needs a gradient).
 
-    The explicit path computes the same numbers (tests/test_model.py)."""
+    The explicit path computes the same numbers (tests/model/test_transformer.py)."""
     if q.device.type != "cpu" or torch.compiler.is_compiling():
         return False
     if _is_vmapped(q) or (bias is not None and bias.requires_grad):

@@ -44,6 +44,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess by th
     ) from err
 
 from randpos.positions import decode_positions, pose_positions, sorted_subset, spread_positions
+from randpos.positions.spec import DECODE_MODES, SAMPLERS
 
 __all__ = [
     "DECODE_POSITIONS",
@@ -56,10 +57,11 @@ __all__ = [
     "rooted_positions",
 ]
 
-#: Collator modes: how the positions of one training sequence are drawn.
-MODES = ("random", "pose", "float", "contiguous")
+#: Collator modes: how the positions of one training sequence are drawn (the samplers of
+#: randpos.positions: random, float, pose, contiguous).
+MODES = SAMPLERS
 #: Decode modes of :func:`generate`: how the positions of the new tokens are chosen.
-DECODE_POSITIONS = ("arange", "spread", "random")
+DECODE_POSITIONS = DECODE_MODES
 
 # --- position samplers (one sequence at a time) ---------------------------------------------
 

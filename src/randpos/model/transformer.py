@@ -187,7 +187,7 @@ class Transformer(nn.Module):
                    tokens follow the cached ones, attend to them, and are appended (keys,
                    values and ``positions``). An empty cache makes this a normal forward that
                    also fills it; the logits equal those of one forward over the whole sequence
-                   at the same positions (tests/test_decoder.py).
+                   at the same positions (tests/workloads/test_decoder.py).
         """
         self._check_inputs(tokens, positions, distances, layer_positions, validate)
         key_positions = None
