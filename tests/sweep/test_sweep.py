@@ -224,7 +224,9 @@ KILLABLE = textwrap.dedent(
     """
     import functools, sys
     from randpos import sweep
-    spec, store, seconds, k = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+    from randpos.results.store import ResultsStore
+    spec, store = sys.argv[1], ResultsStore(sys.argv[2])
+    seconds, k = float(sys.argv[3]), int(sys.argv[4])
     sweep.run_sweep(spec, store, sweep.LocalExecutor(2), progress=False, ensemble_size=k,
                     run_fn=functools.partial(sweep.fake_run, seconds=seconds))
     """

@@ -50,6 +50,7 @@ from randpos.workloads.base import Batch, Models, Workload
 from randpos.workloads.registry import register_workload
 
 AUGMENTS = ("none", "crop")
+_VISION = VisionConfig()  # the image models' architecture defaults, written once (VisionConfig)
 
 
 @dataclass
@@ -88,19 +89,20 @@ class VisionWorkload(Workload):
     """What the ViT and the DiT share: data, grid positions, validation, sizes."""
 
     options = VisionOptions
-    # A small model on 16 x 16 canvases with rope-vit's axial RoPE (theta 100); L = 16 per axis
-    # covers the largest evaluated grid (32 / patch 2). Chosen to fit a 2-core CPU (about 4
-    # steps per second on one thread; docs/images.md).
+    # The image models' architecture (VisionConfig's defaults: 4 layers, 4 heads, L = 16 per
+    # axis, which covers the largest evaluated grid, 32 / patch 2) with rope-vit's axial RoPE
+    # (theta 100) on 16 x 16 canvases; chosen to fit a 2-core CPU (about 4 steps per second on
+    # one thread; docs/images.md).
     defaults = {
         "pe": "rope2d_axial",
         "pe_options": {"theta": 100.0},
-        "positions": {"max_position": 16, "per_sequence": True},
+        "positions": {"max_position": _VISION.max_position, "per_sequence": True},
         "steps": 1500,
         "batch_size": 64,
         "max_train_length": 16,
         "eval_max_length": 32,
-        "num_layers": 4,
-        "num_heads": 4,
+        "num_layers": _VISION.depth,
+        "num_heads": _VISION.num_heads,
         "dropout": 0.0,  # the image models have none
         "learning_rate": 5.0e-4,
         "checkpoint_every": 250,
