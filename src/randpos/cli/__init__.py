@@ -64,7 +64,6 @@ def cli_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-
         try:
             return func(*args, **kwargs)
         except TrainingInterrupted as exc:
@@ -415,7 +414,6 @@ def compare(
 
 
 def print_summaries(summaries: list[dict]) -> None:
-
     first = summaries[0]
     n, m = first["max_train_length"], first["eval_max_length"]
     what = first.get("task", first.get("workload"))
@@ -456,4 +454,3 @@ _register_sweep_commands(app)
 
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="randpos")
-

@@ -37,7 +37,6 @@ def sweep_command(
     loaded = load_spec(spec)
     plan = expand(loaded)
     if dry_run:
-
         console = Console()
         console.print(f"sweep {loaded.name}: {len(plan)} runs")
         keys = list(dict.fromkeys([k for arm in loaded.arms for k in arm] + list(loaded.grid)))
@@ -82,7 +81,6 @@ def _cli_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-
         try:
             return func(*args, **kwargs)
         except KeyboardInterrupt:

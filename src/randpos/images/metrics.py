@@ -242,7 +242,6 @@ def _train_feature_net(
     images, labels = fixed_eval_set(dataset, side, EVAL_COUNT, seed)
     net.heldout_accuracy = classifier_accuracy(net, images, labels)
     if path is not None:
-
         path.parent.mkdir(parents=True, exist_ok=True)
         # write then rename, so that a concurrent sweep worker never reads a half-written file
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

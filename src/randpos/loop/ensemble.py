@@ -56,9 +56,7 @@ def ensemble_run(
 ) -> list[dict[str, Any] | BaseException]:
     """The ensemble counterpart of the sweep's per-run function: resolved config dicts and run
     directories in, one outcome per run out (its summary, or the exception that ended it)."""
-    return train_runs(
-        [resolve_config(c) for c in configs], out_dirs, resume=resume, progress=False
-    )
+    return train_runs([resolve_config(c) for c in configs], out_dirs, resume=resume, progress=False)
 
 
 # ----------------------------------------------------------------------------- strategy

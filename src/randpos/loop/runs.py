@@ -198,7 +198,6 @@ def make_summary(trainer, index: int, result, rid: str, eval_seconds: float) -> 
 def write_run_files(out: Path, member, result, summary: dict, workload, index: int = 0) -> None:
     """model.safetensors, history.jsonl, per_length.csv, accuracy.png, then summary.json."""
 
-
     tmp = out / "model.safetensors.tmp"
     weights = {k: v.detach().cpu().contiguous() for k, v in member.model.state_dict().items()}
     save_file(weights, str(tmp), metadata={"config": json.dumps(member.config.to_dict())})

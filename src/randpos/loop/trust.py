@@ -86,6 +86,7 @@ def config_from_file(
 def check_checkpoint(state: Any, source: Any) -> dict[str, Any]:
     """``state`` (what ``torch.load`` returned) if it has the structure of a randpos
     checkpoint, else a one-line ``ConfigError`` naming what is wrong."""
+
     def bad(what: str) -> ConfigError:
         return ConfigError(f"{source} is not a randpos checkpoint: {what}")
 
@@ -294,14 +295,12 @@ def _is_plain(value: Any) -> bool:
 
 
 def _is_tensor_map(value: Any) -> bool:
-
     return isinstance(value, Mapping) and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
     )
 
 
 def _is_generator_state(value: Any) -> bool:
-
     return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
 
 

@@ -153,7 +153,6 @@ class LocalExecutor:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
     def start(self, run_fn: RunFn, group_fn: GroupFn | None = None) -> int:
-
         self.run_fn, self.group_fn = run_fn, group_fn
         ctx = multiprocessing.get_context("spawn")  # no forked torch/CUDA/SQLite state
         gpus = self.gpus = self._gpus()
@@ -187,7 +186,6 @@ class LocalExecutor:
         self.futures[future] = job.run_ids
 
     def poll(self, timeout: float) -> list[Outcome]:
-
         if not self.futures:
             time.sleep(timeout)
             return []

@@ -367,7 +367,6 @@ class _SweepProgress:
         if self.progress is not None:
             self.progress.console.print(text, highlight=False)
         else:
-
             Console(stderr=True).print(text, highlight=False)
 
 

@@ -65,7 +65,6 @@ class ARPGWorkload(DiTWorkload):
 
     @classmethod
     def validate(cls, config) -> None:
-
         opts = cls.parse_options(config.options)
         defaults = VisionOptions()
         for name in ("sample_steps", "timestep_shift", "micro_cond"):
@@ -87,11 +86,9 @@ class ARPGWorkload(DiTWorkload):
             raise ConfigError(str(exc).replace("VisionConfig.", "")) from None
 
     def build_model(self, generator: torch.Generator):
-
         return ARPG(self.model_config(), generator=generator)
 
     def draw_batch(self, model, size, generators, device) -> Batch:
-
         images, labels, _ = self.training_images(size, generators)
         B, grid = len(labels), size // self.opts.patch
         g = generators["noise"]
@@ -169,7 +166,6 @@ class ARPGWorkload(DiTWorkload):
         return images, self.score_samples(images, labels, self.real_canvases(size)[0], size)
 
     def evaluate_size(self, models: Models, copies: int, size: int, *, mode: str, device):
-
         grid = size // self.opts.patch
         real, labels = self.real_canvases(size)
         tokens, y = tokenize(real, self.opts.patch).to(device), labels.to(device)

@@ -159,8 +159,10 @@ def config_value(config: dict[str, Any], key: str) -> Any:
     if key.startswith("pe."):
         name = key.removeprefix("pe.")
         legacy = _PE_LEGACY_NAMES.get(name)
-        return legacy_flat(config).get(legacy) if legacy else (
-            legacy_flat(config).get("pe_options", {}).get(name)
+        return (
+            legacy_flat(config).get(legacy)
+            if legacy
+            else (legacy_flat(config).get("pe_options", {}).get(name))
         )
     if key.startswith("options."):
         return (config.get("options") or {}).get(key.removeprefix("options."))

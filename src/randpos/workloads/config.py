@@ -219,7 +219,6 @@ class TrainConfig:
         return self.positions.max_position if self.randomized else self.longest_sequence()
 
     def model_config(self) -> ModelConfig:
-
         task = get_task(self.task)
         return ModelConfig(
             vocab_size=task.input_vocab_size + 1,  # + the blank token (id = input vocab size)
@@ -238,7 +237,6 @@ class TrainConfig:
 
 
 def _sequence_length(task_name: str, n: int) -> int:
-
     task = get_task(task_name)
     n_in = task.input_length(n)
     return n_in + task.output_length(n_in)

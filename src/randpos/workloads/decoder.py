@@ -60,7 +60,6 @@ class DecoderWorkload(EncoderWorkload):
 
     @classmethod
     def validate(cls, config) -> None:
-
         super().validate(config)
         opts = cls.parse_options(config.options)
         if opts.decode_positions not in DECODE_MODES:
@@ -95,7 +94,6 @@ class DecoderWorkload(EncoderWorkload):
         return torch.cat([x, sep, y[:, :-1] + self.output_offset], dim=1)
 
     def build_model(self, generator: torch.Generator):
-
         base = self.config.model_config()
         vocab = self.output_offset + self.task.output_vocab_size
         config = dataclasses.replace(base, vocab_size=vocab, causal=True)

@@ -48,13 +48,11 @@ class EncoderWorkload(Workload):
     }
 
     def __init__(self, config) -> None:
-
         super().__init__(config)
         self.task = get_task(config.task)
 
     @classmethod
     def validate(cls, config) -> None:
-
         super().validate(config)
         check_choice("task", config.task, TASK_NAMES)
         check_choice("pe", config.pe, PE_NAMES)
@@ -104,7 +102,6 @@ class EncoderWorkload(Workload):
         return model_inputs(sample, self.task)
 
     def build_model(self, generator: torch.Generator):
-
         return Transformer(self.config.model_config(), generator=generator)
 
     def draw_batch(self, model, size, generators, device) -> Batch:

@@ -112,7 +112,6 @@ class VisionWorkload(Workload):
     dynamic_axes = {"images": (2, 3), "positions": (1,), "noise": (2, 3)}
 
     def __init__(self, config) -> None:
-
         super().__init__(config)
         self.sides = _sides(self.opts.eval_sides)
         self.num_classes = num_classes(self.opts.dataset)
@@ -120,7 +119,6 @@ class VisionWorkload(Workload):
     # ----------------------------------------------------------------- configuration
     @classmethod
     def validate(cls, config) -> None:
-
         super().validate(config)
         opts = cls.parse_options(config.options)
         check_choice("options.dataset", opts.dataset, DATASETS)
@@ -190,7 +188,6 @@ class VisionWorkload(Workload):
 
     @classmethod
     def vision_config(cls, config, opts, num_classes: int):
-
         grid = config.max_train_length // opts.patch
         pe_options = dict(config.pe_options)
         if pe_options.get("scaling", "none") != "none":
@@ -287,7 +284,6 @@ class VisionWorkload(Workload):
         return torch.where(drop.cpu(), torch.full_like(labels, self.num_classes), labels)
 
     def eval_images(self, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-
         return fixed_eval_set(self.opts.dataset, side, self.opts.eval_count, self.config.eval_seed)
 
     def summary_fields(self) -> dict[str, Any]:
@@ -312,7 +308,6 @@ class ViTWorkload(VisionWorkload):
     metric = "accuracy"
 
     def build_model(self, generator: torch.Generator):
-
         return ViT(self.model_config(), generator=generator)
 
     def draw_batch(self, model, size, generators, device) -> Batch:
@@ -369,7 +364,6 @@ class DiTWorkload(VisionWorkload):
 
     @classmethod
     def validate(cls, config) -> None:
-
         super().validate(config)
         small = [s for s in _sides(cls.parse_options(config.options).eval_sides) if s < DIGIT_SIDE]
         if small:
@@ -379,7 +373,6 @@ class DiTWorkload(VisionWorkload):
             )
 
     def build_model(self, generator: torch.Generator):
-
         return DiT(self.model_config(), generator=generator)
 
     def draw_batch(self, model, size, generators, device) -> Batch:
@@ -401,7 +394,6 @@ class DiTWorkload(VisionWorkload):
         return batch
 
     def loss(self, model, batch: Batch):
-
         xt, target = interpolate(batch["images"], batch["noise"], batch["t"])
         v = model(
             xt, batch["t"], batch["labels"], batch["positions"], batch.get("cond"), validate=False
@@ -410,8 +402,6 @@ class DiTWorkload(VisionWorkload):
         return loss, loss.detach().reshape(1)  # no training metric (NaN): the loss is logged
 
     def feature_net(self, side: int):
-
-
         cache = self.opts.feature_cache or str(Path.home() / ".cache" / "randpos" / "vision")
         return _feature_net(
             self.opts.dataset,
@@ -436,13 +426,11 @@ class DiTWorkload(VisionWorkload):
         return metrics
 
     def identity_cond(self, batch: int, device) -> torch.Tensor | None:
-
         if not self.opts.micro_cond:
             return None
         return torch.tensor(IDENTITY_CROP, device=device).expand(batch, 4)
 
     def evaluate_size(self, models: Models, copies: int, size: int, *, mode: str, device):
-
         opts = self.opts
         real, labels = self.eval_images(size)
         x1 = (real * 2 - 1).to(device)
@@ -506,8 +494,6 @@ class DiTWorkload(VisionWorkload):
     def write_files(self, out, member: int) -> None:
         """``samples.npz`` (uint8 (20, S, S) per side: two samples per class, in class order)
         and ``samples.png`` (one row per side) of member ``member``'s last evaluation."""
-
-
 
         arrays = {
             f"side_{side}": (grids[member].squeeze(1).numpy() * 255).round().astype(np.uint8)

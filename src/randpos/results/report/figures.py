@@ -99,7 +99,7 @@ def accuracy_vs_length(
     fig.suptitle(textwrap.fill(title, width=int(62 * cols)), fontsize=8)
     lines = title.count("\n") + len(textwrap.wrap(title, width=int(62 * cols)))
     top = 1 - 0.045 * lines / rows
-    fig.tight_layout(rect=(0, 0.09 / rows ** 0.5, 1, top))
+    fig.tight_layout(rect=(0, 0.09 / rows**0.5, 1, top))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
