@@ -192,16 +192,17 @@ def test_bad_config_values_name_the_field(changes, match):
 
 
 def test_reference_reading_redraws_every_layer():
-    from randpos.workloads.evaluation import draw_positions
+    from randpos.positions import plan_positions
 
     cfg = tiny(pe="rope", randomized=True, max_position=64, randomize="distances")
-    plan = draw_positions(cfg, 3, 10, torch.Generator().manual_seed(0))
+    plan = plan_positions(cfg.positions, cfg.num_layers, 3, 10, torch.Generator().manual_seed(0))
     assert plan.distances.shape == (cfg.num_layers, 2, 10)
     assert plan.layer_positions.shape == (cfg.num_layers, 3, 10)
     assert not torch.equal(plan.layer_positions[0], plan.layer_positions[1])
     assert (plan.layer_positions.diff(dim=-1) > 0).all()
-    shared = draw_positions(cfg.replace(redraw_per_layer=False), 3, 10, torch.Generator())
+    shared = cfg.replace(redraw_per_layer=False).positions
+    shared = plan_positions(shared, cfg.num_layers, 3, 10, torch.Generator())
     assert shared.layer_positions is None and shared.distances.shape == (1, 2, 10)
-    plain = draw_positions(cfg.replace(randomized=False), 3, 10, torch.Generator())
+    plain = plan_positions(cfg.replace(randomized=False).positions, 5, 3, 10, torch.Generator())
     assert torch.equal(plain.positions, torch.arange(10).expand(3, 10))
     assert plain.distances is None and plain.layer_positions is None

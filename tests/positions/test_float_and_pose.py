@@ -11,10 +11,9 @@ from randpos.core.fields import ConfigError
 from randpos.encodings import ENCODINGS
 from randpos.loop.training import train
 from randpos.model import ModelConfig, Transformer
-from randpos.positions import float_positions, pose_positions, sample_positions
+from randpos.positions import float_positions, plan_positions, pose_positions, sample_positions
 from randpos.workloads import resolve_config
 from randpos.workloads.config import TrainConfig
-from randpos.workloads.evaluation import draw_positions
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -79,7 +78,7 @@ def tiny(**changes) -> TrainConfig:
 @pytest.mark.parametrize("randomize", ["float", "pose"])
 def test_a_run_trains_and_evaluates_with_each_sampler(randomize):
     config = tiny(pe="sincos", randomize=randomize)
-    plan = draw_positions(config, 3, 9, gen(), mode="random")
+    plan = plan_positions(config.positions, config.num_layers, 3, 9, gen(), mode="random")
     assert plan.positions.is_floating_point() == (randomize == "float")
     summary = train(config, progress=False)
     assert all(0.0 <= a <= 1.0 for a in summary["per_length"].values())

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from randpos.core.seeding import make_generator
+from randpos.positions import PositionPlan
 from randpos.results.report.chance import (
     ChanceLevels,
     chance_at_length,
@@ -19,7 +20,7 @@ from randpos.results.report.chance import (
 )
 from randpos.tasks import get_task
 from randpos.workloads.config import TrainConfig
-from randpos.workloads.evaluation import PositionPlan, evaluate_length_batched, evaluation_batch
+from randpos.workloads.evaluation import evaluate_length_batched, evaluation_batch
 
 S = 512  # sequences per length, the paper's evaluation batch
 

@@ -40,9 +40,10 @@ from randpos.loop.runs import (
 )
 from randpos.loop.trainer import Trainer, check_compatible
 from randpos.loop.trust import check_weights, config_from_file, read_summary
+from randpos.positions import plan_positions
 from randpos.workloads import build_workload
 from randpos.workloads.config import TrainConfig
-from randpos.workloads.evaluation import EvalResult, draw_positions
+from randpos.workloads.evaluation import EvalResult
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -280,7 +281,9 @@ def predict_run(
     sample = workload.task.sample(count, length, make_generator(seed, "generate/data", dev))
     positions = make_generator(seed, "generate/positions", dev)
     mode = workload.eval_mode()
-    plan = draw_positions(config, count, T, positions, mode=mode, device=dev)
+    plan = plan_positions(
+        config.positions, config.num_layers, count, T, positions, mode=mode, device=dev
+    )
     k = sample.targets.shape[1]
     plan = workload.place_generated(plan, k, positions)
     model.eval()

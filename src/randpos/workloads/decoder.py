@@ -31,10 +31,10 @@ import torch
 from randpos.core.fields import ConfigError
 from randpos.encodings import get_encoding
 from randpos.model import KVCache, Transformer
-from randpos.positions import DECODE_MODES, decode_positions
+from randpos.positions import DECODE_MODES, PositionPlan, decode_positions
 from randpos.workloads.base import Models
 from randpos.workloads.encoder import EncoderWorkload
-from randpos.workloads.evaluation import PositionPlan, evaluate_length_batched
+from randpos.workloads.evaluation import evaluate_length_batched
 from randpos.workloads.registry import register_workload
 
 

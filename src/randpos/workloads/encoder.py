@@ -3,7 +3,7 @@
 
 One step of a member: the task samples a batch of length n from the ``data`` stream; k blank
 tokens are appended; positions are drawn from the ``positions`` stream (contiguous, or a sorted
-random subset of [0, L) when randomized, :func:`randpos.workloads.evaluation.draw_positions`);
+random subset of [0, L) when randomized, :func:`randpos.positions.plan_positions`);
 dropout draws come from the ``dropout`` stream; the model's logits at the k blank positions give an
 unmasked mean cross-entropy (docs/reference-system.md §2.1) and a masked accuracy. Evaluation
 scores every length 1..M on sequences and positions that depend only on (eval_seed, n).
@@ -20,14 +20,10 @@ import torch.nn.functional as F
 from randpos.core.fields import ConfigError, check_choice
 from randpos.encodings import PE_NAMES, build_encoding, check_position_dims, get_encoding
 from randpos.model import Transformer
+from randpos.positions import PositionPlan, plan_positions
 from randpos.tasks import TASK_NAMES, get_task
 from randpos.workloads.base import Batch, Models, Workload
-from randpos.workloads.evaluation import (
-    PositionPlan,
-    draw_positions,
-    evaluate_length_batched,
-    model_inputs,
-)
+from randpos.workloads.evaluation import evaluate_length_batched, model_inputs
 from randpos.workloads.registry import register_workload
 
 
@@ -109,7 +105,9 @@ class EncoderWorkload(Workload):
         sample = self.task.sample(cfg.batch_size, size, generators["data"])
         tokens = self.inputs(sample)  # (B, T)
         B, T = tokens.shape
-        plan = draw_positions(cfg, B, T, generators["positions"], mode="random", device=device)
+        plan = plan_positions(
+            cfg.positions, cfg.num_layers, B, T, generators["positions"], device=device
+        )
         batch = {
             "tokens": tokens,
             "targets": sample.targets,

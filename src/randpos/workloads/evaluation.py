@@ -40,28 +40,6 @@ def model_inputs(batch: Batch, task: Task) -> torch.Tensor:
     return torch.cat([batch.inputs, blanks], dim=1)
 
 
-def draw_positions(
-    config: TrainConfig,
-    batch_size: int,
-    length: int,
-    generator: torch.Generator,
-    *,
-    mode: str = "random",
-    device: torch.device | str = "cpu",
-) -> PositionPlan:
-    """The positions of a forward pass of a run of ``config``
-    (:func:`randpos.positions.plan_positions` with the run's spec and depth)."""
-    return plan_positions(
-        config.positions,
-        config.num_layers,
-        batch_size,
-        length,
-        generator,
-        mode=mode,
-        device=device,
-    )
-
-
 def evaluation_batch(
     task: Task, length: int, eval_seed: int, sequences: int, device: torch.device | str = "cpu"
 ) -> Batch:
@@ -169,7 +147,9 @@ def evaluate_length_batched(
     counted = torch.empty(E, dtype=torch.long, device=device)
     for start in range(0, E, chunk):
         stop = min(E, start + chunk)
-        plan = draw_positions(config, stop - start, T, pos_gen, mode=mode, device=device)
+        plan = plan_positions(
+            config.positions, config.num_layers, stop - start, T, pos_gen, mode=mode, device=device
+        )
         if replan is not None:
             plan = replan(plan, k, pos_gen)
         for lo in range(start, stop, piece):
