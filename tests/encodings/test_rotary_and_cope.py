@@ -22,7 +22,7 @@ from randpos.encodings.xpos import XPosEncoding
 from randpos.model import ModelConfig, Transformer
 from randpos.positions import randomized_positions
 
-SHAPE = EncodingShape(max_position=2048, causal=True)  # the reference model's width and heads
+SHAPE = ModelConfig(max_position=2048, causal=True).encoding_shape()  # the reference's widths
 B, H, T = 2, SHAPE.num_heads, 9
 d = SHAPE.head_width
 L = SHAPE.max_position

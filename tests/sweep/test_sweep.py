@@ -118,7 +118,7 @@ def test_presets_load():
     assert len(expand(small)) == 4 * 11 * 3
     paper = load_spec("paper")
     assert len(paper.grid["task"]) == 15 and paper.grid["learning_rate"] == [1e-4, 3e-4, 5e-4]
-    assert paper.grid["seed"] == list(range(10)) and paper.base["eval_max_length"] == 500
+    assert paper.grid["seed"] == list(range(10)) and paper.preset["eval_max_length"] == 500
 
 
 @pytest.mark.slow

@@ -91,13 +91,11 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
 def build_config(
     preset: str | None, sets: list[str] | None, base: dict[str, Any] | None = None, **options
 ) -> TrainConfig:
-    """Defaults < base < preset file < --set FIELD=VALUE < explicit options."""
-    data: dict[str, Any] = dict(base or {})
-    if preset:
-        data.update(load_yaml(find_preset(preset)))
-    data.update(parse_sets(sets))
-    data.update({k: v for k, v in options.items() if v is not None})
-    return resolve_config(data)
+    """Defaults < base < preset file < --set FIELD=VALUE < explicit options, each layer over
+    the last field by field (``resolve_config``)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    preset_fields = load_yaml(find_preset(preset)) if preset else None
+    return resolve_config(base, preset_fields, parse_sets(sets), given)
 
 
 def open_store(store: Path | None, no_store: bool):

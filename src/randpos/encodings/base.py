@@ -81,10 +81,10 @@ class EncodingShape:
     causal:       whether attention is causal (some encodings exist only for causal attention)
     """
 
-    width: int = 64
-    num_heads: int = 8
-    num_layers: int = 5
-    max_position: int = 2048
+    width: int
+    num_heads: int
+    num_layers: int
+    max_position: int
     causal: bool = False
 
     @property

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from randpos.encodings.base import EncodingShape
+from randpos.positions.spec import PositionSpec
 
 
 @dataclass
@@ -29,7 +30,7 @@ class ModelConfig:
     ff_width: int = 256
     dropout: float = 0.1
     pe: str = "none"
-    max_position: int = 2048
+    max_position: int = PositionSpec.max_position  # L, the position samplers' range
     causal: bool = False
     attention: str = "fast"  # "fast" (scaled_dot_product_attention) | "math" (reference)
     # The encoding's own parameters (``randpos.encodings``: e.g. the rotary base ``theta``);

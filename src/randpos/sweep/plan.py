@@ -32,6 +32,8 @@ class SweepSpec:
     name: str
     grid: dict[str, list]
     base: dict[str, Any] = field(default_factory=dict)
+    #: the fields of the sweep's ``preset`` file, under ``base`` (each resolved over the last)
+    preset: dict[str, Any] = field(default_factory=dict)
     exclude: list[dict[str, Any]] = field(default_factory=list)
     include: list[dict[str, Any]] = field(default_factory=list)
     #: named variants, each crossed with the whole grid (e.g. the arms of an experiment x seeds)
@@ -49,10 +51,10 @@ def config_fields() -> list[str]:
     return TrainConfig.field_names()
 
 
-def resolve_config(data: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in (the workload's own first) and every value checked, as a plain dict
-    (:func:`randpos.workloads.resolve_config`)."""
-    return resolve(data).to_dict()
+def resolve_config(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Defaults filled in (the workload's own first), each layer over the last and every value
+    checked, as a plain dict (:func:`randpos.workloads.resolve_config`)."""
+    return resolve(*layers).to_dict()
 
 
 def find_spec(name_or_path: str | os.PathLike) -> Path:
@@ -114,8 +116,9 @@ def parse_spec(
 
     base = check_fields("base", data.get("base"))
     preset = data.get("preset")
+    preset_fields = {}
     if preset is not None:
-        base = {**check_fields(f"preset {preset!r}", _load_preset(preset, source)), **base}
+        preset_fields = check_fields(f"preset {preset!r}", _load_preset(preset, source))
     if "grid" not in data:
         raise SweepError(f"{where}no 'grid': list at least one config field with its values")
     grid = check_fields("grid", data["grid"])
@@ -144,6 +147,7 @@ def parse_spec(
         name=name.strip(),
         grid=grid,
         base=base,
+        preset=preset_fields,
         exclude=rules["exclude"],
         include=rules["include"],
         arms=rules["arms"],
@@ -188,7 +192,7 @@ def _value(config: dict, key: str) -> Any:
 
 
 def expand(
-    spec: SweepSpec, *, resolve: Callable[[dict], dict] = resolve_config
+    spec: SweepSpec, *, resolve: Callable[..., dict] = resolve_config
 ) -> dict[str, dict[str, Any]]:
     """The sweep's runs: ``{run_id: resolved config}`` in grid order, duplicates merged.
 
@@ -200,18 +204,20 @@ def expand(
         dict(zip(keys, values, strict=True)) for values in itertools.product(*spec.grid.values())
     ]
     arms = spec.arms or [{}]
+    # each candidate is its layers, resolved in order: preset < base < arm < grid values
     candidates = (
-        [{**spec.base, **arm, **combo} for arm in arms for combo in combos]
+        [(spec.preset, spec.base, arm, combo) for arm in arms for combo in combos]
         if keys or spec.arms
         else []
     )
-    candidates += [{**spec.base, **extra} for extra in spec.include]
+    candidates += [(spec.preset, spec.base, extra) for extra in spec.include]
     runs: dict[str, dict[str, Any]] = {}
     excluded = 0
-    for raw in candidates:
+    for layers in candidates:
         try:
-            config = resolve(raw)
+            config = resolve(*layers)
         except ValueError as exc:
+            raw = {key: value for layer in layers for key, value in layer.items()}
             varied = keys + sorted({k for arm in spec.arms for k in arm})
             shown = {k: raw[k] for k in varied if k in raw} or raw
             detail = ", ".join(f"{k}={v!r}" for k, v in shown.items())

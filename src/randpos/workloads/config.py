@@ -121,11 +121,15 @@ class TrainConfig:
         cls,
         data: dict[str, Any] | None = None,
         base: TrainConfig | None = None,
+        *,
+        check: bool = True,
         **overrides: Any,
     ) -> TrainConfig:
         """``base`` (the defaults when None) with the fields of ``data`` and ``overrides``
         (YAML, JSON, CLI values; flat fields of earlier configs and dotted ``positions.NAME``,
-        ``pe.NAME``, ``options.NAME`` keys included): unknown fields and bad values raise."""
+        ``pe.NAME``, ``options.NAME`` keys included): unknown fields and bad values raise.
+        ``check=False`` leaves the cross-field checks (:meth:`validate`) to the caller, for a
+        config built up layer by layer (:func:`randpos.workloads.resolve_config`)."""
         base = base or cls()
         merged = nest({**(data or {}), **overrides}, base.positions, base.pe_options)
         known = cls.field_names()
@@ -138,7 +142,8 @@ class TrainConfig:
         values.update(merged)
         kwargs = {name: _coerce(name, value) for name, value in values.items()}
         config = cls(**kwargs)
-        config.validate()
+        if check:
+            config.validate()
         return config
 
     @classmethod

@@ -60,15 +60,22 @@ def workload_class(config: TrainConfig | dict[str, Any]) -> type[Workload]:
         raise ConfigError(f"workload: {exc}") from None
 
 
-def resolve_config(data: dict[str, Any] | None = None, **overrides: Any) -> TrainConfig:
-    """The config that ``data`` and ``overrides`` describe, checked in full: the named
-    workload's own defaults (:attr:`Workload.defaults`) under the given values, the workload's
-    options in their stored form (defaults dropped), and the workload's checks. This is how a
-    preset, a sweep run or a command line becomes a config."""
-    merged = {**(data or {}), **overrides}
-    cls = workload_class(merged)
-    base = TrainConfig.from_dict(cls.defaults) if cls.defaults else None
-    config = TrainConfig.from_dict(merged, base=base)
+def resolve_config(*layers: dict[str, Any] | None, **overrides: Any) -> TrainConfig:
+    """The config that ``layers`` (then ``overrides``) describe, checked in full: the named
+    workload's own defaults (:attr:`Workload.defaults`), then each layer over the last, the
+    workload's options in their stored form (defaults dropped), and the workload's checks.
+    This is how a preset, a sweep run or a command line becomes a config.
+
+    A later layer wins field by field whatever spelling either uses (a flat ``max_position``
+    over an earlier ``positions.max_position``, or the reverse), and a ``positions``,
+    ``pe_options`` or ``options`` mapping completes the earlier ones instead of replacing them.
+    """
+    given = [layer for layer in (*layers, overrides) if layer]
+    cls = workload_class({key: value for layer in given for key, value in layer.items()})
+    config = TrainConfig.from_dict(cls.defaults, check=False) if cls.defaults else TrainConfig()
+    for layer in given:
+        config = TrainConfig.from_dict(layer, base=config, check=False)
+    config.validate()
     config.options = cls.normalize_options(config.options)
     cls.validate(config)
     return config
