@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from numerics import assert_close_f32, f32_atol
+from tiny import TINY_IMAGES
 
 from randpos.core.fields import ConfigError
 from randpos.images.arpg import (
@@ -238,22 +239,9 @@ def test_the_model_refuses_what_it_cannot_run():
 # --- the workload -----------------------------------------------------------------------------
 
 TINY = dict(
+    TINY_IMAGES,
     workload="arpg",
-    pe="rope2d_axial",
-    pe_options={"theta": 100.0},
-    steps=12,
-    batch_size=8,
-    max_train_length=8,
-    max_position=8,
     num_layers=2,
-    width=16,
-    num_heads=2,
-    ff_width=32,
-    dropout=0.0,
-    learning_rate=1e-3,
-    log_every=4,
-    checkpoint_every=4,
-    threads=1,
     options={
         "eval_sides": "8,12,16",
         "eval_count": 20,
@@ -265,8 +253,7 @@ TINY = dict(
 
 
 def tiny(**changes) -> TrainConfig:
-    options = {**TINY["options"], **changes.pop("options", {})}
-    return resolve_config({**TINY, **changes, "options": options})
+    return resolve_config(TINY, changes)  # changes' options complete TINY's
 
 
 @pytest.fixture

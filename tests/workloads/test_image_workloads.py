@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny import TINY_IMAGES
 
 from randpos.core.fields import ConfigError
 from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, train
@@ -17,33 +18,18 @@ from randpos.workloads import resolve_config
 from randpos.workloads.config import TrainConfig
 
 TINY = dict(
+    TINY_IMAGES,
     workload="vit",
-    pe="rope2d_axial",
-    pe_options={"theta": 100.0},
-    steps=12,
-    batch_size=8,
-    max_train_length=8,
     eval_max_length=16,
-    max_position=8,
     num_layers=1,
-    width=16,
-    num_heads=2,
-    ff_width=32,
-    dropout=0.0,
-    learning_rate=1e-3,
-    log_every=4,
-    checkpoint_every=4,
-    threads=1,
     options={"eval_sides": "8,12,16", "eval_count": 20},
 )
 DIT_OPTIONS = {"eval_samples": 20, "sample_steps": 2, "feature_steps": 5}
 
 
 def tiny(**changes) -> TrainConfig:
-    options = {**TINY["options"], **changes.pop("options", {})}
-    if changes.get("workload") == "dit":
-        options = {**DIT_OPTIONS, **options}
-    return resolve_config({**TINY, **changes, "options": options})
+    dit = {"options": DIT_OPTIONS} if changes.get("workload") == "dit" else {}
+    return resolve_config(TINY, dit, changes)  # each layer's options complete the last's
 
 
 @pytest.fixture(autouse=True)

@@ -47,7 +47,7 @@ from torch import nn
 
 from randpos.encodings import build_encoding, get_encoding
 from randpos.encodings.base import EncodingShape, PositionalEncoding
-from randpos.model.attention import ATTENTION_BACKENDS, MultiHeadAttention
+from randpos.model.attention import ATTENTION_BACKENDS, DEFAULT_BACKEND, MultiHeadAttention
 from randpos.model.layers import Linear
 
 #: values of ``VisionConfig.attn_logit_scale``
@@ -78,7 +78,7 @@ class VisionConfig:
     pe_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     attn_logit_scale: str = "none"  # "none" | "log_ratio"
     train_tokens: int = 64  # N_train for log_ratio
-    attention: str = "fast"  # "fast" (scaled_dot_product_attention) | "math" (reference)
+    attention: str = DEFAULT_BACKEND  # one of ATTENTION_BACKENDS
     cond_dim: int = 0  # DiT micro-conditioning scalars; 0: none
 
     @property

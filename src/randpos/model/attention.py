@@ -58,7 +58,9 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
+#: "fast": scaled_dot_product_attention (math on CPU where it is quicker); "math": the reference
 ATTENTION_BACKENDS = ("fast", "math")
+DEFAULT_BACKEND = ATTENTION_BACKENDS[0]
 
 
 def _causal_mask(rows: int, keys: int, device: torch.device) -> torch.Tensor:
@@ -106,7 +108,7 @@ def attend(
     bias: torch.Tensor | None = None,
     *,
     causal: bool = False,
-    backend: str = "fast",
+    backend: str = DEFAULT_BACKEND,
 ) -> torch.Tensor:
     """Attention of q (B, H, Tq, d) over k, v (B, H, Tk, d) with an optional additive logit
     bias broadcastable to (B, H, Tq, Tk); returns (B, H, Tq, d). Tq = Tk = T without a cache;

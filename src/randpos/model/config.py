@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from randpos.encodings.base import EncodingShape
+from randpos.model.attention import DEFAULT_BACKEND
 from randpos.positions.spec import PositionSpec
 
 
@@ -32,7 +33,7 @@ class ModelConfig:
     pe: str = "none"
     max_position: int = PositionSpec.max_position  # L, the position samplers' range
     causal: bool = False
-    attention: str = "fast"  # "fast" (scaled_dot_product_attention) | "math" (reference)
+    attention: str = DEFAULT_BACKEND  # one of ATTENTION_BACKENDS
     # The encoding's own parameters (``randpos.encodings``: e.g. the rotary base ``theta``);
     # names of other encodings' options are ignored by this one.
     pe_options: dict[str, Any] = field(default_factory=dict)
