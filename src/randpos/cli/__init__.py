@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+import randpos
 from randpos.core.fields import ConfigError
 from randpos.core.files import atomic_write_text
 from randpos.encodings import ENCODINGS
@@ -23,17 +24,38 @@ from randpos.loop.plots import plot_runs, run_label
 from randpos.loop.training import TrainingInterrupted, evaluate_run, predict_run
 from randpos.loop.training import train as run_training
 from randpos.results.store import ResultsStore, default_store_path
+from randpos.sweep.plan import sweep_names
 from randpos.tasks import TASK_NAMES, get_task
 from randpos.workloads import WORKLOADS, build_workload, resolve_config
-from randpos.workloads.config import CONFIG_DIR, TrainConfig, find_preset, load_yaml
+from randpos.workloads.config import TrainConfig, find_preset, load_yaml, preset_names
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     help="Randomized positional encodings and length generalization for transformers.",
 )
 console = Console()
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"randpos {randpos.__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Randomized positional encodings and length generalization for transformers."""
 
 
 # The main job (README, first command): a plain PE against its randomized form on the same
@@ -129,7 +151,13 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda[:i].")]
 ConfigOpt = Annotated[
-    str | None, typer.Option("--config", "-c", help="YAML preset: a path or a name in configs/.")
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML preset: a path, or a name in ./configs/ or among randpos's presets.",
+        autocompletion=lambda incomplete: [n for n in preset_names() if n.startswith(incomplete)],
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override any config field: FIELD=VALUE.")
@@ -153,7 +181,7 @@ TrustOpt = Annotated[
 @app.command("list")
 @cli_errors
 def list_cmd() -> None:
-    """List tasks, positional encodings and presets."""
+    """List tasks, positional encodings, workloads, presets and sweeps."""
 
     table = Table(title="tasks", show_lines=False)
     table.add_column("task", no_wrap=True, min_width=27)
@@ -173,8 +201,8 @@ def list_cmd() -> None:
     console.print(encodings_table())
 
     console.print("workloads (--set workload=NAME, or module:Class): " + ", ".join(WORKLOADS))
-    if CONFIG_DIR.is_dir():
-        console.print("presets: " + ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))))
+    console.print("presets (--config NAME): " + ", ".join(preset_names()))
+    console.print("sweeps (randpos sweep NAME): " + ", ".join(sweep_names()))
 
 
 def encodings_table() -> Table:

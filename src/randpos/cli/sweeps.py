@@ -15,7 +15,7 @@ from randpos.results.report import report_command
 from randpos.results.store import ResultsStore, StoreError, default_store_path
 from randpos.sweep.executors import make_executor
 from randpos.sweep.jobs import load_run_fn
-from randpos.sweep.plan import SweepError, expand, load_spec
+from randpos.sweep.plan import SweepError, expand, load_spec, sweep_names
 from randpos.sweep.run import SweepResult, fmt_seconds, run_sweep
 from randpos.sweep.status import sweep_status
 
@@ -93,6 +93,11 @@ def _cli_errors(func):
     return wrapper
 
 
+def _complete_sweep(incomplete: str) -> list[str]:
+    """Shell completion of ``randpos sweep NAME``: the sweep names that start so."""
+    return [name for name in sweep_names() if name.startswith(incomplete)]
+
+
 _StoreOpt = Annotated[
     Path | None,
     typer.Option("--store", help="Results store (default $RANDPOS_STORE or runs/randpos.sqlite)."),
@@ -101,7 +106,12 @@ _StoreOpt = Annotated[
 
 @_cli_errors
 def sweep_cli(
-    spec: Annotated[str, typer.Argument(help="Sweep file, or a preset in configs/sweeps/.")],
+    spec: Annotated[
+        str,
+        typer.Argument(
+            help="Sweep file, or a sweep name (see `randpos list`).", autocompletion=_complete_sweep
+        ),
+    ],
     store: _StoreOpt = None,
     executor: Annotated[
         str, typer.Option("--executor", "-e", help="local (processes) | ray.")

@@ -118,13 +118,18 @@ def default_store_path() -> Path:
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """``randpos.__version__``, plus ``git describe`` of the source tree when available."""
+    """``randpos.__version__``, plus ``git describe`` when randpos runs from a git checkout of
+    its source (``<checkout>/src/randpos``); an installed wheel reports its version alone, never
+    the state of whatever repository it happens to be installed in."""
 
     src = Path(__file__).resolve().parent
+    checkout = src.parents[2]  # <checkout>/src/randpos/results
+    if src.parents[1].name != "src" or not (checkout / "pyproject.toml").is_file():
+        return __version__
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--tags"],
-            cwd=src,
+            cwd=checkout,
             capture_output=True,
             text=True,
             timeout=5,

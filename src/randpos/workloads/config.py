@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,11 @@ from randpos.model.config import ModelConfig
 from randpos.positions.spec import PositionSpec
 from randpos.tasks import get_task
 from randpos.workloads.compat import nest
+
+try:
+    from importlib.resources.abc import Traversable
+except ImportError:  # Python 3.10
+    from importlib.abc import Traversable
 
 CURRICULA = ("uniform", "fixed")
 PRECISIONS = ("fp32", "bf16")
@@ -253,30 +259,65 @@ def _longest_sequence(task_name: str, max_length: int) -> int:
 
 
 # ---------------------------------------------------------------------------- presets (YAML)
-# The repository's presets (configs/*.yaml, configs/sweeps/*.yaml).
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+#: The presets that ship with randpos (``randpos/workloads/presets/*.yaml``), read as package
+#: resources so that an installed wheel finds them; a sweep's presets sit beside the sweep
+#: layer (``randpos/sweep/presets``).
+PRESETS: Traversable = resources.files("randpos.workloads") / "presets"
+#: A user's own presets, looked up before the packaged ones (relative to the working directory).
+USER_PRESETS = Path("configs")
+
+
+def preset_names(folder: Traversable = PRESETS, user_folder: Path = USER_PRESETS) -> list[str]:
+    """The names of the presets in ``user_folder`` (``./configs`` by default) and ``folder``
+    (the packaged ones), sorted, each once."""
+    names = set()
+    for place in (user_folder, folder):
+        if place.is_dir():
+            names.update(p.name[: -len(".yaml")] for p in place.iterdir() if _is_yaml(p))
+    return sorted(names)
 
 
 def find_preset(
-    name_or_path: str | Path, *, sub: str = "", kind: str = "config", near: Path | None = None
-) -> Path:
-    """A YAML file: a path (also relative to ``near``), or a preset name looked up in
-    ``./configs/<sub>`` and then in the repository's ``configs/<sub>``."""
-    folders = [Path.cwd() / "configs" / sub, CONFIG_DIR / sub]
-    candidates = [Path(name_or_path)] + ([near / name_or_path] if near is not None else [])
-    candidates += [folder / f"{name_or_path}.yaml" for folder in folders]
+    name_or_path: str | Path,
+    *,
+    folder: Traversable = PRESETS,
+    user_folder: Path = USER_PRESETS,
+    kind: str = "config",
+    near: Path | None = None,
+) -> Path | Traversable:
+    """A YAML file: a path (also relative to ``near``), or a preset name looked up in the
+    user's ``user_folder`` (``./configs``) first and then among the presets that ship in the
+    package (``folder``). Raises a one-line ``ConfigError`` listing the presets otherwise."""
+    candidates: list[Path | Traversable] = [Path(name_or_path)]
+    if near is not None:
+        candidates.append(near / name_or_path)
+    if _is_name(name_or_path):
+        candidates += [user_folder / f"{name_or_path}.yaml", folder / f"{name_or_path}.yaml"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    names = sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.yaml")})
+    names = preset_names(folder, user_folder)
     raise ConfigError(
         f"{kind} {str(name_or_path)!r} is neither a file nor a preset; "
         f"presets: {', '.join(names) or '(none)'}"
     )
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def _is_name(name_or_path: str | Path) -> bool:
+    """A bare preset name (no folder, no suffix), as opposed to a path."""
+    text = str(name_or_path)
+    return bool(text) and "/" not in text and "\\" not in text and not text.endswith(".yaml")
+
+
+def _is_yaml(path: Path | Traversable) -> bool:
+    return path.name.endswith(".yaml") and path.is_file()
+
+
+def load_yaml(path: str | Path | Traversable) -> dict[str, Any]:
+    """The mapping of config fields in a YAML file (a path or a packaged preset); a missing,
+    unparsable or non-mapping file raises a one-line ``ConfigError``."""
+    if isinstance(path, str):
+        path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -297,10 +338,12 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 __all__ = [
-    "CONFIG_DIR",
     "CURRICULA",
     "PRECISIONS",
+    "PRESETS",
+    "USER_PRESETS",
     "TrainConfig",
     "find_preset",
     "load_yaml",
+    "preset_names",
 ]
