@@ -6,8 +6,8 @@ tests/data/record_run_ids.py`` from that checkout's root, whose presets were the
 ``configs/*.yaml`` and ``configs/sweeps/*.yaml``); tests/loop/test_identity.py checks that
 today's code gives the same ids for the presets as they ship today, inside the package
 (``src/randpos/workloads/presets``, ``src/randpos/sweep/presets``). The file records names,
-never paths, so the move changed nothing in it. Sweeps are recorded as their run count and the sha256 of
-their sorted ids, presets as the id of the preset alone and with two sets of overrides.
+never paths, so the move changed nothing in it. Sweeps are recorded as their run count and the
+sha256 of their sorted ids, presets as the id of the preset alone and with two sets of overrides.
 """
 
 from __future__ import annotations

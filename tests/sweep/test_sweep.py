@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from inline_executor import InlineExecutor
 
 from randpos.loop.identity import config_hash, ensemble_key
 from randpos.results.store import ResultsStore
@@ -23,7 +24,6 @@ from randpos.sweep import (
     LocalExecutor,
     SweepError,
     default_ensemble_size,
-    execute,
     expand,
     fake_run,
     load_spec,
@@ -340,33 +340,6 @@ def test_interrupted_run_is_released_not_failed(tmp_path):
 
 
 # ------------------------------------------------------------------------------ ensembles
-class InlineExecutor:
-    """Runs each job in this process when polled, and remembers the jobs it was given."""
-
-    describe = "inline"
-
-    def __init__(self, capacity: int = 2, gpus: int = 0) -> None:
-        self.capacity, self.gpus = capacity, gpus
-        self.jobs, self.pending = [], []
-
-    def start(self, run_fn, group_fn=None):
-        self.run_fn, self.group_fn = run_fn, group_fn
-        return self.capacity
-
-    def submit(self, job):
-        self.jobs.append(job)
-        self.pending.append(job)
-
-    def poll(self, timeout):
-        outcomes = []
-        while self.pending:
-            outcomes.extend(execute(self.pending.pop(0), self.run_fn, self.group_fn))
-        return outcomes
-
-    def close(self, cancel=False):
-        pass
-
-
 LR_GRID = {**GRID, "learning_rate": [1e-3, 5e-4]}  # 32 runs, 8 classes of 4 compatible runs
 
 

@@ -120,6 +120,12 @@ def build_config(
     return resolve_config(base, preset_fields, parse_sets(sets), given)
 
 
+def join_loggers(loggers: list[str] | None) -> str | None:
+    """``--logger`` given once or more (each may list several, comma-separated) as the
+    config's ``logger`` value; None when not given."""
+    return ",".join(loggers) if loggers else None
+
+
 def open_store(store: Path | None, no_store: bool):
     if no_store:
         return None
@@ -166,6 +172,14 @@ StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Results store (default $RANDPOS_STORE or runs/).")
 ]
 NoStoreOpt = Annotated[bool, typer.Option("--no-store", help="Do not record in the store.")]
+LoggerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--logger",
+        help="Where to log the run: jsonl (history.jsonl, the default) | tensorboard | wandb; "
+        "repeat or comma-separate to combine.",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 TrustOpt = Annotated[
     str | None,
@@ -251,6 +265,7 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out.")] = False,
     store: StoreOpt = None,
     no_store: NoStoreOpt = False,
+    logger: LoggerOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train one model, evaluate every length 1..M, write DIR/summary.json and friends."""
@@ -271,6 +286,7 @@ def train(
         batch_size=batch_size,
         learning_rate=lr,
         device=device,
+        logger=join_loggers(logger),
     )
     summary = run_training(
         cfg,
@@ -400,6 +416,7 @@ def compare(
     ),
     store: StoreOpt = None,
     no_store: NoStoreOpt = False,
+    logger: LoggerOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """The main job: train a plain PE and its randomized form side by side, compare them."""
@@ -415,6 +432,7 @@ def compare(
         max_position=max_position,
         eval_max_length=eval_max_length,
         device=device,
+        logger=join_loggers(logger),
     )
     results_store = open_store(store, no_store)
     summaries = []

@@ -32,9 +32,13 @@ def sweep_command(
     dry_run: bool = False,
     quiet: bool = False,
     ensemble_size: int | None = None,
+    logger: str | None = None,
 ) -> SweepResult | None:
-    """Body of ``randpos sweep``; errors raise SweepError/ValueError (one line each)."""
+    """Body of ``randpos sweep``; errors raise SweepError/ValueError (one line each).
+    ``logger`` (the run-time field, e.g. ``"jsonl,wandb"``) overrides every run's loggers."""
     loaded = load_spec(spec)
+    if logger:  # a run-time field: the runs and their ids stay the same
+        loaded.base = {**loaded.base, "logger": logger}
     plan = expand(loaded)
     if dry_run:
         console = Console()
@@ -52,7 +56,7 @@ def sweep_command(
         return None
     if executor == "local" and address:
         raise SweepError("--address is for --executor ray")
-    fn = load_run_fn(run_fn)
+    fn = load_run_fn(run_fn) if run_fn else None  # None: the real trainer, ensembles included
     ex = make_executor(executor, workers=workers, address=address)
     results_store = ResultsStore(store or default_store_path())
 
@@ -144,6 +148,14 @@ def sweep_cli(
         bool, typer.Option("--dry-run", help="List the runs; train nothing.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    logger: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--logger",
+            help="Where every run logs: jsonl (default) | tensorboard | wandb; repeat or "
+            "comma-separate to combine. Runs are grouped by the sweep's name.",
+        ),
+    ] = None,
     run_fn: Annotated[
         str | None, typer.Option("--run-fn", hidden=True, help="module:function to run.")
     ] = None,
@@ -161,6 +173,7 @@ def sweep_cli(
         dry_run=dry_run,
         quiet=quiet,
         ensemble_size=ensemble_size,
+        logger=",".join(logger) if logger else None,
     )
     if result is not None and result.failed:
         raise typer.Exit(1)

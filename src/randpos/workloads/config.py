@@ -45,6 +45,8 @@ except ImportError:  # Python 3.10
 
 CURRICULA = ("uniform", "fixed")
 PRECISIONS = ("fp32", "bf16")
+#: the metric loggers a run may name in ``logger`` (implemented in randpos.loop.loggers)
+LOGGERS = ("jsonl", "tensorboard", "wandb")
 _MODEL = ModelConfig()  # the architecture defaults, written once (in ModelConfig)
 
 
@@ -116,6 +118,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     # torch.compile the training and evaluation steps (randpos.loop.ensemble, docs/performance.md)
     compile: bool = False
+    # Where the run's config, training curve and evaluation are logged (randpos.loop.loggers):
+    # one or more of LOGGERS, comma-separated (``--logger``).
+    logger: str = "jsonl"
 
     # ---------------------------------------------------------------- construction / checks
     @classmethod
@@ -209,6 +214,12 @@ class TrainConfig:
         for name in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        names = [n.strip() for n in self.logger.split(",")]
+        if not all(names) or any(n not in LOGGERS for n in names):
+            raise ConfigError(
+                f"logger must be one or more of {', '.join(LOGGERS)}, comma-separated, "
+                f"got {self.logger!r}"
+            )
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
 
@@ -339,6 +350,7 @@ def _coerce(name: str, value: Any) -> Any:
 
 __all__ = [
     "CURRICULA",
+    "LOGGERS",
     "PRECISIONS",
     "PRESETS",
     "USER_PRESETS",
