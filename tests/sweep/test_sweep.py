@@ -453,6 +453,42 @@ def test_ray_executor_on_a_local_instance(tmp_path):
     assert not executor.started_ray  # the instance it started is shut down again
 
 
+def ray_like_failure(inner: BaseException) -> ConnectionError:
+    """The chain ray.init raises: ConnectionError from a RuntimeError holding the
+    traceback text of the last attempt."""
+    try:
+        try:
+            raise RuntimeError(f"Failed to connect to GCS. Last connection error: {inner!r}")
+        except RuntimeError as exc:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from exc
+    except ConnectionError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    "mode, inner, expected",
+    [
+        (None, "AuthenticationError('RPC error: InvalidAuthToken: missing')",
+         "requires token authentication (InvalidAuthToken): set RAY_AUTH_MODE=token"),
+        ("token", "AuthenticationError('RPC error: InvalidAuthToken: incorrect')",
+         "refused this machine's token (InvalidAuthToken): set RAY_AUTH_TOKEN"),
+        ("token", "AuthenticationError('Token authentication is enabled but no authentication "
+         "token was found')", "RAY_AUTH_MODE=token but this machine has no Ray token"),
+        (None, "TimedOut('Timed out while waiting for GCS to become available.')",
+         "cannot connect to a Ray cluster at 10.0.0.1:6379 (ConnectionError: Failed to connect"),
+    ],
+)  # fmt: skip
+def test_a_failed_ray_connection_is_one_line_naming_the_fix(mode, inner, expected, monkeypatch):
+    from randpos.sweep.executors import connection_error
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    if mode:
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    message = connection_error("10.0.0.1:6379", ray_like_failure(RuntimeError(inner)))
+    assert expected in message and "\n" not in message
+    assert message.count("10.0.0.1:6379") >= 1
+
+
 # ------------------------------------------------------------------------------ CLI
 def test_cli_commands(tmp_path):
     typer = pytest.importorskip("typer")
