@@ -77,6 +77,7 @@ DEMO = {
 
 
 def fail(message: str, code: int = 2) -> None:
+    """Print ``error: message`` on stderr (one line) and exit with ``code``."""
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -101,6 +102,8 @@ def cli_errors(func):
 
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """``--set FIELD=VALUE`` items as a mapping (dashes in names read as underscores); an item
+    without ``=`` raises a one-line ``ConfigError``."""
     out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -127,6 +130,8 @@ def join_loggers(loggers: list[str] | None) -> str | None:
 
 
 def open_store(store: Path | None, no_store: bool):
+    """The results store to record in (``--store``, else ``$RANDPOS_STORE`` or
+    ``runs/randpos.sqlite``), or None with ``--no-store``."""
     if no_store:
         return None
 
@@ -458,6 +463,8 @@ def compare(
 
 
 def print_summaries(summaries: list[dict]) -> None:
+    """Print the runs' in-distribution and unseen-size metrics (mean over sizes, in %), training
+    seconds and steps per second as one table."""
     first = summaries[0]
     n, m = first["max_train_length"], first["eval_max_length"]
     what = first.get("task", first.get("workload"))
@@ -497,4 +504,5 @@ _register_sweep_commands(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    """The console entry point: run the ``randpos`` command."""
     app(prog_name="randpos")

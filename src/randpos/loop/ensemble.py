@@ -89,6 +89,7 @@ class Strategy:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
+        """The strategy as a plain dict (for a benchmark's record)."""
         return asdict(self)
 
 

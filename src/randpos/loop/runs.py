@@ -59,12 +59,17 @@ class TrainingInterrupted(Exception):
 
 # ----------------------------------------------------------------------------- file helpers
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file renamed into place (an interruption never leaves half a
+    checkpoint)."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
 def prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Create the run directory. An existing, non-empty one needs ``resume`` (continue in it) or
+    ``overwrite`` (remove the run's files and the loggers' folders first); otherwise a one-line
+    ``ConfigError``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output path {out_dir} exists and is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
@@ -142,6 +147,9 @@ class StopFlag:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopFlag]:
+        """Handle SIGINT and SIGTERM by setting the flag while the block runs (a second Ctrl-C stops
+        at once); the previous handlers come back after it. Outside the main thread it installs
+        nothing."""
         if threading.current_thread() is not threading.main_thread():
             yield self  # signals can only be handled in the main thread
             return

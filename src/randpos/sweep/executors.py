@@ -37,6 +37,9 @@ class Job:
 
 @dataclass
 class Outcome:
+    """What became of one run of a job: ``ok`` with its summary, or the error text (``interrupted``
+    when a signal stopped it), and the job's seconds."""
+
     run_id: str
     ok: bool
     summary: dict | None = None
@@ -156,6 +159,8 @@ class LocalExecutor:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
     def start(self, run_fn: RunFn, group_fn: GroupFn | None = None) -> int:
+        """Start the worker pool (one process per GPU, else per core, or ``workers``) with the run
+        and group functions; returns how many jobs run at once."""
         self.run_fn, self.group_fn = run_fn, group_fn
         ctx = multiprocessing.get_context("spawn")  # no forked torch/CUDA/SQLite state
         gpus = self.gpus = self._gpus()
@@ -185,10 +190,13 @@ class LocalExecutor:
         return self.capacity
 
     def submit(self, job: Job) -> None:
+        """Queue a job on the pool."""
         future = self.pool.submit(execute, job, self.run_fn, self.group_fn)
         self.futures[future] = job.run_ids
 
     def poll(self, timeout: float) -> list[Outcome]:
+        """Wait up to ``timeout`` seconds for jobs to end; the outcomes of those that did (a worker
+        that died fails its runs)."""
         if not self.futures:
             time.sleep(timeout)
             return []
@@ -205,6 +213,8 @@ class LocalExecutor:
         return outcomes
 
     def close(self, cancel: bool = False) -> None:
+        """Shut the pool down; ``cancel`` sends SIGTERM to the workers first (each run checkpoints
+        and stops)."""
         if self.pool is None:
             return
         if cancel:
@@ -244,6 +254,9 @@ class RayExecutor:
             )
 
     def start(self, run_fn: RunFn, group_fn: GroupFn | None = None) -> int:
+        """Connect to the cluster at ``address`` (one line naming the fix when that fails:
+        :func:`connection_error`) or start a local Ray instance; returns how many jobs run at
+        once (GPUs, else CPUs)."""
         try:
             import ray  # optional extra: pip install 'randpos[ray]'
         except ImportError:
@@ -280,11 +293,14 @@ class RayExecutor:
         return self.capacity
 
     def submit(self, job: Job) -> None:
+        """Send a job to the cluster as a Ray task, with its run directories made absolute."""
         # a worker's working directory is not the leader's: run directories go out absolute
         job = replace(job, out_dirs=[str(Path(d).resolve()) for d in job.out_dirs])
         self.refs[self.remote.remote(job, self.fns_ref)] = job.run_ids
 
     def poll(self, timeout: float) -> list[Outcome]:
+        """Wait up to ``timeout`` seconds for tasks to end; the outcomes of those that did (a lost
+        task fails its runs)."""
         if not self.refs:
             time.sleep(timeout)
             return []
@@ -302,6 +318,8 @@ class RayExecutor:
         return outcomes
 
     def close(self, cancel: bool = False) -> None:
+        """Cancel the running tasks when ``cancel``; shut down a Ray instance this executor
+        started."""
         if cancel:
             for ref in list(self.refs):
                 try:
@@ -396,6 +414,8 @@ def _ray_execute(job: Job, fns: tuple[RunFn, GroupFn | None]) -> list[Outcome]:
 def make_executor(
     kind: str = "local", *, workers: int | None = None, address: str | None = None
 ) -> LocalExecutor | RayExecutor:
+    """The executor of a kind: ``local`` (processes) or ``ray``; another name raises a
+    ``SweepError`` listing them."""
     if kind == "local":
         return LocalExecutor(workers)
     if kind == "ray":

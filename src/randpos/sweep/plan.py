@@ -35,6 +35,9 @@ class SweepError(ValueError):
 # ====================================================================================== spec
 @dataclass
 class SweepSpec:
+    """A parsed sweep file: its name, grid (each axis a list), base, preset fields, arms, exclude
+    and include rules, description and source path."""
+
     name: str
     grid: dict[str, list]
     base: dict[str, Any] = field(default_factory=dict)
@@ -48,12 +51,14 @@ class SweepSpec:
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a plain dict (what the store records), without its source path."""
         out = asdict(self)
         out.pop("source")
         return out
 
 
 def config_fields() -> list[str]:
+    """The names of the config fields a sweep may set (:class:`randpos.workloads.TrainConfig`'s)."""
     return TrainConfig.field_names()
 
 

@@ -33,6 +33,10 @@ if TYPE_CHECKING:  # the sweep writes into the store it is handed; it never open
 
 @dataclass
 class SweepResult:
+    """Counts of one ``randpos sweep`` invocation: runs in the sweep, done, failed (with their
+    errors), skipped as already done, executed now, recovered from disk, and whether it was
+    interrupted."""
+
     name: str
     total: int
     done: int = 0
@@ -373,6 +377,7 @@ class _SweepProgress:
 
 
 def fmt_seconds(seconds: float) -> str:
+    """A duration in seconds as ``1h02m``, ``3m05s`` or ``42s``."""
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)

@@ -125,6 +125,7 @@ class TrainConfig:
     # ---------------------------------------------------------------- construction / checks
     @classmethod
     def field_names(cls) -> list[str]:
+        """The config's field names, in order."""
         return [f.name for f in fields(cls)]
 
     @classmethod
@@ -159,6 +160,8 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """A config from a YAML file's fields (:func:`load_yaml`) and ``overrides``, checked like
+        :meth:`from_dict`."""
         return cls.from_dict(load_yaml(path), **overrides)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -166,6 +169,7 @@ class TrainConfig:
         return TrainConfig.from_dict(changes, base=self)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a plain, JSON-ready dict (``positions`` as a mapping)."""
         return asdict(self)
 
     def validate(self) -> None:
@@ -234,6 +238,8 @@ class TrainConfig:
         return _sequence_length(self.task, n)
 
     def longest_sequence(self) -> int:
+        """The longest model sequence T over the evaluated lengths 1..M (inputs plus blank output
+        tokens)."""
         return _longest_sequence(self.task, self.eval_max_length)
 
     def model_max_position(self) -> int:
@@ -241,6 +247,8 @@ class TrainConfig:
         return self.positions.max_position if self.randomized else self.longest_sequence()
 
     def model_config(self) -> ModelConfig:
+        """The :class:`randpos.model.ModelConfig` of this config's task, encoding and architecture
+        (vocabulary: the task's inputs plus the blank token)."""
         task = get_task(self.task)
         return ModelConfig(
             vocab_size=task.input_vocab_size + 1,  # + the blank token (id = input vocab size)
