@@ -18,6 +18,7 @@ from randpos.sweep.jobs import load_run_fn
 from randpos.sweep.plan import SweepError, expand, load_spec, sweep_names
 from randpos.sweep.run import SweepResult, fmt_seconds, run_sweep
 from randpos.sweep.status import sweep_status
+from randpos.workloads.compat import config_value
 
 
 def sweep_command(
@@ -48,7 +49,7 @@ def sweep_command(
         def value(cfg, key):
             if key.startswith("options."):
                 return (cfg.get("options") or {}).get(key.removeprefix("options."))
-            return cfg.get(key)
+            return config_value(cfg, key)  # positions.NAME and pe.NAME too
 
         for rid, cfg in plan.items():
             shown = " ".join(f"{k}={value(cfg, k)}" for k in keys if value(cfg, k) is not None)
