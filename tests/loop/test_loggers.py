@@ -17,11 +17,12 @@ import pytest
 import yaml
 from inline_executor import InlineExecutor
 from tiny import TINY_BASE
+from trajectories import StopAt
 
 from randpos.core.fields import ConfigError
 from randpos.loop.identity import run_id
 from randpos.loop.loggers import HISTORY, LOGGER_CLASSES
-from randpos.loop.training import CHECKPOINT, StopFlag, Trainer, TrainingInterrupted, train
+from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, train
 from randpos.results.store import ResultsStore
 from randpos.sweep import run_sweep
 from randpos.workloads import resolve_config
@@ -246,17 +247,6 @@ def test_a_sweep_logs_every_run_in_its_group(tmp_path, offline_wandb):
         assert (run["name"], run["group"]) == (rid, "grouped")
         hparams = tensorboard_hparams(tensorboard_events(out))
         assert (hparams["run_id"], hparams["sweep"]) == (rid, "grouped")
-
-
-class StopAt(StopFlag):
-    """A stop request that arrives once the trainer reaches a given step."""
-
-    def __init__(self, trainer: Trainer, step: int) -> None:
-        super().__init__()
-        self.trainer, self.at = trainer, step
-
-    def __bool__(self) -> bool:
-        return self.trainer.step >= self.at
 
 
 def test_a_resumed_run_logs_each_step_once(tmp_path):
