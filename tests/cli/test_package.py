@@ -91,21 +91,25 @@ def test_one_version_printed_by_the_command():
     assert out.exit_code == 0 and out.output.strip() == f"randpos {randpos.__version__}"
 
 
-def test_python_dash_m_randpos_and_shell_completion(tmp_path):
+def test_python_dash_m_randpos_is_the_command(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
     version = subprocess.run([sys.executable, "-m", "randpos", "--version"], cwd=tmp_path,
                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert version.returncode == 0 and version.stdout.strip() == f"randpos {randpos.__version__}"
-    complete = {**env, "_RANDPOS_COMPLETE": "complete_bash", "COMP_CWORD": "2"}
-    sweeps = subprocess.run([sys.executable, "-m", "randpos"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300,
-                            env={**complete, "COMP_WORDS": "randpos sweep sm"})  # fmt: skip
-    assert sweeps.stdout.split() == ["small"]
-    presets = subprocess.run([sys.executable, "-m", "randpos"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300,
-                             env={**complete, "COMP_WORDS": "randpos train --config q",
-                                  "COMP_CWORD": "3"})  # fmt: skip
-    assert presets.stdout.split() == ["quick"]
+
+
+@pytest.mark.parametrize(
+    "words, expected",
+    [("randpos sweep sm", ["small"]), ("randpos train --config q", ["quick"]),
+     ("randpos sweep-st", ["sweep-status"])],
+)  # fmt: skip
+def test_shell_completion_knows_commands_presets_and_sweeps(words, expected):
+    env = {"_RANDPOS_COMPLETE": "complete_bash", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(words.split()) - 1)}  # fmt: skip
+    out = runner.invoke(app, [], prog_name="randpos", env=env)
+    assert out.exit_code == 0 and out.output.split() == expected
+    script = runner.invoke(app, ["--show-completion", "bash"], prog_name="randpos")
+    assert "complete -o default -F _randpos_completion randpos" in script.output
 
 
 def test_metadata_is_complete():
