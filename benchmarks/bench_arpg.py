@@ -1,6 +1,6 @@
 """ARPG generation time against the number of decoding steps (ratio to one token per step).
 
-The ``configs/arpg.yaml`` model (2 content + 2 cross layers, width 64, 4 heads; random weights
+The model of the ``arpg`` preset (2 content + 2 cross layers, width 64, 4 heads; random weights
 with a non-zero head: the time does not depend on what the weights learned) generates
 ``--batch`` images on a grid of ``--grid`` x ``--grid`` tokens (default 16 x 16 = 256 tokens, a
 32 x 32 canvas), in random order, with classifier-free guidance (the conditional and null rows
@@ -103,7 +103,7 @@ def main() -> None:
             "repeat": args.repeat,
             "schedule": "arccos",
             "cfg_scale": 1.5,
-            "model": "configs/arpg.yaml: 2 content + 2 cross layers, width 64, 4 heads, random",
+            "model": "the arpg preset: 2 content + 2 cross layers, width 64, 4 heads, random",
         },
         "rows": rows,
     }

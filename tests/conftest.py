@@ -9,7 +9,8 @@ importable by name from every test module:
 * ``trajectories``: comparing training runs and evaluations along two code paths;
 * ``tiny``: a tiny protocol that trains in seconds;
 * ``toy_workload``: a workload defined outside the package (``toy_workload:MeanRegression``);
-* ``report_fixture``: a small deterministic results store.
+* ``report_fixture``: a small deterministic results store;
+* ``inline_executor``: a sweep executor that runs each job in the test's own process.
 
 ``tests/data`` holds recorded runs, report golden files and the scripts that recorded them.
 """

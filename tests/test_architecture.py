@@ -28,7 +28,7 @@ LAYERS = (
 )
 #: What a function may import locally: optional or heavy dependencies only.
 HEAVY = ("matplotlib", "pandas", "sklearn", "scipy", "ray", "transformers", "torch._inductor",
-         "torch._dynamo")  # fmt: skip
+         "torch._dynamo", "torch.utils.tensorboard", "tensorboard", "wandb")  # fmt: skip
 
 
 def modules() -> dict[str, Path]:
@@ -124,6 +124,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def layer(module: str) -> str | None:
     parts = module.split(".")
+    if parts[1:] == ["__main__"]:  # `python -m randpos`: the command line's entry point
+        return "cli"
     return parts[1] if len(parts) > 1 else None  # None: the root package (its version)
 
 
@@ -172,7 +174,8 @@ def test_function_local_imports_are_optional_heavy_dependencies_with_a_comment()
 
 def test_the_tree_is_the_one_the_design_draws():
     root = sorted(p.name for p in PACKAGE.iterdir() if not p.name.startswith((".", "__pycache__")))
-    assert root == sorted([*LAYERS, "__init__.py"])  # nothing at the root but __init__.py
+    # nothing at the root but __init__.py (the version) and __main__.py (python -m randpos)
+    assert root == sorted([*LAYERS, "__init__.py", "__main__.py"])
     for name in LAYERS:
         assert (PACKAGE / name / "__init__.py").is_file(), name
     design = (ROOT / "docs" / "design.md").read_text()

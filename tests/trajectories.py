@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from numerics import EPS32, EPS64, f32_atol, magnitude
 
+from randpos.loop.runs import StopFlag
 from randpos.loop.trainer import Trainer
 from randpos.tasks import get_task
 from randpos.workloads.config import TrainConfig
@@ -164,3 +165,15 @@ def assert_same_evaluation(
 
 
 # ----------------------------------------------------------------------------- grouping
+
+
+class StopAt(StopFlag):
+    """A stop request that arrives once the trainer reaches a given step (an interruption at a
+    chosen step, for the resume tests)."""
+
+    def __init__(self, trainer: Trainer, step: int) -> None:
+        super().__init__()
+        self.trainer, self.at = trainer, step
+
+    def __bool__(self) -> bool:
+        return self.trainer.step >= self.at

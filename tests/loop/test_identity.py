@@ -33,7 +33,8 @@ STUDIES = {
 def test_presets_and_sweep_files_keep_their_run_ids(monkeypatch):
     monkeypatch.chdir(ROOT)
     recorded = json.loads((DATA / "run_ids.json").read_text())
-    assert record(ROOT / "configs") == recorded
+    package = ROOT / "src" / "randpos"
+    assert record(package / "workloads" / "presets", package / "sweep" / "presets") == recorded
 
 
 @pytest.mark.parametrize("study", list(STUDIES))

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 from tiny import TINY_BASE
+from trajectories import StopAt
 
 from randpos.core.fields import ConfigError
-from randpos.loop.training import CHECKPOINT, StopFlag, Trainer, TrainingInterrupted, train
+from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, train
 from randpos.workloads import resolve_config
 from randpos.workloads.config import TrainConfig
 from randpos.workloads.evaluation import mean_over
@@ -90,17 +91,6 @@ def test_same_seed_same_results(tmp_path, changes):
     assert a["final_loss"] == b["final_loss"]
     c = train(cfg.replace(seed=1), tmp_path / "c", progress=False)
     assert c["final_loss"] != a["final_loss"]
-
-
-class StopAt(StopFlag):
-    """A stop request that arrives once the trainer reaches a given step."""
-
-    def __init__(self, trainer: Trainer, step: int) -> None:
-        super().__init__()
-        self.trainer, self.at = trainer, step
-
-    def __bool__(self) -> bool:
-        return self.trainer.step >= self.at
 
 
 @pytest.mark.parametrize("stop_at", [5, 8])  # between checkpoints, and exactly on one

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from inline_executor import InlineExecutor
 
 from randpos.loop.identity import config_hash, ensemble_key
 from randpos.results.store import ResultsStore
@@ -23,7 +24,6 @@ from randpos.sweep import (
     LocalExecutor,
     SweepError,
     default_ensemble_size,
-    execute,
     expand,
     fake_run,
     load_spec,
@@ -340,33 +340,6 @@ def test_interrupted_run_is_released_not_failed(tmp_path):
 
 
 # ------------------------------------------------------------------------------ ensembles
-class InlineExecutor:
-    """Runs each job in this process when polled, and remembers the jobs it was given."""
-
-    describe = "inline"
-
-    def __init__(self, capacity: int = 2, gpus: int = 0) -> None:
-        self.capacity, self.gpus = capacity, gpus
-        self.jobs, self.pending = [], []
-
-    def start(self, run_fn, group_fn=None):
-        self.run_fn, self.group_fn = run_fn, group_fn
-        return self.capacity
-
-    def submit(self, job):
-        self.jobs.append(job)
-        self.pending.append(job)
-
-    def poll(self, timeout):
-        outcomes = []
-        while self.pending:
-            outcomes.extend(execute(self.pending.pop(0), self.run_fn, self.group_fn))
-        return outcomes
-
-    def close(self, cancel=False):
-        pass
-
-
 LR_GRID = {**GRID, "learning_rate": [1e-3, 5e-4]}  # 32 runs, 8 classes of 4 compatible runs
 
 
@@ -478,6 +451,42 @@ def test_ray_executor_on_a_local_instance(tmp_path):
     assert set(store.runs(sweep="t")["status"]) == {"done"}
     assert len(store.per_length(sweep="t")) == 4 * 20
     assert not executor.started_ray  # the instance it started is shut down again
+
+
+def ray_like_failure(inner: BaseException) -> ConnectionError:
+    """The chain ray.init raises: ConnectionError from a RuntimeError holding the
+    traceback text of the last attempt."""
+    try:
+        try:
+            raise RuntimeError(f"Failed to connect to GCS. Last connection error: {inner!r}")
+        except RuntimeError as exc:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from exc
+    except ConnectionError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    "mode, inner, expected",
+    [
+        (None, "AuthenticationError('RPC error: InvalidAuthToken: missing')",
+         "requires token authentication (InvalidAuthToken): set RAY_AUTH_MODE=token"),
+        ("token", "AuthenticationError('RPC error: InvalidAuthToken: incorrect')",
+         "refused this machine's token (InvalidAuthToken): set RAY_AUTH_TOKEN"),
+        ("token", "AuthenticationError('Token authentication is enabled but no authentication "
+         "token was found')", "RAY_AUTH_MODE=token but this machine has no Ray token"),
+        (None, "TimedOut('Timed out while waiting for GCS to become available.')",
+         "cannot connect to a Ray cluster at 10.0.0.1:6379 (ConnectionError: Failed to connect"),
+    ],
+)  # fmt: skip
+def test_a_failed_ray_connection_is_one_line_naming_the_fix(mode, inner, expected, monkeypatch):
+    from randpos.sweep.executors import connection_error
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    if mode:
+        monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    message = connection_error("10.0.0.1:6379", ray_like_failure(RuntimeError(inner)))
+    assert expected in message and "\n" not in message
+    assert message.count("10.0.0.1:6379") >= 1
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+import randpos
 from randpos.core.fields import ConfigError
 from randpos.core.files import atomic_write_text
 from randpos.encodings import ENCODINGS
@@ -23,17 +24,38 @@ from randpos.loop.plots import plot_runs, run_label
 from randpos.loop.training import TrainingInterrupted, evaluate_run, predict_run
 from randpos.loop.training import train as run_training
 from randpos.results.store import ResultsStore, default_store_path
+from randpos.sweep.plan import sweep_names
 from randpos.tasks import TASK_NAMES, get_task
 from randpos.workloads import WORKLOADS, build_workload, resolve_config
-from randpos.workloads.config import CONFIG_DIR, TrainConfig, find_preset, load_yaml
+from randpos.workloads.config import TrainConfig, find_preset, load_yaml, preset_names
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     help="Randomized positional encodings and length generalization for transformers.",
 )
 console = Console()
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"randpos {randpos.__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Randomized positional encodings and length generalization for transformers."""
 
 
 # The main job (README, first command): a plain PE against its randomized form on the same
@@ -55,6 +77,7 @@ DEMO = {
 
 
 def fail(message: str, code: int = 2) -> None:
+    """Print ``error: message`` on stderr (one line) and exit with ``code``."""
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -79,6 +102,8 @@ def cli_errors(func):
 
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """``--set FIELD=VALUE`` items as a mapping (dashes in names read as underscores); an item
+    without ``=`` raises a one-line ``ConfigError``."""
     out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -98,7 +123,15 @@ def build_config(
     return resolve_config(base, preset_fields, parse_sets(sets), given)
 
 
+def join_loggers(loggers: list[str] | None) -> str | None:
+    """``--logger`` given once or more (each may list several, comma-separated) as the
+    config's ``logger`` value; None when not given."""
+    return ",".join(loggers) if loggers else None
+
+
 def open_store(store: Path | None, no_store: bool):
+    """The results store to record in (``--store``, else ``$RANDPOS_STORE`` or
+    ``runs/randpos.sqlite``), or None with ``--no-store``."""
     if no_store:
         return None
 
@@ -129,7 +162,13 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda[:i].")]
 ConfigOpt = Annotated[
-    str | None, typer.Option("--config", "-c", help="YAML preset: a path or a name in configs/.")
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML preset: a path, or a name in ./configs/ or among randpos's presets.",
+        autocompletion=lambda incomplete: [n for n in preset_names() if n.startswith(incomplete)],
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override any config field: FIELD=VALUE.")
@@ -138,6 +177,14 @@ StoreOpt = Annotated[
     Path | None, typer.Option("--store", help="Results store (default $RANDPOS_STORE or runs/).")
 ]
 NoStoreOpt = Annotated[bool, typer.Option("--no-store", help="Do not record in the store.")]
+LoggerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--logger",
+        help="Where to log the run: jsonl (history.jsonl, the default) | tensorboard | wandb; "
+        "repeat or comma-separate to combine.",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 TrustOpt = Annotated[
     str | None,
@@ -153,7 +200,7 @@ TrustOpt = Annotated[
 @app.command("list")
 @cli_errors
 def list_cmd() -> None:
-    """List tasks, positional encodings and presets."""
+    """List tasks, positional encodings, workloads, presets and sweeps."""
 
     table = Table(title="tasks", show_lines=False)
     table.add_column("task", no_wrap=True, min_width=27)
@@ -173,8 +220,8 @@ def list_cmd() -> None:
     console.print(encodings_table())
 
     console.print("workloads (--set workload=NAME, or module:Class): " + ", ".join(WORKLOADS))
-    if CONFIG_DIR.is_dir():
-        console.print("presets: " + ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))))
+    console.print("presets (--config NAME): " + ", ".join(preset_names()))
+    console.print("sweeps (randpos sweep NAME): " + ", ".join(sweep_names()))
 
 
 def encodings_table() -> Table:
@@ -223,6 +270,7 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out.")] = False,
     store: StoreOpt = None,
     no_store: NoStoreOpt = False,
+    logger: LoggerOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Train one model, evaluate every length 1..M, write DIR/summary.json and friends."""
@@ -243,6 +291,7 @@ def train(
         batch_size=batch_size,
         learning_rate=lr,
         device=device,
+        logger=join_loggers(logger),
     )
     summary = run_training(
         cfg,
@@ -372,6 +421,7 @@ def compare(
     ),
     store: StoreOpt = None,
     no_store: NoStoreOpt = False,
+    logger: LoggerOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """The main job: train a plain PE and its randomized form side by side, compare them."""
@@ -387,6 +437,7 @@ def compare(
         max_position=max_position,
         eval_max_length=eval_max_length,
         device=device,
+        logger=join_loggers(logger),
     )
     results_store = open_store(store, no_store)
     summaries = []
@@ -412,6 +463,8 @@ def compare(
 
 
 def print_summaries(summaries: list[dict]) -> None:
+    """Print the runs' in-distribution and unseen-size metrics (mean over sizes, in %), training
+    seconds and steps per second as one table."""
     first = summaries[0]
     n, m = first["max_train_length"], first["eval_max_length"]
     what = first.get("task", first.get("workload"))
@@ -451,4 +504,5 @@ _register_sweep_commands(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    """The console entry point: run the ``randpos`` command."""
     app(prog_name="randpos")

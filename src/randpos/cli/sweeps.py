@@ -15,9 +15,10 @@ from randpos.results.report import report_command
 from randpos.results.store import ResultsStore, StoreError, default_store_path
 from randpos.sweep.executors import make_executor
 from randpos.sweep.jobs import load_run_fn
-from randpos.sweep.plan import SweepError, expand, load_spec
+from randpos.sweep.plan import SweepError, expand, load_spec, sweep_names
 from randpos.sweep.run import SweepResult, fmt_seconds, run_sweep
 from randpos.sweep.status import sweep_status
+from randpos.workloads.compat import config_value
 
 
 def sweep_command(
@@ -32,9 +33,13 @@ def sweep_command(
     dry_run: bool = False,
     quiet: bool = False,
     ensemble_size: int | None = None,
+    logger: str | None = None,
 ) -> SweepResult | None:
-    """Body of ``randpos sweep``; errors raise SweepError/ValueError (one line each)."""
+    """Body of ``randpos sweep``; errors raise SweepError/ValueError (one line each).
+    ``logger`` (the run-time field, e.g. ``"jsonl,wandb"``) overrides every run's loggers."""
     loaded = load_spec(spec)
+    if logger:  # a run-time field: the runs and their ids stay the same
+        loaded.base = {**loaded.base, "logger": logger}
     plan = expand(loaded)
     if dry_run:
         console = Console()
@@ -44,7 +49,7 @@ def sweep_command(
         def value(cfg, key):
             if key.startswith("options."):
                 return (cfg.get("options") or {}).get(key.removeprefix("options."))
-            return cfg.get(key)
+            return config_value(cfg, key)  # positions.NAME and pe.NAME too
 
         for rid, cfg in plan.items():
             shown = " ".join(f"{k}={value(cfg, k)}" for k in keys if value(cfg, k) is not None)
@@ -52,7 +57,7 @@ def sweep_command(
         return None
     if executor == "local" and address:
         raise SweepError("--address is for --executor ray")
-    fn = load_run_fn(run_fn)
+    fn = load_run_fn(run_fn) if run_fn else None  # None: the real trainer, ensembles included
     ex = make_executor(executor, workers=workers, address=address)
     results_store = ResultsStore(store or default_store_path())
 
@@ -93,6 +98,11 @@ def _cli_errors(func):
     return wrapper
 
 
+def _complete_sweep(incomplete: str) -> list[str]:
+    """Shell completion of ``randpos sweep NAME``: the sweep names that start so."""
+    return [name for name in sweep_names() if name.startswith(incomplete)]
+
+
 _StoreOpt = Annotated[
     Path | None,
     typer.Option("--store", help="Results store (default $RANDPOS_STORE or runs/randpos.sqlite)."),
@@ -101,7 +111,12 @@ _StoreOpt = Annotated[
 
 @_cli_errors
 def sweep_cli(
-    spec: Annotated[str, typer.Argument(help="Sweep file, or a preset in configs/sweeps/.")],
+    spec: Annotated[
+        str,
+        typer.Argument(
+            help="Sweep file, or a sweep name (see `randpos list`).", autocompletion=_complete_sweep
+        ),
+    ],
     store: _StoreOpt = None,
     executor: Annotated[
         str, typer.Option("--executor", "-e", help="local (processes) | ray.")
@@ -134,6 +149,14 @@ def sweep_cli(
         bool, typer.Option("--dry-run", help="List the runs; train nothing.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    logger: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--logger",
+            help="Where every run logs: jsonl (default) | tensorboard | wandb; repeat or "
+            "comma-separate to combine. Runs are grouped by the sweep's name.",
+        ),
+    ] = None,
     run_fn: Annotated[
         str | None, typer.Option("--run-fn", hidden=True, help="module:function to run.")
     ] = None,
@@ -151,6 +174,7 @@ def sweep_cli(
         dry_run=dry_run,
         quiet=quiet,
         ensemble_size=ensemble_size,
+        logger=",".join(logger) if logger else None,
     )
     if result is not None and result.failed:
         raise typer.Exit(1)

@@ -19,6 +19,9 @@ def derive_seed(seed: int, stream: str) -> int:
 
 
 def make_generator(seed: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded from ``seed`` and the stream's name
+    (:func:`derive_seed`): each named stream is independent of the others and never touches
+    torch's global generator."""
     generator = torch.Generator(device=device)
     generator.manual_seed(derive_seed(seed, stream))
     return generator

@@ -49,6 +49,10 @@ def alibi_slopes(num_heads: int) -> list[float]:
 
 @register("alibi")
 class AlibiEncoding(PositionalEncoding):
+    """ALiBi in its bidirectional form: a fixed per-head linear penalty on the distance, added to
+    the attention logits (``bias``, (B, H, T, T)); reads positions or, in the reference's
+    reading, a sorted table of distances."""
+
     float_positions = True  # its formula is continuous in the positions
     uses_distances = True
 

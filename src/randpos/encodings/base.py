@@ -89,6 +89,7 @@ class EncodingShape:
 
     @property
     def head_width(self) -> int:
+        """The width of one attention head, ``width // num_heads``."""
         return self.width // self.num_heads
 
 
@@ -214,14 +215,18 @@ class PositionalEncoding(nn.Module):
 
     @property
     def has_embed(self) -> bool:
+        """Whether this encoding overrides the ``embed`` hook (adds a vector to the token
+        embeddings)."""
         return type(self).embed is not PositionalEncoding.embed
 
     @property
     def has_rotate(self) -> bool:
+        """Whether this encoding overrides the ``rotate`` hook (transforms queries and keys)."""
         return type(self).rotate is not PositionalEncoding.rotate
 
     @property
     def has_bias(self) -> bool:
+        """Whether this encoding overrides the ``bias`` hook (adds to the attention logits)."""
         return type(self).bias is not PositionalEncoding.bias
 
     # --- the hooks --------------------------------------------------------------------------
@@ -381,4 +386,5 @@ def toeplitz_index(length: int, device: torch.device | None = None) -> torch.Ten
 
 
 def head_scale(head_width: int) -> float:
+    """The attention logits' scale for heads of width ``head_width``: ``1 / sqrt(head_width)``."""
     return 1.0 / math.sqrt(head_width)

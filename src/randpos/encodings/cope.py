@@ -52,6 +52,10 @@ COPE_CHUNK_ELEMENTS = 1 << 24
 
 @register("cope")
 class ContextualPositionEncoding(PositionalEncoding):
+    """CoPE (arXiv 2405.18719): positions counted from the content through sigmoid gates over the
+    keys, interpolated in a table of ``npos`` vectors and added to the logits (``bias``); causal
+    only, and it ignores the positions it is given."""
+
     causal_only = True
     randomizable = False  # positions are counted from the content
     float_positions = True  # positions are ignored, whatever their dtype

@@ -52,6 +52,9 @@ CHUNK_ELEMENTS = 2**24
 
 @register("fire")
 class FireEncoding(PositionalEncoding):
+    """FIRE (arXiv 2310.04418): a small MLP of the log-transformed relative distance, normalized by
+    the query's position, as a per-head attention bias (``bias``, (B', H, T, T))."""
+
     float_positions = True
     relative_below = int(INIT_L)  # max(L, p_i) is constant below the (initial) threshold
 

@@ -16,6 +16,9 @@ from randpos.encodings.base import EncodingShape, PositionalEncoding, register
 
 @register("learned")
 class LearnedEncoding(PositionalEncoding):
+    """A trainable table of L rows (L, D); row p is added to the token embedding at position p
+    (``embed``). Positions must lie in [0, L)."""
+
     def __init__(self, shape: EncodingShape, options=None) -> None:
         super().__init__(shape, options)
         # zeros until reset_parameters(generator) (the model calls it): no global RNG use here

@@ -29,6 +29,9 @@ def _lookup(table: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
 @register("learned2d")
 class Learned2DEncoding(PositionalEncoding):
+    """One trainable table per axis, summed: ``T_y[y] + T_x[x]`` for grid positions (B, N, 2); float
+    positions interpolate linearly between rows."""
+
     float_positions = True  # linear interpolation between rows
     position_dims = 2
 

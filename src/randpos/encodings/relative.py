@@ -43,6 +43,10 @@ from randpos.positions import contiguous_distances
 
 @register("relative")
 class RelativeEncoding(PositionalEncoding):
+    """Transformer-XL relative encoding (non-causal): sinusoids of the signed relative position,
+    projected per layer, scored against queries and the learned ``u``, ``v`` vectors as an
+    attention bias (B, H, T, T)."""
+
     float_positions = True  # its formula is continuous in the positions
     uses_distances = True
     #: read a distance table even when none is given (the identity table then)

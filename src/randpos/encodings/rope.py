@@ -191,6 +191,9 @@ def _rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torc
 
 @register("rope")
 class RotaryEncoding(PositionalEncoding):
+    """RoPE: each interleaved pair of query and key channels rotated by ``p * theta_m``
+    (``rotate``), with the context-extension scalings of :class:`RotaryOptions` (PI, NTK, YaRN)."""
+
     float_positions = True  # angles p * theta_m are continuous in the positions
     Options = RotaryOptions
 

@@ -100,6 +100,9 @@ def axis_frequencies(
 
 @register("rope2d_axial")
 class AxialRope2D(PositionalEncoding):
+    """Axial 2D RoPE: half of each head's pairs rotated by the y position, half by the x position
+    (positions (B, N, 2)); the rotary options' scalings apply per axis."""
+
     float_positions = True
     position_dims = 2
     Options = RotaryOptions
@@ -163,6 +166,9 @@ class AxialRope2D(PositionalEncoding):
 
 @register("rope2d_mixed")
 class MixedRope2D(PositionalEncoding):
+    """RoPE-Mixed: learned per-head frequencies that mix the two axes, rotating each pair by ``f_y *
+    y + f_x * x`` (positions (B, N, 2))."""
+
     float_positions = True
     position_dims = 2
     Options = RotaryOptions

@@ -35,6 +35,9 @@ from randpos.encodings.base import (
 
 @register("sandwich")
 class SandwichEncoding(PositionalEncoding):
+    """Sandwich (arXiv 2212.10356): the parameter-free sinusoidal bias, the dot product of the
+    sinusoids of two positions, added to the logits per head (``bias``)."""
+
     uses_distances = True
     float_positions = True
 

@@ -19,6 +19,9 @@ from randpos.encodings.base import EncodingShape, PositionalEncoding, register, 
 
 @register("sincos2d")
 class SinCos2DEncoding(PositionalEncoding):
+    """DiT's fixed 2D sin-cos embedding of grid positions (B, N, 2): half the width for x, half for
+    y, added to the patch embeddings (``embed``)."""
+
     float_positions = True
     position_dims = 2
 

@@ -32,6 +32,9 @@ GAMMA = 0.4
 
 @register("xpos")
 class XPosEncoding(RotaryEncoding):
+    """xPos (arXiv 2212.10554): RoPE whose queries and keys are also scaled by a per-pair
+    exponential decay in the position, so that the score decays with the distance; causal only."""
+
     causal_only = True
     float_positions = True  # angles and decay exponents are continuous in the positions
 

@@ -216,6 +216,8 @@ class ARPGCache:
         return 0 if self.keys is None else self.keys.shape[-2]
 
     def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's keys and values (B, H, t, d) to the cache; returns the whole cached
+        keys and values."""
         if self.keys is not None:
             k = torch.cat([self.keys, k], dim=-2)
             v = torch.cat([self.values, v], dim=-2)
@@ -223,6 +225,7 @@ class ARPGCache:
         return k, v
 
     def nbytes(self) -> int:
+        """The memory the cache holds, in bytes (keys, values and the content blocks' cache)."""
         content = 0 if self.content is None else self.content.nbytes()
         return content + sum(
             t.numel() * t.element_size() for t in (self.keys, self.values) if t is not None
@@ -353,6 +356,8 @@ class ARPG(nn.Module):
 
     @property
     def null_class(self) -> int:
+        """The class id of the unconditional (classifier-free guidance) embedding:
+        ``num_classes``."""
         return self.config.num_classes
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:

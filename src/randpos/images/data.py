@@ -48,6 +48,8 @@ SHAPE_SUPERSAMPLE = 4
 
 
 def num_classes(dataset: str) -> int:
+    """The number of classes of a dataset (``digits``: 10, ``shapes``: the shapes); an unknown
+    dataset raises a ``ValueError`` naming the valid ones."""
     _check_dataset(dataset)
     return len(DIGIT_CLASSES) if dataset == "digits" else len(SHAPE_CLASSES)
 

@@ -105,6 +105,8 @@ class FeatureNet(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Kaiming-normal convolution weights and zero biases from ``generator`` (a fixed seed when
+        None)."""
         gen = torch.Generator().manual_seed(0) if generator is None else generator
         for conv in (self.conv1, self.conv2, self.conv3):
             nn.init.kaiming_normal_(conv.weight, nonlinearity="relu", generator=gen)

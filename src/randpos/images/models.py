@@ -83,9 +83,11 @@ class VisionConfig:
 
     @property
     def head_width(self) -> int:
+        """The width of one attention head, ``width // num_heads``."""
         return self.width // self.num_heads
 
     def to_dict(self) -> dict:
+        """The config as a plain dict."""
         return asdict(self)
 
     def encoding_shape(self, num_layers: int | None = None) -> EncodingShape:
@@ -99,6 +101,8 @@ class VisionConfig:
         )
 
     def build_encoding(self, num_layers: int | None = None) -> PositionalEncoding:
+        """The positional encoding this config names, built for ``num_layers`` layers (default: the
+        config's)."""
         return build_encoding(self.pe, self.encoding_shape(num_layers), self.pe_options)
 
     def check(self) -> None:

@@ -52,11 +52,17 @@ def group_compatible(
 
 
 def ensemble_run(
-    configs: Sequence[dict[str, Any]], out_dirs: Sequence[str | Path], resume: bool
+    configs: Sequence[dict[str, Any]],
+    out_dirs: Sequence[str | Path],
+    resume: bool,
+    sweep: str | None = None,
 ) -> list[dict[str, Any] | BaseException]:
     """The ensemble counterpart of the sweep's per-run function: resolved config dicts and run
-    directories in, one outcome per run out (its summary, or the exception that ended it)."""
-    return train_runs([resolve_config(c) for c in configs], out_dirs, resume=resume, progress=False)
+    directories in, one outcome per run out (its summary, or the exception that ended it);
+    ``sweep`` groups the runs in their loggers."""
+    return train_runs(
+        [resolve_config(c) for c in configs], out_dirs, resume=resume, progress=False, sweep=sweep
+    )
 
 
 # ----------------------------------------------------------------------------- strategy
@@ -83,6 +89,7 @@ class Strategy:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
+        """The strategy as a plain dict (for a benchmark's record)."""
         return asdict(self)
 
 

@@ -18,8 +18,10 @@ from typing import Any
 from randpos.workloads.compat import legacy_flat, legacy_pe_defaults
 
 #: Fields that never change a run's numbers: left out of the run id, so that moving a run to
-#: another device or logging more often still finds the same result.
-RUNTIME_FIELDS = frozenset({"device", "threads", "log_every", "checkpoint_every", "compile"})
+#: another device, logging more often or to another tracker still finds the same result.
+RUNTIME_FIELDS = frozenset(
+    {"device", "threads", "log_every", "checkpoint_every", "compile", "logger"}
+)
 NON_RESULT_FIELDS = RUNTIME_FIELDS | {"progress", "out_dir", "resume"}
 
 #: The fields in which runs that train together as one ensemble may differ.

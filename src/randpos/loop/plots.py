@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def run_label(summary: dict) -> str:
+    """The label of a run in tables and figures: the encoding, ``randomized`` and L when randomized
+    (or the workload and seed when it has no encoding)."""
     if "pe" not in summary:  # a workload without positional encodings to compare
         return f"{summary.get('workload', 'run')} seed {summary.get('seed')}"
     label = summary["pe"] + (" randomized" if summary.get("randomized") else "")

@@ -65,14 +65,18 @@ class ProgressReporter:
         return self
 
     def rate(self) -> float:
+        """Steps per second since the reporter started (0 before the first step)."""
         elapsed = time.perf_counter() - self._start
         return (self.completed - self._start_completed) / elapsed if elapsed > 0 else 0.0
 
     def eta_seconds(self) -> float:
+        """Seconds left at the current rate (infinite before the first step)."""
         rate = self.rate()
         return (self.total - self.completed) / rate if rate > 0 else float("inf")
 
     def update(self, completed: int, text: str = "") -> None:
+        """Report step ``completed`` with a status ``text``: the live bar on a terminal, a log line
+        every ``every`` steps otherwise."""
         self.completed = completed
         if not self.enabled:
             return

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import threading
 import warnings
@@ -25,11 +26,13 @@ from safetensors.torch import load_file, safe_open, save_file
 import randpos
 from randpos.core.fields import ConfigError
 from randpos.core.files import atomic_write_text
+from randpos.loop.loggers import HISTORY, LOG_DIRS
 from randpos.loop.plots import plot_runs
 from randpos.loop.trust import check_checkpoint, error_line, unpickling_detail
 
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
+PLOT = "accuracy.png"
 RUN_FILES = (
     CHECKPOINT,
     SUMMARY,
@@ -38,8 +41,8 @@ RUN_FILES = (
     "metrics.csv",
     "samples.npz",
     "samples.png",
-    "accuracy.png",
-    "history.jsonl",
+    PLOT,
+    HISTORY,
     "config.json",
 )
 
@@ -56,12 +59,17 @@ class TrainingInterrupted(Exception):
 
 # ----------------------------------------------------------------------------- file helpers
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file renamed into place (an interruption never leaves half a
+    checkpoint)."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
 def prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Create the run directory. An existing, non-empty one needs ``resume`` (continue in it) or
+    ``overwrite`` (remove the run's files and the loggers' folders first); otherwise a one-line
+    ``ConfigError``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output path {out_dir} exists and is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
@@ -72,6 +80,8 @@ def prepare_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
     if overwrite and out_dir.exists():
         for name in RUN_FILES:
             (out_dir / name).unlink(missing_ok=True)
+        for name in LOG_DIRS:  # an earlier run's TensorBoard events and W&B runs
+            shutil.rmtree(out_dir / name, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -137,6 +147,9 @@ class StopFlag:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopFlag]:
+        """Handle SIGINT and SIGTERM by setting the flag while the block runs (a second Ctrl-C stops
+        at once); the previous handlers come back after it. Outside the main thread it installs
+        nothing."""
         if threading.current_thread() is not threading.main_thread():
             yield self  # signals can only be handled in the main thread
             return
@@ -196,13 +209,14 @@ def make_summary(trainer, index: int, result, rid: str, eval_seconds: float) -> 
 
 
 def write_run_files(out: Path, member, result, summary: dict, workload, index: int = 0) -> None:
-    """model.safetensors, history.jsonl, per_length.csv, accuracy.png, then summary.json."""
+    """model.safetensors, per_length.csv (and metrics.csv), accuracy.png, the workload's own
+    files, then summary.json; ``history.jsonl`` is the jsonl logger's
+    (:mod:`randpos.loop.loggers`)."""
 
     tmp = out / "model.safetensors.tmp"
     weights = {k: v.detach().cpu().contiguous() for k, v in member.model.state_dict().items()}
     save_file(weights, str(tmp), metadata={"config": json.dumps(member.config.to_dict())})
     os.replace(tmp, out / "model.safetensors")
-    atomic_write_text(out / "history.jsonl", "".join(json.dumps(r) + "\n" for r in member.history))
     lines = [f"{workload.size_name},{workload.metric}\n"]
     lines += [f"{n},{a:.6f}\n" for n, a in sorted(result.per_length.items())]
     atomic_write_text(out / "per_length.csv", "".join(lines))
@@ -213,13 +227,14 @@ def write_run_files(out: Path, member, result, summary: dict, workload, index: i
             values = (f"{m.get(k, float('nan')):.6g}" for k in names)
             rows.append(",".join([str(n), *values]) + "\n")
         atomic_write_text(out / "metrics.csv", "".join(rows))
-    plot_runs([summary], out / "accuracy.png")
+    plot_runs([summary], out / PLOT)
     workload.write_files(out, index)
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
 
 
 __all__ = [
     "CHECKPOINT",
+    "PLOT",
     "SUMMARY",
     "StopFlag",
     "TrainingInterrupted",

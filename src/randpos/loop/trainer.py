@@ -191,6 +191,7 @@ class Member:
         self.train_seconds = state["train_seconds"]
 
     def save_checkpoint(self, path: Path) -> None:
+        """Write :meth:`state` to ``path`` atomically."""
         atomic_torch_save(self.state(), path)
 
 
@@ -288,6 +289,8 @@ class Trainer:
 
     @property
     def history(self) -> list[dict[str, Any]]:
+        """The log records of a single-member trainer (loss, metric, train seconds per ``log_every``
+        steps)."""
         return self.member.history
 
     @property
@@ -362,6 +365,7 @@ class Trainer:
         self._load_from_members()
 
     def save_checkpoints(self, paths: Sequence[Path | None]) -> None:
+        """Write each live member's checkpoint to its path (None: no checkpoint for that member)."""
         self.sync()
         for i, (member, path) in enumerate(zip(self.members, paths, strict=True)):
             if path is not None and i not in self.failed:

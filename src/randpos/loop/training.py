@@ -27,8 +27,10 @@ from randpos.core.fields import ConfigError
 from randpos.core.files import atomic_write_text
 from randpos.core.seeding import make_generator, resolve_device
 from randpos.loop.identity import run_id
+from randpos.loop.loggers import Evaluation, RunLoggers, on_log_callback
 from randpos.loop.runs import (
     CHECKPOINT,
+    PLOT,
     SUMMARY,
     StopFlag,
     TrainingInterrupted,
@@ -60,9 +62,10 @@ def train(
     """Train, evaluate every size 1..M and write the run's files; returns the summary.
 
     Files in ``out_dir``: config.json, checkpoint.pt (resumable), model.safetensors,
-    history.jsonl, per_length.csv, accuracy.png and summary.json (written last: its presence
-    means the run is complete). ``store`` (a :class:`randpos.results.store.ResultsStore`) records
-    the run.
+    per_length.csv, accuracy.png, what the config's loggers write (``history.jsonl`` by
+    default; :mod:`randpos.loop.loggers`) and summary.json (written last: its presence means the
+    run is complete). ``store`` (a :class:`randpos.results.store.ResultsStore`) records the run;
+    ``sweep`` names the sweep it belongs to (the store's and the loggers' group).
     """
     (outcome,) = train_runs(
         [config],
@@ -152,6 +155,7 @@ def _train_members(workload, configs, outs, states, *, store, progress, sweep, c
     rids = [run_id(c) for c in configs]
     trainer = Trainer(configs, workload=workload, compile=compile)
     trainer.load_states(states, [out / CHECKPOINT if out is not None else None for out in outs])
+    loggers = open_loggers(trainer, rids, outs, sweep)
     if store is not None:
         for rid, config, out in zip(rids, configs, outs, strict=True):
             store.start_run(rid, config.to_dict(), sweep=sweep, out_dir=str(out) if out else None)
@@ -163,14 +167,16 @@ def _train_members(workload, configs, outs, states, *, store, progress, sweep, c
                 checkpoints=checkpoints,
                 stop=stop,
                 progress=progress,
-                on_log=heartbeat(store, rids),
+                on_log=on_log_callback(loggers, heartbeat(store, rids)),
             )
             eval_started = time.perf_counter()
             results = trainer.evaluate(progress=progress, stop=stop)
             eval_seconds = time.perf_counter() - eval_started
     except TrainingInterrupted:
+        close_loggers(loggers)
         raise
     except BaseException as exc:
+        close_loggers(loggers)
         if store is not None and not isinstance(exc, KeyboardInterrupt):
             for rid in rids:
                 store.fail_run(rid, f"{type(exc).__name__}: {exc}")
@@ -190,10 +196,45 @@ def _train_members(workload, configs, outs, states, *, store, progress, sweep, c
             summary["timings"]["ensemble_size"] = trainer.size
         if out is not None:
             write_run_files(out, member, result, summary, trainer.workload, i)
+            loggers[i].log_evaluation(
+                Evaluation(
+                    trainer.workload.size_name,
+                    trainer.workload.metric,
+                    dict(result.per_length),
+                    summary,
+                    dict(result.metrics or {}),
+                    out / PLOT,
+                )
+            )
         if store is not None:
             store.finish_run(rid, summary, result.per_length, summary["timings"])
         outcomes.append(summary)
+    close_loggers(loggers)
     return outcomes
+
+
+def open_loggers(trainer, rids, outs, sweep) -> list[RunLoggers | None]:
+    """Each member's loggers (those its config's run-time field ``logger`` names; None for a
+    member without a run directory), its id and config logged; ``sweep`` is their group."""
+    loggers: list[RunLoggers | None] = []
+    try:
+        for member, rid, out in zip(trainer.members, rids, outs, strict=True):
+            if out is None:
+                loggers.append(None)
+                continue
+            loggers.append(RunLoggers(member.config.logger, out, sweep, member.history))
+            loggers[-1].log_config(rid, member.config.to_dict())
+    except BaseException:
+        close_loggers(loggers)
+        raise
+    return loggers
+
+
+def close_loggers(loggers: Sequence[RunLoggers | None]) -> None:
+    """Close every member's loggers (a W&B run is finished, event files flushed)."""
+    for run_loggers in loggers:
+        if run_loggers is not None:
+            run_loggers.close()
 
 
 def heartbeat(store, rids: str | list[str], every_s: float = 10.0):

@@ -49,4 +49,5 @@ class ModelConfig:
         )
 
     def to_dict(self) -> dict:
+        """The config as a plain dict."""
         return asdict(self)

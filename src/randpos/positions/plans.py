@@ -28,6 +28,8 @@ class PositionPlan(NamedTuple):
     layer_positions: torch.Tensor | None = None
 
     def model_kwargs(self) -> dict[str, torch.Tensor | None]:
+        """The keyword arguments a model's forward takes besides the positions: ``distances`` and
+        ``layer_positions`` (None when unused)."""
         return {"distances": self.distances, "layer_positions": self.layer_positions}
 
 

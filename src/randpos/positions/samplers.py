@@ -27,6 +27,8 @@ from randpos.positions.spec import EVAL_MODES
 def check_sizes(
     batch_size: int, length: int, max_position: int | None = None, batch_name: str = "batch_size"
 ) -> None:
+    """Raise a ``ValueError`` naming the argument unless ``batch_size``, ``length`` and
+    ``max_position`` (when given) are integers >= 1."""
     sizes = [(batch_name, batch_size), ("length", length)]
     if max_position is not None:
         sizes.append(("max_position", max_position))

@@ -114,6 +114,7 @@ class PositionSpec:
         return self.eval if self.randomized else "contiguous"
 
     def replace(self, **changes: Any) -> PositionSpec:
+        """This spec with ``changes`` (field names and values), as a new spec."""
         return replace(self, **changes)
 
     @classmethod
@@ -124,10 +125,12 @@ class PositionSpec:
         return parse_dataclass(cls, merged, "positions field(s)", prefix="positions.")
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a plain dict (what configs store under ``positions``)."""
         return asdict(self)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
+        """The spec's field names, in order."""
         return tuple(f.name for f in fields(cls))
 
     # ------------------------------------------------------------------ compatibility

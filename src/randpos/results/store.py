@@ -118,13 +118,18 @@ def default_store_path() -> Path:
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """``randpos.__version__``, plus ``git describe`` of the source tree when available."""
+    """``randpos.__version__``, plus ``git describe`` when randpos runs from a git checkout of
+    its source (``<checkout>/src/randpos``); an installed wheel reports its version alone, never
+    the state of whatever repository it happens to be installed in."""
 
     src = Path(__file__).resolve().parent
+    checkout = src.parents[2]  # <checkout>/src/randpos/results
+    if src.parents[1].name != "src" or not (checkout / "pyproject.toml").is_file():
+        return __version__
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--tags"],
-            cwd=src,
+            cwd=checkout,
             capture_output=True,
             text=True,
             timeout=5,
@@ -251,6 +256,7 @@ class ResultsStore:
         return conn
 
     def close(self) -> None:
+        """Close this thread's connection to the database (opened again on next use)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             conn.close()
@@ -459,11 +465,13 @@ class ResultsStore:
             )
 
     def sweeps(self) -> list[str]:
+        """The names of the sweeps the store knows, sorted."""
         # A run started with sweep=NAME but never registered (no spec) still names a sweep.
         query = "SELECT name FROM sweeps UNION SELECT DISTINCT sweep FROM sweep_runs ORDER BY 1"
         return [r[0] for r in self._conn().execute(query)]
 
     def sweep_spec(self, name: str) -> dict | None:
+        """The spec a sweep was registered with (as a dict), or None for an unknown sweep."""
         row = self._conn().execute("SELECT spec FROM sweeps WHERE name = ?", (name,)).fetchone()
         return None if row is None else json.loads(row[0])
 
@@ -476,6 +484,8 @@ class ResultsStore:
 
     # ---------------------------------------------------------------------------- reading
     def status(self, run_id: str) -> str | None:
+        """A run's status (``running``, ``done``, ``failed``), or None when the store has no such
+        run."""
         row = self._conn().execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else row[0]
 
@@ -492,6 +502,8 @@ class ResultsStore:
         return _is_stale(row[1], row[2], row[3], time.time(), limit)
 
     def get_run(self, run_id: str) -> dict | None:
+        """A run's row as a dict (its config and summary parsed from JSON), or None when the store
+        has no such run."""
         cur = self._conn().execute("SELECT * FROM runs WHERE run_id = ?", (run_id,))
         row = cur.fetchone()
         if row is None:

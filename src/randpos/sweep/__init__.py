@@ -1,9 +1,10 @@
 """Sweeps: a grid of configs, expanded into runs, executed by local processes or a Ray cluster.
 
-A sweep file (YAML; presets in ``configs/sweeps/``)::
+A sweep file (YAML; the ones that ship with randpos are in ``randpos/sweep/presets/``, a user's
+own in ``./configs/sweeps/``, looked up first)::
 
     name: small                      # default: the file's stem
-    preset: quick                    # optional: a config preset (configs/NAME.yaml or a path)
+    preset: quick                    # optional: a config preset (a name or a path)
     base: {steps: 200, ...}          # TrainConfig overrides shared by every run (over preset)
     grid:                            # each axis a list; the runs are the cartesian product
       task: [parity_check, reverse_string]

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import importlib
 import importlib.util
 import json
 import multiprocessing
 import os
 import signal
+import sys
+import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,9 @@ class Job:
 
 @dataclass
 class Outcome:
+    """What became of one run of a job: ``ok`` with its summary, or the error text (``interrupted``
+    when a signal stopped it), and the job's seconds."""
+
     run_id: str
     ok: bool
     summary: dict | None = None
@@ -153,6 +159,8 @@ class LocalExecutor:
         return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
     def start(self, run_fn: RunFn, group_fn: GroupFn | None = None) -> int:
+        """Start the worker pool (one process per GPU, else per core, or ``workers``) with the run
+        and group functions; returns how many jobs run at once."""
         self.run_fn, self.group_fn = run_fn, group_fn
         ctx = multiprocessing.get_context("spawn")  # no forked torch/CUDA/SQLite state
         gpus = self.gpus = self._gpus()
@@ -182,10 +190,13 @@ class LocalExecutor:
         return self.capacity
 
     def submit(self, job: Job) -> None:
+        """Queue a job on the pool."""
         future = self.pool.submit(execute, job, self.run_fn, self.group_fn)
         self.futures[future] = job.run_ids
 
     def poll(self, timeout: float) -> list[Outcome]:
+        """Wait up to ``timeout`` seconds for jobs to end; the outcomes of those that did (a worker
+        that died fails its runs)."""
         if not self.futures:
             time.sleep(timeout)
             return []
@@ -202,6 +213,8 @@ class LocalExecutor:
         return outcomes
 
     def close(self, cancel: bool = False) -> None:
+        """Shut the pool down; ``cancel`` sends SIGTERM to the workers first (each run checkpoints
+        and stops)."""
         if self.pool is None:
             return
         if cancel:
@@ -241,6 +254,9 @@ class RayExecutor:
             )
 
     def start(self, run_fn: RunFn, group_fn: GroupFn | None = None) -> int:
+        """Connect to the cluster at ``address`` (one line naming the fix when that fails:
+        :func:`connection_error`) or start a local Ray instance; returns how many jobs run at
+        once (GPUs, else CPUs)."""
         try:
             import ray  # optional extra: pip install 'randpos[ray]'
         except ImportError:
@@ -252,9 +268,11 @@ class RayExecutor:
             kwargs = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
             if self.address:
                 kwargs["address"] = self.address
-            elif self.num_cpus:
-                kwargs["num_cpus"] = self.num_cpus
-            ray.init(**kwargs)
+                connect_to_cluster(ray, self.address, kwargs)
+            else:
+                if self.num_cpus:
+                    kwargs["num_cpus"] = self.num_cpus
+                ray.init(**kwargs)
             self.started_ray = True
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
@@ -275,9 +293,14 @@ class RayExecutor:
         return self.capacity
 
     def submit(self, job: Job) -> None:
+        """Send a job to the cluster as a Ray task, with its run directories made absolute."""
+        # a worker's working directory is not the leader's: run directories go out absolute
+        job = replace(job, out_dirs=[str(Path(d).resolve()) for d in job.out_dirs])
         self.refs[self.remote.remote(job, self.fns_ref)] = job.run_ids
 
     def poll(self, timeout: float) -> list[Outcome]:
+        """Wait up to ``timeout`` seconds for tasks to end; the outcomes of those that did (a lost
+        task fails its runs)."""
         if not self.refs:
             time.sleep(timeout)
             return []
@@ -295,6 +318,8 @@ class RayExecutor:
         return outcomes
 
     def close(self, cancel: bool = False) -> None:
+        """Cancel the running tasks when ``cancel``; shut down a Ray instance this executor
+        started."""
         if cancel:
             for ref in list(self.refs):
                 try:
@@ -307,6 +332,78 @@ class RayExecutor:
             self.started_ray = False
 
 
+#: what a client without the cluster's token, or with a wrong one, finds in Ray's error
+_AUTH_FAILURES = ("InvalidAuthToken", "AuthenticationError", "Unauthenticated")
+_NO_TOKEN = "no authentication token was found"
+
+
+def connect_to_cluster(ray, address: str, init_kwargs: dict[str, Any]) -> None:
+    """``ray.init`` to an existing cluster at ``address``. A failure becomes one
+    ``SweepError`` line that names the fix (the token, the address); what Ray prints while it
+    retries (a warning a second, then a traceback) is kept out of the way, and shown again
+    only when the connection succeeds."""
+    with _captured_stderr() as captured:
+        try:
+            ray.init(**init_kwargs)
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is explained below
+            raise SweepError(connection_error(address, exc)) from None
+        output = captured()
+    os.write(2, output)
+
+
+def connection_error(address: str, exc: BaseException) -> str:
+    """The one-line message for a failed connection to the Ray cluster at ``address``."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    text = "\n".join(chain)
+    mode = (os.environ.get("RAY_AUTH_MODE") or "").lower()
+    token = "`ray get-auth-token` on the head prints it"
+    if _NO_TOKEN in text:
+        return (
+            f"RAY_AUTH_MODE=token but this machine has no Ray token for {address}: set "
+            f"RAY_AUTH_TOKEN to the cluster's token ({token}), or RAY_AUTH_TOKEN_PATH to a file "
+            "holding it, or put it in ~/.ray/auth_token"
+        )
+    if any(marker in text for marker in _AUTH_FAILURES):
+        if mode != "token":
+            return (
+                f"the Ray cluster at {address} requires token authentication "
+                f"(InvalidAuthToken): set RAY_AUTH_MODE=token and give this machine the "
+                f"cluster's token in RAY_AUTH_TOKEN ({token}) or in ~/.ray/auth_token "
+                "(RAY_AUTH_TOKEN_PATH names another file), then run again"
+            )
+        return (
+            f"the Ray cluster at {address} refused this machine's token (InvalidAuthToken): "
+            f"set RAY_AUTH_TOKEN to the cluster's token ({token}) or fix the file "
+            "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token names"
+        )
+    first = chain[0].splitlines()[0] if chain else "no detail"  # Ray's outermost error
+    return (
+        f"cannot connect to a Ray cluster at {address} ({first}): start one with "
+        "`ray start --head --port=PORT` and pass --address HOST:PORT as `ray start` printed it, "
+        "and check that this machine reaches that port"
+    )
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Collect what this process (Python and Ray's C++ core alike) writes to file descriptor 2
+    inside the block; yields a function that returns it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: (sink.seek(0), sink.read())[1]
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _ray_execute(job: Job, fns: tuple[RunFn, GroupFn | None]) -> list[Outcome]:
     # Ray already pins the task to its GPU through CUDA_VISIBLE_DEVICES.
     run_fn, group_fn = fns
@@ -317,6 +414,8 @@ def _ray_execute(job: Job, fns: tuple[RunFn, GroupFn | None]) -> list[Outcome]:
 def make_executor(
     kind: str = "local", *, workers: int | None = None, address: str | None = None
 ) -> LocalExecutor | RayExecutor:
+    """The executor of a kind: ``local`` (processes) or ``ray``; another name raises a
+    ``SweepError`` listing them."""
     if kind == "local":
         return LocalExecutor(workers)
     if kind == "ray":

@@ -27,17 +27,20 @@ RunFn = Callable[[dict, Path, bool], dict]  # (resolved config, run dir, resume)
 GroupFn = Callable[[list[dict], list[Path], bool], list]
 
 
-def train_run(config: dict, out_dir: Path, resume: bool) -> dict:
-    """The default run function: :func:`randpos.loop.training.train` on one resolved config."""
+def train_run(config: dict, out_dir: Path, resume: bool, sweep: str | None = None) -> dict:
+    """The default run function: :func:`randpos.loop.training.train` on one resolved config;
+    ``sweep`` (bound by the leader) groups the run in its loggers."""
 
-    return train(resolve_config(config), out_dir, resume=resume, progress=False)
+    return train(resolve_config(config), out_dir, resume=resume, progress=False, sweep=sweep)
 
 
-def train_group(configs: list[dict], out_dirs: list[Path], resume: bool) -> list:
+def train_group(
+    configs: list[dict], out_dirs: list[Path], resume: bool, sweep: str | None = None
+) -> list:
     """The default group function: compatible runs trained as one ensemble
     (:func:`randpos.loop.ensemble.ensemble_run`); one summary or exception per run."""
 
-    return ensemble_run(configs, out_dirs, resume)
+    return ensemble_run(configs, out_dirs, resume, sweep=sweep)
 
 
 class EachRun:

@@ -7,6 +7,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,16 @@ import yaml
 from randpos.core.fields import ConfigError
 from randpos.loop.identity import config_hash
 from randpos.workloads.compat import config_value, is_config_key
-from randpos.workloads.config import TrainConfig, find_preset
+from randpos.workloads.config import USER_PRESETS, TrainConfig, find_preset, preset_names
 from randpos.workloads.registry import resolve_config as resolve
 from randpos.workloads.registry import workload_class
 
 SWEEP_KEYS = ("name", "description", "preset", "base", "arms", "grid", "exclude", "include")
+
+#: The sweep files that ship with randpos (``randpos/sweep/presets/*.yaml``), read as package
+#: resources; a user's ``./configs/sweeps/NAME.yaml`` comes first.
+SWEEP_PRESETS = resources.files("randpos.sweep") / "presets"
+USER_SWEEPS = USER_PRESETS / "sweeps"
 
 
 class SweepError(ValueError):
@@ -29,6 +35,9 @@ class SweepError(ValueError):
 # ====================================================================================== spec
 @dataclass
 class SweepSpec:
+    """A parsed sweep file: its name, grid (each axis a list), base, preset fields, arms, exclude
+    and include rules, description and source path."""
+
     name: str
     grid: dict[str, list]
     base: dict[str, Any] = field(default_factory=dict)
@@ -42,12 +51,14 @@ class SweepSpec:
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a plain dict (what the store records), without its source path."""
         out = asdict(self)
         out.pop("source")
         return out
 
 
 def config_fields() -> list[str]:
+    """The names of the config fields a sweep may set (:class:`randpos.workloads.TrainConfig`'s)."""
     return TrainConfig.field_names()
 
 
@@ -57,21 +68,32 @@ def resolve_config(*layers: dict[str, Any]) -> dict[str, Any]:
     return resolve(*layers).to_dict()
 
 
-def find_spec(name_or_path: str | os.PathLike) -> Path:
-    """A sweep file path, or the name of a preset in ``configs/sweeps/``."""
+def find_spec(name_or_path: str | os.PathLike):
+    """A sweep file: a path, or the name of a sweep in ``./configs/sweeps/`` or among those
+    that ship with randpos (:data:`SWEEP_PRESETS`). Raises a one-line ``SweepError`` listing
+    the known names otherwise."""
     try:
-        return find_preset(name_or_path, sub="sweeps", kind="sweep")
+        return find_preset(
+            name_or_path, folder=SWEEP_PRESETS, user_folder=USER_SWEEPS, kind="sweep"
+        )
     except ConfigError as exc:
         raise SweepError(str(exc)) from None
 
 
+def sweep_names() -> list[str]:
+    """The names ``randpos sweep NAME`` accepts: the user's and the packaged sweep files."""
+    return preset_names(SWEEP_PRESETS, USER_SWEEPS)
+
+
 def load_spec(name_or_path: str | os.PathLike) -> SweepSpec:
+    """Read and check a sweep file (a path or a name, :func:`find_spec`); a file that does
+    not parse or holds unknown keys raises a one-line ``SweepError``."""
     path = find_spec(name_or_path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SweepError(f"cannot parse {path}: {exc}") from None
-    return parse_spec(data, source=str(path), default_name=path.stem)
+    return parse_spec(data, source=str(path), default_name=path.name.removesuffix(".yaml"))
 
 
 def _unknown(kind: str, keys: Iterable[str], allowed: Iterable[str]) -> SweepError:
@@ -157,7 +179,8 @@ def parse_spec(
 
 
 def _load_preset(preset: Any, source: str | None) -> dict:
-    """A TrainConfig preset: a path (relative to the sweep file) or a name in configs/."""
+    """A TrainConfig preset: a path (relative to the sweep file) or a preset name
+    (``./configs/NAME.yaml``, then the packaged ones)."""
     where = f"{source}: " if source else ""
     if not isinstance(preset, str) or not preset:
         raise SweepError(f"{where}'preset' must be a config name or path, got {preset!r}")

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,10 @@ if TYPE_CHECKING:  # the sweep writes into the store it is handed; it never open
 
 @dataclass
 class SweepResult:
+    """Counts of one ``randpos sweep`` invocation: runs in the sweep, done, failed (with their
+    errors), skipped as already done, executed now, recovered from disk, and whether it was
+    interrupted."""
+
     name: str
     total: int
     done: int = 0
@@ -79,9 +84,10 @@ def run_sweep(
         stale_after = store.stale_after
     if executor is None or isinstance(executor, str):
         executor = make_executor(executor or "local")
+    # the default functions log each run in the sweep's group (picklable: module-level partials)
     if group_fn is None:
-        group_fn = train_group if run_fn is None else EachRun(run_fn)
-    run_fn = run_fn or train_run
+        group_fn = partial(train_group, sweep=spec.name) if run_fn is None else EachRun(run_fn)
+    run_fn = run_fn or partial(train_run, sweep=spec.name)
     runs_dir = Path(runs_dir) if runs_dir else store.path.parent / "sweeps" / spec.name
 
     result = SweepResult(spec.name, len(plan))
@@ -371,6 +377,7 @@ class _SweepProgress:
 
 
 def fmt_seconds(seconds: float) -> str:
+    """A duration in seconds as ``1h02m``, ``3m05s`` or ``42s``."""
     seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)

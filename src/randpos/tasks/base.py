@@ -29,9 +29,11 @@ class Batch:
 
     @property
     def batch_size(self) -> int:
+        """The number of sequences, B."""
         return self.inputs.shape[0]
 
     def to(self, device: torch.device | str) -> Batch:
+        """The batch with its three tensors on ``device``."""
         return Batch(self.inputs.to(device), self.targets.to(device), self.mask.to(device))
 
 
@@ -53,6 +55,7 @@ class Task(abc.ABC):
 
     @property
     def is_classification(self) -> bool:
+        """True when the task answers with one output token (a classification), not a sequence."""
         return self.output_length(10) == 1
 
     def sample(
@@ -88,6 +91,8 @@ class Task(abc.ABC):
 
 
 def check_sample_args(batch_size: int, length: int, generator: torch.Generator) -> None:
+    """Raise a one-line ``ValueError`` unless ``batch_size`` and ``length`` are integers >= 1 and
+    ``generator`` is a ``torch.Generator``."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not isinstance(length, int) or isinstance(length, bool) or length < 1:
@@ -162,6 +167,8 @@ def sequence(inputs: torch.Tensor, targets: torch.Tensor) -> Batch:
 
 
 def check_inputs(inputs: torch.Tensor) -> None:
+    """Raise a one-line ``ValueError`` unless ``inputs`` is a LongTensor[B, n] of token ids,
+    n >= 1."""
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 2 or inputs.shape[1] < 1:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"inputs must be a LongTensor[B, n] with n >= 1, got {shape}")

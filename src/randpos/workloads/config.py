@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,15 @@ from randpos.positions.spec import PositionSpec
 from randpos.tasks import get_task
 from randpos.workloads.compat import nest
 
+try:
+    from importlib.resources.abc import Traversable
+except ImportError:  # Python 3.10
+    from importlib.abc import Traversable
+
 CURRICULA = ("uniform", "fixed")
 PRECISIONS = ("fp32", "bf16")
+#: the metric loggers a run may name in ``logger`` (implemented in randpos.loop.loggers)
+LOGGERS = ("jsonl", "tensorboard", "wandb")
 _MODEL = ModelConfig()  # the architecture defaults, written once (in ModelConfig)
 
 
@@ -110,10 +118,14 @@ class TrainConfig:
     checkpoint_every: int = 1000
     # torch.compile the training and evaluation steps (randpos.loop.ensemble, docs/performance.md)
     compile: bool = False
+    # Where the run's config, training curve and evaluation are logged (randpos.loop.loggers):
+    # one or more of LOGGERS, comma-separated (``--logger``).
+    logger: str = "jsonl"
 
     # ---------------------------------------------------------------- construction / checks
     @classmethod
     def field_names(cls) -> list[str]:
+        """The config's field names, in order."""
         return [f.name for f in fields(cls)]
 
     @classmethod
@@ -148,6 +160,8 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """A config from a YAML file's fields (:func:`load_yaml`) and ``overrides``, checked like
+        :meth:`from_dict`."""
         return cls.from_dict(load_yaml(path), **overrides)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -155,6 +169,7 @@ class TrainConfig:
         return TrainConfig.from_dict(changes, base=self)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a plain, JSON-ready dict (``positions`` as a mapping)."""
         return asdict(self)
 
     def validate(self) -> None:
@@ -203,6 +218,12 @@ class TrainConfig:
         for name in ("adam_beta1", "adam_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        names = [n.strip() for n in self.logger.split(",")]
+        if not all(names) or any(n not in LOGGERS for n in names):
+            raise ConfigError(
+                f"logger must be one or more of {', '.join(LOGGERS)}, comma-separated, "
+                f"got {self.logger!r}"
+            )
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {self.device!r}")
 
@@ -217,6 +238,8 @@ class TrainConfig:
         return _sequence_length(self.task, n)
 
     def longest_sequence(self) -> int:
+        """The longest model sequence T over the evaluated lengths 1..M (inputs plus blank output
+        tokens)."""
         return _longest_sequence(self.task, self.eval_max_length)
 
     def model_max_position(self) -> int:
@@ -224,6 +247,8 @@ class TrainConfig:
         return self.positions.max_position if self.randomized else self.longest_sequence()
 
     def model_config(self) -> ModelConfig:
+        """The :class:`randpos.model.ModelConfig` of this config's task, encoding and architecture
+        (vocabulary: the task's inputs plus the blank token)."""
         task = get_task(self.task)
         return ModelConfig(
             vocab_size=task.input_vocab_size + 1,  # + the blank token (id = input vocab size)
@@ -253,30 +278,65 @@ def _longest_sequence(task_name: str, max_length: int) -> int:
 
 
 # ---------------------------------------------------------------------------- presets (YAML)
-# The repository's presets (configs/*.yaml, configs/sweeps/*.yaml).
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+#: The presets that ship with randpos (``randpos/workloads/presets/*.yaml``), read as package
+#: resources so that an installed wheel finds them; a sweep's presets sit beside the sweep
+#: layer (``randpos/sweep/presets``).
+PRESETS: Traversable = resources.files("randpos.workloads") / "presets"
+#: A user's own presets, looked up before the packaged ones (relative to the working directory).
+USER_PRESETS = Path("configs")
+
+
+def preset_names(folder: Traversable = PRESETS, user_folder: Path = USER_PRESETS) -> list[str]:
+    """The names of the presets in ``user_folder`` (``./configs`` by default) and ``folder``
+    (the packaged ones), sorted, each once."""
+    names = set()
+    for place in (user_folder, folder):
+        if place.is_dir():
+            names.update(p.name[: -len(".yaml")] for p in place.iterdir() if _is_yaml(p))
+    return sorted(names)
 
 
 def find_preset(
-    name_or_path: str | Path, *, sub: str = "", kind: str = "config", near: Path | None = None
-) -> Path:
-    """A YAML file: a path (also relative to ``near``), or a preset name looked up in
-    ``./configs/<sub>`` and then in the repository's ``configs/<sub>``."""
-    folders = [Path.cwd() / "configs" / sub, CONFIG_DIR / sub]
-    candidates = [Path(name_or_path)] + ([near / name_or_path] if near is not None else [])
-    candidates += [folder / f"{name_or_path}.yaml" for folder in folders]
+    name_or_path: str | Path,
+    *,
+    folder: Traversable = PRESETS,
+    user_folder: Path = USER_PRESETS,
+    kind: str = "config",
+    near: Path | None = None,
+) -> Path | Traversable:
+    """A YAML file: a path (also relative to ``near``), or a preset name looked up in the
+    user's ``user_folder`` (``./configs``) first and then among the presets that ship in the
+    package (``folder``). Raises a one-line ``ConfigError`` listing the presets otherwise."""
+    candidates: list[Path | Traversable] = [Path(name_or_path)]
+    if near is not None:
+        candidates.append(near / name_or_path)
+    if _is_name(name_or_path):
+        candidates += [user_folder / f"{name_or_path}.yaml", folder / f"{name_or_path}.yaml"]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    names = sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.yaml")})
+    names = preset_names(folder, user_folder)
     raise ConfigError(
         f"{kind} {str(name_or_path)!r} is neither a file nor a preset; "
         f"presets: {', '.join(names) or '(none)'}"
     )
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def _is_name(name_or_path: str | Path) -> bool:
+    """A bare preset name (no folder, no suffix), as opposed to a path."""
+    text = str(name_or_path)
+    return bool(text) and "/" not in text and "\\" not in text and not text.endswith(".yaml")
+
+
+def _is_yaml(path: Path | Traversable) -> bool:
+    return path.name.endswith(".yaml") and path.is_file()
+
+
+def load_yaml(path: str | Path | Traversable) -> dict[str, Any]:
+    """The mapping of config fields in a YAML file (a path or a packaged preset); a missing,
+    unparsable or non-mapping file raises a one-line ``ConfigError``."""
+    if isinstance(path, str):
+        path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -297,10 +357,13 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 __all__ = [
-    "CONFIG_DIR",
     "CURRICULA",
+    "LOGGERS",
     "PRECISIONS",
+    "PRESETS",
+    "USER_PRESETS",
     "TrainConfig",
     "find_preset",
     "load_yaml",
+    "preset_names",
 ]

@@ -40,6 +40,9 @@ from randpos.workloads.registry import register_workload
 
 @dataclasses.dataclass
 class DecoderOptions:
+    """The decoder workload's own options (``--set options.NAME=VALUE``): where generated tokens are
+    placed under a randomized model, and whether evaluation decodes with the KV cache."""
+
     #: positions of the generated tokens after the prompt (randomized models): arange | spread
     #: | random
     decode_positions: str = "random"

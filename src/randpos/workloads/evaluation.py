@@ -59,6 +59,8 @@ def masked_correct(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, to
 
 
 def batch_accuracy(logits: torch.Tensor, batch: Batch) -> float:
+    """The masked token accuracy of ``logits`` (B, k, C) on ``batch``: correct counted tokens over
+    counted tokens, in [0, 1]."""
     correct, counted = masked_correct(logits, batch)
     return (correct.sum() / counted.sum().clamp(min=1)).item()
 
@@ -84,12 +86,14 @@ class EvalResult:
 
     @property
     def id_accuracy(self) -> float:
+        """The mean metric over the trained sizes (1..N, or ``trained``)."""
         if self.trained is None:
             return mean_over(self.per_length, 1, self.max_train_length)
         return _mean([v for n, v in self.per_length.items() if self._trained(n)])
 
     @property
     def ood_accuracy(self) -> float:
+        """The mean metric over the unseen sizes (N+1..M, or every size not in ``trained``)."""
         if self.trained is None:
             return mean_over(self.per_length, self.max_train_length + 1, max(self.per_length))
         return _mean([v for n, v in self.per_length.items() if not self._trained(n)])
@@ -100,6 +104,8 @@ def _mean(values: list[float]) -> float:
 
 
 def mean_over(per_length: dict[int, float], first: int, last: int) -> float:
+    """The mean of ``per_length`` over the lengths ``first..last`` it holds (NaN when it holds
+    none)."""
     return _mean([per_length[n] for n in range(first, last + 1) if n in per_length])
 
 

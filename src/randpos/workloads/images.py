@@ -402,6 +402,9 @@ class DiTWorkload(VisionWorkload):
         return loss, loss.detach().reshape(1)  # no training metric (NaN): the loss is logged
 
     def feature_net(self, side: int):
+        """The feature network that scores samples at canvas side ``side``, trained once on real
+        canvases and cached on disk (``options.feature_cache``, default
+        ``~/.cache/randpos/vision``)."""
         cache = self.opts.feature_cache or str(Path.home() / ".cache" / "randpos" / "vision")
         return _feature_net(
             self.opts.dataset,
@@ -426,6 +429,8 @@ class DiTWorkload(VisionWorkload):
         return metrics
 
     def identity_cond(self, batch: int, device) -> torch.Tensor | None:
+        """The micro-conditioning of an uncropped canvas for ``batch`` samples, (batch, 4), or None
+        when the model has none."""
         if not self.opts.micro_cond:
             return None
         return torch.tensor(IDENTITY_CROP, device=device).expand(batch, 4)

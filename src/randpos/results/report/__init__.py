@@ -72,6 +72,10 @@ from randpos.tasks import TASK_NAMES
 
 @dataclass
 class Report:
+    """Everything a report shows, computed from the store alone: Table 1 (None without encoder
+    runs), the finished runs and their per-length metrics (long format), and the source named in
+    the captions."""
+
     table: Table1 | None  # None when no encoder run is in the store
     runs: pd.DataFrame  # finished runs
     per_length: pd.DataFrame  # long format, finished runs only

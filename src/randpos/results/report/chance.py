@@ -118,6 +118,8 @@ class ChanceLevels:
     values: dict[tuple[str, int, int, int, int], float] = field(default_factory=dict)
 
     def at(self, task: str, length: int, eval_seed: int, batch: int, sub_batch: int) -> float:
+        """The chance level of ``task`` at ``length`` on the evaluation data of (``eval_seed``,
+        ``batch`` sequences, ``sub_batch``), computed once and remembered; an accuracy in [0, 1]."""
         sequences = self.sequences or batch
         sub = sub_batch if sequences % sub_batch == 0 else sequences
         key = (task, int(length), int(eval_seed), int(sequences), int(sub))

@@ -23,6 +23,9 @@ from pathlib import Path
 
 @dataclass
 class FileCheck:
+    """How one report file compares with its earlier version: the columns or keys kept unchanged,
+    those added, and the problems (changed or missing values)."""
+
     name: str
     kept: list[str] = field(default_factory=list)  # old columns / keys found unchanged
     added: list[str] = field(default_factory=list)  # columns / keys only in the new file
@@ -30,9 +33,12 @@ class FileCheck:
 
     @property
     def ok(self) -> bool:
+        """True when nothing that existed before changed."""
         return not self.problems
 
     def line(self) -> str:
+        """One line for the console: ``ok`` or ``CHANGED``, the file, what was kept and added, the
+        first problems."""
         state = "ok" if self.ok else "CHANGED"
         text = f"{state:7s} {self.name}: {len(self.kept)} existing columns/keys identical"
         if self.added:
@@ -56,6 +62,8 @@ def _csv_columns(text: str) -> tuple[list[str], dict[str, list[str]]]:
 
 
 def compare_csv(old: Path, new: Path) -> FileCheck:
+    """Compare a CSV with its earlier version column by column: every old column must be present
+    with the same values; new columns are listed."""
     check = FileCheck(old.name)
     old_header, old_cols = _csv_columns(old.read_text())
     new_header, new_cols = _csv_columns(new.read_text())
@@ -73,6 +81,8 @@ def compare_csv(old: Path, new: Path) -> FileCheck:
 
 
 def compare_json(old: Path, new: Path) -> FileCheck:
+    """Compare a JSON document with its earlier version key by key: every old key must hold the same
+    value; new keys are listed."""
     check = FileCheck(old.name)
     before, after = json.loads(old.read_text()), json.loads(new.read_text())
     if not isinstance(before, dict) or not isinstance(after, dict):
@@ -91,6 +101,8 @@ def compare_json(old: Path, new: Path) -> FileCheck:
 
 
 def compare_parquet(old: Path, new: Path) -> FileCheck:
+    """Compare a Parquet frame with its earlier version column by column (as
+    :func:`compare_csv`)."""
     import pandas as pd  # heavy: imported only when a frame is built
 
     check = FileCheck(old.name)
@@ -127,6 +139,8 @@ def compare_reports(old_dir: str | Path, new_dir: str | Path) -> list[FileCheck]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m randpos.results.report.compare OLD_DIR NEW_DIR``: print a line per file; exit
+    code 0 when nothing changed, 1 otherwise, 2 for bad arguments."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
         print("usage: python -m randpos.results.report.compare OLD_DIR NEW_DIR", file=sys.stderr)

@@ -27,6 +27,7 @@ STATISTICS = ("median", "q1", "q3", "iqr", "success_rate")
 
 
 def check_threshold(threshold: float) -> float:
+    """The success threshold as a float; a ``ValueError`` unless it is an accuracy in [0, 1]."""
     threshold = float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"the success threshold is an accuracy in [0, 1], got {threshold}")

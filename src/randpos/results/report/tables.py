@@ -55,6 +55,7 @@ def pe_order(names) -> list[str]:
 
 
 def column_label(pe: str, randomized: bool) -> str:
+    """A Table 1 column's label: the encoding, plus ``randomized`` for a randomized column."""
     return f"{pe} randomized" if randomized else pe
 
 
@@ -413,6 +414,8 @@ def to_markdown(t: Table1, *, seeds: bool = False, view: str | None = None) -> s
 
 
 def to_html_table(t: Table1, *, seeds: bool = False, view: str | None = None) -> str:
+    """Table 1 as an HTML table (best over seeds, or the seed statistics with ``seeds``; ``view``
+    picks one), with the chance column when known."""
     view = _view(seeds, view)
     table = _values(t, view)
     cols = columns_of(table)
@@ -454,6 +457,8 @@ def _tex(text: str) -> str:
 
 
 def to_latex(t: Table1) -> str:
+    """Table 1 (best over seeds and learning rates, in %) as a LaTeX tabular, plain and randomized
+    columns side by side."""
     table = t.best
     cols = columns_of(table)
     plain = [c for c in cols if not c[0]]
@@ -527,6 +532,8 @@ def _latex_chance_note(t: Table1) -> str:
 
 
 def headline_text(t: Table1) -> str:
+    """The headline sentence: the average gain of randomized over plain, in accuracy points, overall
+    and per encoding."""
     h = t.headline
     if not h["cells"]:
         return "Headline: no (task, PE) pair has both a plain and a randomized run."

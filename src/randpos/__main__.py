@@ -1,0 +1,5 @@
+"""``python -m randpos``: the ``randpos`` command."""
+
+from randpos.cli import main
+
+main()
