@@ -119,7 +119,5 @@ def test_metadata_is_complete():
     assert any(
         c.startswith("Programming Language :: Python :: 3") for c in meta.get_all("Classifier")
     )
-    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
-    assert {"Homepage", "Documentation", "Source", "Issues"} <= set(urls)
     extras = set(meta.get_all("Provides-Extra"))
     assert {"hf", "vision", "ray", "dev", "tensorboard", "wandb", "docs"} <= extras
