@@ -8,6 +8,7 @@ from randpos.encodings import (  # noqa: F401 (registers)
     alibi,
     cope,
     fire,
+    fox,
     kerple,
     learned,
     learned2d,
@@ -18,6 +19,7 @@ from randpos.encodings import (  # noqa: F401 (registers)
     sandwich,
     sincos,
     sincos2d,
+    stick_breaking,
     t5,
     xpos,
 )

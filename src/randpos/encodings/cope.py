@@ -54,6 +54,7 @@ COPE_CHUNK_ELEMENTS = 1 << 24
 class ContextualPositionEncoding(PositionalEncoding):
     causal_only = True
     randomizable = False  # positions are counted from the content
+    reads_positions = False
     float_positions = True  # positions are ignored, whatever their dtype
 
     Options = CopeOptions
