@@ -249,3 +249,67 @@ def test_a_sink_bias_is_a_named_pair():
     # z = 0: beta = 1/2, the second query gives half its stick to the first key
     want = torch.tensor([0.0, math.log(0.5)], dtype=torch.float64).expand(1, H, 2)
     torch.testing.assert_close(out.sink, want, atol=1e-15, rtol=0)
+
+
+# --- PaTH (reference form) -----------------------------------------------------------------
+
+
+def path_oracle(attention, pe, x):
+    """softmax_j(q_i^T H_i ... H_{j+1} k_j / sqrt(d)) v_j with the transforms as explicit
+    d x d matrices, multiplied out for every (i, j)."""
+    q, k, v = projections(attention, x)
+    features = pe.features(x, 0)  # (B, H, T, d + 1): the transforms' data, checked below
+    w, beta = features[..., :-1], features[..., -1]
+    W = x @ pe.w_weight[0].T  # (B, T, H d)
+    want_w = torch.nn.functional.normalize(W.unflatten(-1, (H, d)), dim=-1).transpose(1, 2)
+    torch.testing.assert_close(w, want_w, atol=1e-15, rtol=0)
+    want_beta = 2 * torch.sigmoid(x @ pe.beta_weight[0].T + pe.beta_bias[0]).transpose(1, 2)
+    torch.testing.assert_close(beta, want_beta, atol=1e-15, rtol=0)
+    eye = torch.eye(d, dtype=torch.float64)
+    out = torch.zeros_like(q)
+    for b in range(B):
+        for h in range(H):
+            transforms = [
+                eye - beta[b, h, t] * torch.outer(w[b, h, t], w[b, h, t]) for t in range(T)
+            ]
+            for i in range(T):
+                logits = []
+                for j in range(i + 1):
+                    product = eye
+                    for t in range(i, j, -1):  # H_i H_{i-1} ... H_{j+1}
+                        product = product @ transforms[t]
+                    logits.append(float(q[b, h, i] @ product @ k[b, h, j]) / math.sqrt(d))
+                weights = torch.softmax(torch.tensor(logits, dtype=torch.float64), 0)
+                out[b, h, i] = weights @ v[b, h, : i + 1]
+    return output(attention, out)
+
+
+@pytest.mark.numerics
+def test_path_matches_the_brute_force_formula():
+    attention, pe = layer_and_pe("path")
+    x = torch.randn(B, T, D, generator=gen(8), dtype=torch.float64)
+    with torch.no_grad():
+        got = attention(x, torch.arange(T)[None], pe, 0)
+        want = path_oracle(attention, pe, x)
+    # float64: products of up to T transforms of norm <= 1 (|1 - beta| <= 1), dots of width d
+    torch.testing.assert_close(got, want, atol=f64_atol(want, depth=T + 4, width=D * T), rtol=0)
+
+
+@pytest.mark.numerics
+def test_path_with_no_transform_is_nope():
+    attention, path = layer_and_pe("path")
+    _, nope = layer_and_pe("none")
+    with torch.no_grad():
+        path.beta_weight.zero_()
+        path.beta_bias.fill_(-80.0)  # beta = 2 sigmoid(-80) ~ 4e-35: every H_t = I
+    x = torch.randn(B, T, D, generator=gen(9), dtype=torch.float64)
+    with torch.no_grad():
+        got = attention(x, torch.arange(T)[None], path, 0)
+        want = attention(x, torch.arange(T)[None], nope, 0)
+    torch.testing.assert_close(got, want, atol=f64_atol(want, depth=4, width=D * T), rtol=0)
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("backend", ["fast", "math"])
+def test_path_cached_decoding_in_chunks_equals_one_full_forward(backend):
+    test_cached_decoding_in_chunks_equals_one_full_forward("path", backend)

@@ -13,6 +13,7 @@ from randpos.encodings import (  # noqa: F401 (registers)
     learned,
     learned2d,
     none,
+    path,
     relative,
     rope,
     rope2d,

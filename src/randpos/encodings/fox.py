@@ -81,7 +81,9 @@ class ForgettingAttention(PositionalEncoding):
         ``forget_bias``."""
         with torch.no_grad():
             std = 1.0 / math.sqrt(self.width)  # Haiku's Linear: cut at two std
-            nn.init.trunc_normal_(self.gate_weight, std=std, a=-2 * std, b=2 * std, generator=generator)
+            nn.init.trunc_normal_(
+                self.gate_weight, std=std, a=-2 * std, b=2 * std, generator=generator
+            )
             self.gate_bias.fill_(float(self.options.forget_bias))
 
     def features(self, x: torch.Tensor, layer: int) -> torch.Tensor:

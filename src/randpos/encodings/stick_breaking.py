@@ -53,9 +53,7 @@ class StickBreakingOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.attend_current, bool):
-            raise ValueError(
-                f"pe.attend_current={self.attend_current!r}: must be true or false"
-            )
+            raise ValueError(f"pe.attend_current={self.attend_current!r}: must be true or false")
 
 
 #: elements of one chunk's (B, H, rows, Tk) temporaries in :meth:`bias` (64 MiB of fp32)

@@ -126,8 +126,9 @@ def _append_sink(
     causal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """k, v (B, H, Tk + 1, d) with a zero key and a zero value last, and the bias (B', H',
-    Tq, Tk + 1), Tq = ``rows``, whose last column is ``sink`` (the zero key's logit q . 0 = 0 plus its bias),
-    the causal mask folded in: the sink form as plain attention, for either backend."""
+    Tq, Tk + 1), Tq = ``rows``, whose last column is ``sink`` (the zero key's logit is
+    q . 0 = 0 plus its bias), the causal mask folded in: the sink form as plain attention, for
+    either backend."""
     keys = k.shape[-2]
     zero = k.new_zeros(*k.shape[:-2], 1, k.shape[-1])
     k, v = torch.cat([k, zero], dim=-2), torch.cat([v, zero.to(v.dtype)], dim=-2)
