@@ -194,3 +194,21 @@ def test_the_answer_is_generated_at_the_positions_drawn_with_its_context():
     )
     assert workload.place_generated(plan, 5, torch.Generator()) is plan
     assert int(plan.positions.max()) < 80
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("pe", ["fire", "alibi", "rope"])
+def test_a_shared_position_row_gives_the_loss_of_the_full_batch(pe):
+    """Training hands the model one (1, T) row when every row is the same draw: the losses
+    equal those of the (B, T) positions (broadcast against the same values)."""
+    workload = get_workload("long_context")(config(pe=pe, positions={"sampler": "random"}))
+    model = workload.build_model(torch.Generator().manual_seed(0))
+    streams = {name: torch.Generator().manual_seed(3) for name in ("data", "positions", "dropout")}
+    batch = workload.draw_batch(model, 16, streams, torch.device("cpu"))
+    assert batch["positions"].shape[0] == 1
+    full = dict(batch, positions=batch["positions"].expand(8, -1))
+    shared_loss, full_loss = workload.loss(model, batch)[0], workload.loss(model, full)[0]
+    # one forward along two broadcasting paths: EPS32 x 2 layers x sqrt(ff_width) x the loss
+    assert abs(float((shared_loss - full_loss).detach())) <= f32_atol(
+        full_loss.detach(), depth=2, width=32
+    )

@@ -101,6 +101,18 @@ class LongContextWorkload(DecoderWorkload):
             raise ConfigError(f"options.{exc}") from None
 
     # ----------------------------------------------------------------- training
+    def shared(self, positions: torch.Tensor) -> torch.Tensor:
+        """(1, T) when every row of ``positions`` (B, T) is the same draw (contiguous, or one
+        draw per batch: ``positions.per_sequence`` false), else the rows: the model broadcasts
+        a single row, so a bias computed from positions (FIRE's MLP over every pair, ALiBi) is
+        computed once instead of B times. The same numbers."""
+        return positions if self.config.positions.per_sequence else positions[:1]
+
+    def draw_batch(self, model, size, generators, device) -> Batch:
+        batch = super().draw_batch(model, size, generators, device)
+        batch["positions"] = self.shared(batch["positions"])
+        return batch
+
     def inputs(self, sample) -> torch.Tensor:
         """The teacher-forced tokens: an inline task's input, else the decoder's x SEP y."""
         return sample.inputs if self.task.inline else super().inputs(sample)
@@ -142,6 +154,7 @@ class LongContextWorkload(DecoderWorkload):
             plan = plan_positions(
                 cfg.positions, cfg.num_layers, stop - start, T, pos_gen, mode=mode, device=device
             )
+            plan = PositionPlan(self.shared(plan.positions))
             if task.inline:
                 logits = models(tokens[start:stop], plan.positions, validate=False)  # (K, r, T, C)
             else:

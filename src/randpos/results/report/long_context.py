@@ -201,12 +201,15 @@ def heatmap_figure(depth: pd.DataFrame, task: str, path: Path) -> Path:
     cols = min(4, len(arms))
     rows_n = -(-len(arms) // cols)
     fig, axes = plt.subplots(
-        rows_n, cols, figsize=(3.2 * cols, 2.6 * rows_n), squeeze=False, dpi=110
+        rows_n, cols, figsize=(3.2 * cols, 2.8 * rows_n), squeeze=False, dpi=110
     )
+    fig.subplots_adjust(hspace=0.5, wspace=0.35)
     image = None
     for ax, arm in zip(axes.flat, arms, strict=False):
         grid = mine[mine["arm"] == arm].pivot(index="depth", columns="factor", values="accuracy")
         image = ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        for (row, col), value in np.ndenumerate(grid.to_numpy()):
+            ax.text(col, row, f"{100 * value:.0f}", ha="center", va="center", fontsize=6)
         ax.set_xticks(range(grid.shape[1]), [_factor(f) for f in grid.columns], fontsize=7)
         bins = grid.shape[0]
         ax.set_yticks(range(bins), [f"{100 * b // bins}%" for b in grid.index], fontsize=7)
