@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 import transformers
+from hf_finetune import Vocab, build_model  # examples/hf_finetune.py (the script's own folder)
 
 from randpos.model.hf import RandomPositionCollator, generate
 from randpos.results.report.long_context import effective_length
@@ -71,16 +72,6 @@ SMOKE: dict[str, Any] = dict(
 )  # fmt: skip
 
 
-class Vocab:
-    """Token ids: the task's inputs 0..I-1, the separator I, the digits I+1.., padding last."""
-
-    def __init__(self, task: Any) -> None:
-        self.sep = task.input_vocab_size
-        self.out = self.sep + 1
-        self.pad = self.out + task.output_vocab_size
-        self.size = self.pad + 1
-
-
 def sequences(batch: Any, vocab: Vocab) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, labels) (B, n' + 1 + k): context, separator, answer; labels on the answer only."""
     sep = torch.full((batch.inputs.shape[0], 1), vocab.sep, dtype=torch.long)
@@ -88,20 +79,6 @@ def sequences(batch: Any, vocab: Vocab) -> tuple[torch.Tensor, torch.Tensor]:
     labels = ids.clone()
     labels[:, : batch.inputs.shape[1] + 1] = -100
     return ids, labels
-
-
-def build_model(cfg: dict, vocab: Vocab, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)  # HF initializes weights from the global RNG
-    config = transformers.LlamaConfig(
-        vocab_size=vocab.size,
-        max_position_embeddings=cfg["max_position"],
-        pad_token_id=vocab.pad,
-        bos_token_id=None,
-        eos_token_id=None,
-        use_cache=False,
-        **cfg["model"],
-    )
-    return transformers.LlamaForCausalLM(config)
 
 
 def train(cfg: dict, arm: str, seed: int, log_every: int = 0) -> tuple[torch.nn.Module, dict]:

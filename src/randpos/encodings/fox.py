@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from randpos.encodings.base import EncodingShape, PositionalEncoding, register
+from randpos.encodings.base import EncodingShape, register
+from randpos.encodings.data_dependent import PositionFreeAttention, projection_init_
 
 
 @dataclass(frozen=True)
@@ -57,20 +58,11 @@ class FoxOptions:
 
 
 @register("fox")
-class ForgettingAttention(PositionalEncoding):
-    causal_only = True
-    randomizable = False  # no positions: nothing to randomize
-    float_positions = True  # positions are ignored, whatever their dtype
-    reads_positions = False
-
+class ForgettingAttention(PositionFreeAttention):
+    causal_reason = "its forget gates act between a key and a later query"
     Options = FoxOptions
 
     def __init__(self, shape: EncodingShape, options: FoxOptions | None = None) -> None:
-        if not shape.causal:
-            raise ValueError(
-                "fox is causal-only: set causal=true (its forget gates act between a key and a "
-                "later query)"
-            )
         super().__init__(shape, options)
         # w: (layers, H, D), b: (layers, H); zeros until reset_parameters
         self.gate_weight = nn.Parameter(torch.zeros(self.num_layers, self.num_heads, self.width))
@@ -79,11 +71,8 @@ class ForgettingAttention(PositionalEncoding):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """w: truncated normal std 1/sqrt(D) (the model's Linear init) from ``generator``; b:
         ``forget_bias``."""
+        projection_init_(self.gate_weight, self.width, generator)
         with torch.no_grad():
-            std = 1.0 / math.sqrt(self.width)  # Haiku's Linear: cut at two std
-            nn.init.trunc_normal_(
-                self.gate_weight, std=std, a=-2 * std, b=2 * std, generator=generator
-            )
             self.gate_bias.fill_(float(self.options.forget_bias))
 
     def features(self, x: torch.Tensor, layer: int) -> torch.Tensor:

@@ -37,22 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from randpos.encodings.base import EncodingShape, PositionalEncoding, register
+from randpos.encodings.base import EncodingShape, register
+from randpos.encodings.data_dependent import PositionFreeAttention, projection_init_
 
 
 @register("path")
-class PathAttention(PositionalEncoding):
-    causal_only = True
-    randomizable = False  # no positions: nothing to randomize
-    float_positions = True  # positions are ignored, whatever their dtype
-    reads_positions = False
+class PathAttention(PositionFreeAttention):
+    causal_reason = "a key is seen through the transforms of the tokens after it"
 
     def __init__(self, shape: EncodingShape, options=None) -> None:
-        if not shape.causal:
-            raise ValueError(
-                "path is causal-only: set causal=true (a key is seen through the transforms "
-                "of the tokens after it, up to the query)"
-            )
         super().__init__(shape, options)
         L, H, D, d = self.num_layers, self.num_heads, self.width, self.head_width
         # zeros until reset_parameters
@@ -61,10 +54,9 @@ class PathAttention(PositionalEncoding):
         self.beta_bias = nn.Parameter(torch.zeros(L, H))  # c
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        for weight in (self.w_weight, self.beta_weight):
+            projection_init_(weight, self.width, generator)
         with torch.no_grad():
-            std = 1.0 / math.sqrt(self.width)  # Haiku's Linear: cut at two std
-            for weight in (self.w_weight, self.beta_weight):
-                nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std, generator=generator)
             self.beta_bias.zero_()
 
     def features(self, x: torch.Tensor, layer: int) -> torch.Tensor:

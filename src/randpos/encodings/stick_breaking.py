@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from randpos.encodings.base import BiasWithSink, EncodingShape, PositionalEncoding, register
+from randpos.encodings.base import BiasWithSink, register
+from randpos.encodings.data_dependent import PositionFreeAttention
 
 
 @dataclass(frozen=True)
@@ -61,21 +62,9 @@ STICK_CHUNK_ELEMENTS = 1 << 24
 
 
 @register("stick_breaking")
-class StickBreakingAttention(PositionalEncoding):
-    causal_only = True
-    randomizable = False  # no positions: nothing to randomize
-    float_positions = True  # positions are ignored, whatever their dtype
-    reads_positions = False
-
+class StickBreakingAttention(PositionFreeAttention):
+    causal_reason = "a query breaks its stick over the keys before it"
     Options = StickBreakingOptions
-
-    def __init__(self, shape: EncodingShape, options: StickBreakingOptions | None = None) -> None:
-        if not shape.causal:
-            raise ValueError(
-                "stick_breaking is causal-only: set causal=true (a query breaks its stick over "
-                "the keys before it)"
-            )
-        super().__init__(shape, options)
 
     def visible(self, rows: int, keys: int, device: torch.device) -> torch.Tensor:
         """(Tq, Tk) bool: the keys a query's stick is broken over (the queries are the last Tq
