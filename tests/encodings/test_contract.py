@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from randpos.encodings import ENCODINGS, build_encoding, get_encoding
-from randpos.encodings.base import EncodingShape, normalize_options, option_owners
+from randpos.encodings.base import (
+    HOOKS,
+    BiasWithSink,
+    EncodingShape,
+    normalize_options,
+    option_owners,
+)
+from randpos.model import ModelConfig, Transformer
 from randpos.positions import randomized_positions, sample_grid_positions
 
 B, T, H, D, LAYERS, L = 2, 7, 4, 32, 2, 64
@@ -35,8 +42,10 @@ def test_name_hooks_and_flags(name):
     cls = get_encoding(name)
     assert cls.name == name
     hooks = cls.overridden_hooks()
-    assert set(hooks) <= {"embed", "rotate", "bias"}
+    assert set(hooks) <= set(HOOKS)
     assert bool(hooks) == (name != "none")  # NoPE is the one encoding without a hook
+    if "features" in hooks:
+        assert "bias" in hooks  # features are read by the bias only
     assert cls.position_dims in (1, 2, None)
     if cls.uses_distances:
         assert "bias" in hooks  # the distance reading feeds attention biases
@@ -89,11 +98,44 @@ def test_hooks_take_positions_as_data_and_return_the_documented_shapes(name):
         rq, rk = pe.rotate(q, k, pos, 0)
         assert rq.shape == q.shape and rk.shape == k.shape
         assert bool(torch.isfinite(rq).all() and torch.isfinite(rk).all())
-        bias = pe.bias(rq, rk, pos, LAYERS - 1)
+        kwargs = {}
+        if pe.has_features:
+            features = pe.features(x, LAYERS - 1)
+            assert features.shape[:3] == (B, H, n) and features.dim() == 4
+            assert bool(torch.isfinite(features).all())
+            kwargs["features"] = features
+        bias = pe.bias(rq, rk, pos, LAYERS - 1, **kwargs)
+        sink = None
+        if isinstance(bias, BiasWithSink):
+            bias, sink = bias
+            assert torch.broadcast_shapes(sink.shape, (B, H, n)) == (B, H, n)
+            assert bool(torch.isfinite(sink).all())
         if bias is not None:
             assert torch.broadcast_shapes(bias.shape, (B, H, n, n)) == (B, H, n, n)
-            assert bool(torch.isfinite(bias).all())
+            # finite, but for keys a sink-form bias hides from a query (-inf)
+            assert bool((torch.isfinite(bias) | (bias == float("-inf"))).all())
+            assert sink is not None or bool(torch.isfinite(bias).all())
     if "embed" not in cls.overridden_hooks():
         assert out is x  # the defaults pass their input through untouched
     if "rotate" not in cls.overridden_hooks():
         assert rq is q and rk is k
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, c in ENCODINGS.items() if not c.reads_positions and c.position_dims != 2]
+)
+def test_encodings_that_read_no_positions_give_outputs_independent_of_them(name):
+    """reads_positions = False: the model's logits are the same whatever position values it is
+    given (contiguous, shifted, random, float where taken): the same code on the same inputs,
+    so bit for bit."""
+    cls = get_encoding(name)
+    config = ModelConfig(pe=name, causal=True, dropout=0.0, max_position=L, vocab_size=5)
+    model = Transformer(config, generator=torch.Generator().manual_seed(0)).eval()
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 5, (B, T), generator=g)
+    base = model(tokens, torch.arange(T)[None])
+    others = [torch.arange(T)[None] + 40, randomized_positions(B, T, L, g, per_sequence=True)]
+    if cls.float_positions:
+        others.append(torch.rand(B, T, generator=g, dtype=torch.float64).cumsum(-1))
+    for positions in others:
+        assert torch.equal(model(tokens, positions), base)

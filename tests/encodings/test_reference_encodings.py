@@ -12,7 +12,7 @@ from numerics import EPS64, f64_atol, magnitude
 from randpos.encodings import PE_NAMES_1D as PE_NAMES
 from randpos.encodings import PositionalEncoding, get_encoding, register
 from randpos.encodings.alibi import alibi_slopes
-from randpos.encodings.base import toeplitz_index
+from randpos.encodings.base import BiasWithSink, toeplitz_index
 from randpos.model import ModelConfig
 from randpos.positions import contiguous_distances, randomized_distances, randomized_positions
 
@@ -45,13 +45,23 @@ def qk(batch: int = B, length: int = T, seed: int = 0) -> tuple[torch.Tensor, to
     return q, k
 
 
+def layer_input(batch: int = B, length: int = T, seed: int = 0) -> torch.Tensor:
+    """A layer input x (B, T, D) for the encodings whose bias reads features of it (FoX)."""
+    return torch.randn(batch, length, D, generator=gen(seed + 100), dtype=torch.float64)
+
+
 def logits(pe, q, k, positions, layer=0, distances=None) -> torch.Tensor:
-    """Attention logits (B, H, T, T) as the model forms them from the hooks."""
+    """Attention logits (B, H, T, T) as the model forms them from the hooks (a sink-form
+    bias's keys only; its sink is not a logit of a key)."""
     if pe.has_rotate:
         q, k = pe.rotate(q, k, positions, layer)
     out = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     if pe.has_bias:
-        out = out + pe.bias(q, k, positions, layer, distances)
+        kwargs = {}
+        if pe.has_features:
+            kwargs["features"] = pe.features(layer_input(q.shape[0], q.shape[-2]), layer)
+        bias = pe.bias(q, k, positions, layer, distances, **kwargs)
+        out = out + (bias.bias if isinstance(bias, BiasWithSink) else bias)
     return out
 
 
@@ -106,7 +116,7 @@ def test_hooks_return_well_shaped_tensors(name):
     assert pe.embed(x, pos).shape == (B, T, D)
     q2, k2 = pe.rotate(q, k, pos, 0)
     assert q2.shape == q.shape and k2.shape == k.shape
-    bias = pe.bias(q, k, pos, 0, None)
+    bias = logits(pe, q, k, pos) - q2 @ k2.transpose(-1, -2) / math.sqrt(d) if pe.has_bias else None
     if bias is not None:
         assert torch.broadcast_shapes(bias.shape, (B, H, T, T)) == (B, H, T, T)
     assert pe.has_embed or pe.has_rotate or pe.has_bias or name == "none"

@@ -680,3 +680,26 @@ def test_hf_oracle_static_ntk_through_dynamic(head_width, theta):
         assert seq_len == L0 * (2 * factor - 1) / factor  # exact for these factors
         mine = ours("ntk", factor, head_width, theta)
         assert_same(mine, hf_rope("dynamic", factor, head_width, theta, seq_len=seq_len))
+
+
+# --- scaling at test time only (train_scaling=False) -----------------------------------------
+
+
+def test_scaling_at_test_time_only_is_plain_rope_in_training_and_scaled_in_eval():
+    """``train_scaling=False``: in training mode the rotation is plain RoPE's with the same
+    base (bit for bit: the same code on the same options), in eval mode the scaled one's."""
+    yarn = dict(scaling="yarn", factor=16.0, original_max_position_embeddings=128)
+    test_time = rope(RotaryOptions(theta=500.0, train_scaling=False, **yarn)).double()
+    always, plain = rope(RotaryOptions(theta=500.0, **yarn)), rope(RotaryOptions(theta=500.0))
+    q, k = qk()
+    pos = positions()
+    test_time.train()
+    for got, want in zip(test_time.rotate(q, k, pos, 0), plain.rotate(q, k, pos, 0), strict=True):
+        assert torch.equal(got, want)
+    test_time.eval()
+    for got, want in zip(test_time.rotate(q, k, pos, 0), always.rotate(q, k, pos, 0), strict=True):
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="pe.train_scaling"):
+        RotaryOptions(train_scaling=False)  # nothing to apply at test time
+    with pytest.raises(ValueError, match="pe.train_scaling"):
+        encoding("rope2d_axial", options={"train_scaling": False, **yarn})

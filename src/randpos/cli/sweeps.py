@@ -220,6 +220,16 @@ def report_cli(
             "evaluation sequences, eval_batch_size).",
         ),
     ] = None,
+    effective_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--effective-threshold",
+            min=0.0,
+            max=1.0,
+            help="Long context: the effective length's fixed threshold, an accuracy (RULER's "
+            "form; default: 0.9 x each run's accuracy at its training length).",
+        ),
+    ] = None,
 ) -> None:
     """Table 1, mean ± std, median [IQR] and success rate over seeds, chance levels, the
     headline gains (max- and median-based) and figures, from the store alone."""
@@ -231,6 +241,7 @@ def report_cli(
         figures=figures,
         success_threshold=success_threshold,
         chance_sequences=chance_sequences,
+        effective_threshold=effective_threshold,
     )
 
 

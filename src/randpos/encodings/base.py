@@ -8,14 +8,23 @@ A positional encoding (PE) is an ``nn.Module`` built once per model from an
 range, causality) and its own options: a frozen dataclass ``Options`` declared by the encoding
 (rotary ones: :class:`randpos.encodings.rope.RotaryOptions`), whose defaults are written there
 and nowhere else (``--set pe.NAME=VALUE``; ``pe_options:`` in YAML). It overrides any subset of
-three hooks; the model finds out which by asking :attr:`has_embed` / :attr:`has_rotate` /
-:attr:`has_bias`, never by the PE's name:
+four hooks; the model finds out which by asking :attr:`has_embed` / :attr:`has_rotate` /
+:attr:`has_bias` / :attr:`has_features`, never by the PE's name:
 
 * ``embed(x, positions)``: absolute encodings, adds to the scaled token embeddings (B, T, D);
 * ``rotate(q, k, positions, layer)``: rotates queries and keys (B, H, T, d) before the dot product;
 * ``bias(q, k, positions, layer, distances)``: an additive attention-logit bias, broadcastable to
   (B, H, T, T), in the same units as ``q . k / sqrt(d)`` (it is added after that scaling). It gets
-  the (already rotated) q and k because some encodings (relative) depend on them.
+  the (already rotated) q and k because some encodings (relative) depend on them. It may also
+  return a :class:`BiasWithSink`: the bias and the logit of a *sink*, a null key whose value is
+  zero, for attention whose weights need not sum to one (stick-breaking);
+* ``features(x, layer)``: per-token values (B, H, T, F) computed from the layer's input x, for
+  attention whose bias depends on the data and not only on q and k (FoX's forget gates). A KV
+  cache stores them next to the keys, and ``bias`` receives those of every key as ``features``.
+
+Data-dependent attention (docs/design.md §6) is an encoding like the others: FoX is
+``features`` + ``bias``, stick-breaking a ``bias`` with a sink; both read no positions
+(``reads_positions = False``) and are ``causal_only``.
 
 Positions are data (docs/design.md §1): a PE never invents them, and accepts any integer positions
 in ``[0, L)``, sorted or not, contiguous or not. Encodings that live inside attention may instead
@@ -31,7 +40,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -172,6 +181,10 @@ class PositionalEncoding(nn.Module):
     #: Attention depends only on position differences while every position is below this
     #: bound (FIRE: its normaliser's threshold); None: everywhere (or not relative at all).
     relative_below: ClassVar[int | None] = None
+    #: False for encodings whose hooks ignore the position values (NoPE, CoPE, the
+    #: data-dependent FoX and stick-breaking): a model's output does not change with them
+    #: (tests/encodings/test_contract.py checks it for the whole registry).
+    reads_positions: ClassVar[bool] = True
 
     #: The encoding's parameters: a frozen dataclass whose defaults are the encoding's, or None.
     Options: ClassVar[type | None] = None
@@ -206,12 +219,8 @@ class PositionalEncoding(nn.Module):
 
     @classmethod
     def overridden_hooks(cls) -> tuple[str, ...]:
-        """The hooks (of embed, rotate, bias) this class overrides; no instance needed."""
-        return tuple(
-            h
-            for h in ("embed", "rotate", "bias")
-            if getattr(cls, h) is not getattr(PositionalEncoding, h)
-        )
+        """The hooks (of :data:`HOOKS`) this class overrides; no instance needed."""
+        return tuple(h for h in HOOKS if getattr(cls, h) is not getattr(PositionalEncoding, h))
 
     @property
     def has_embed(self) -> bool:
@@ -228,6 +237,10 @@ class PositionalEncoding(nn.Module):
     def has_bias(self) -> bool:
         """Whether this encoding overrides the ``bias`` hook (adds to the attention logits)."""
         return type(self).bias is not PositionalEncoding.bias
+
+    @property
+    def has_features(self) -> bool:
+        return type(self).features is not PositionalEncoding.features
 
     # --- the hooks --------------------------------------------------------------------------
 
@@ -249,17 +262,26 @@ class PositionalEncoding(nn.Module):
         layer: int,
         distances: torch.Tensor | None = None,
         key_positions: torch.Tensor | None = None,
-    ) -> torch.Tensor | None:
-        """Additive logit bias broadcastable to (B, H, Tq, Tk), or None.
+    ) -> torch.Tensor | BiasWithSink | None:
+        """Additive logit bias broadcastable to (B, H, Tq, Tk), or None, or a
+        :class:`BiasWithSink` (the bias and a sink logit per query row).
 
         Without a cache Tq = Tk = T and ``key_positions`` is None: queries and keys share
         ``positions``. Under a KV cache (:class:`randpos.model.KVCache`) ``q`` holds only the
         Tq new rows, ``k`` every cached and new key (B, H, Tk, d), ``positions`` (B, Tq) the new
         rows' positions and ``key_positions`` (B, Tk) the keys'; the new rows are the last Tq of
         the Tk in causal order. The distance tables (``distances``) describe a whole sequence
-        and are refused under a cache (:func:`check_no_cache`).
+        and are refused under a cache (:func:`check_no_cache`). An encoding with a
+        :meth:`features` hook also receives ``features`` (B, H, Tk, F): those of every key,
+        cached and new, in the same order as ``k``.
         """
         return None
+
+    def features(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Per-token values (B, H, T, F) computed from the layer input ``x`` (B, T, D), the
+        same for a token whatever comes after it (so a KV cache can keep them): the data that
+        a data-dependent bias reads besides q and k (FoX: the log forget gates, F = 1)."""
+        raise NotImplementedError(f"pe {self.name!r} computes no features")
 
     # --- validation (called once per forward by the model, not per layer) ---------------------
 
@@ -283,6 +305,27 @@ class PositionalEncoding(nn.Module):
         check_range("distances", distances, self.max_position)
         if bool((distances[:, :, 0] != 0).any()):
             raise ValueError("distances[:, :, 0] must be 0 (a query's distance to itself)")
+
+
+#: The hooks an encoding may override.
+HOOKS = ("embed", "rotate", "bias", "features")
+
+
+class BiasWithSink(NamedTuple):
+    """What a bias hook returns when part of every query's attention goes to no key.
+
+    bias: the usual additive bias, broadcastable to (B, H, Tq, Tk);
+    sink: (B, H, Tq) or broadcastable, the logit of one more key whose value is zero.
+
+    Softmax over the Tk keys and the sink gives weights that sum to one with the sink's, so
+    the keys' weights sum to at most one: any attention whose weights a_ij >= 0 sum to at most
+    one is this form with logits log a_ij and sink log(1 - sum_j a_ij) (stick-breaking,
+    :mod:`randpos.encodings.stick_breaking`). :func:`randpos.model.attend` runs it with both
+    backends by appending a zero key and a zero value.
+    """
+
+    bias: torch.Tensor | None
+    sink: torch.Tensor
 
 
 def names_taking(dims: int) -> list[str]:

@@ -58,6 +58,7 @@ class ContextualPositionEncoding(PositionalEncoding):
 
     causal_only = True
     randomizable = False  # positions are counted from the content
+    reads_positions = False
     float_positions = True  # positions are ignored, whatever their dtype
 
     Options = CopeOptions

@@ -12,3 +12,4 @@ class NoEncoding(PositionalEncoding):
 
     float_positions = True  # its formula is continuous in the positions
     position_dims = None  # sequences and image grids alike
+    reads_positions = False

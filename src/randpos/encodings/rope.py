@@ -43,6 +43,8 @@ class RotaryOptions:
     beta_fast, beta_slow:   yarn's ramp bounds (rotations)
     low_freq_factor, high_freq_factor: llama3's wavelength bounds (Llama 3.1's values)
     attention_factor: yarn's factor on cos and sin; None: 0.1 ln(s) + 1, as HF derives it
+    train_scaling: False applies the scaling in eval mode only (``module.eval()``): a model
+                 trained with plain RoPE and extended at test time (YaRN at test time)
     """
 
     theta: float = 10000.0
@@ -54,9 +56,17 @@ class RotaryOptions:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     attention_factor: float | None = None
+    train_scaling: bool = True
 
     def __post_init__(self) -> None:
         check_rope_options(self)
+
+    def in_training(self) -> RotaryOptions:
+        """The options in force in training mode: these, or plain RoPE (same base) when the
+        scaling applies at test time only (``train_scaling=False``)."""
+        if self.train_scaling:
+            return self
+        return RotaryOptions(theta=self.theta)
 
 
 def _is_number(value: object) -> bool:
@@ -98,6 +108,10 @@ def check_rope_options(options: RotaryOptions, head_width: int | None = None) ->
             fail("attention_factor", "None (derived) or a positive number")
         if kind != "yarn":
             fail("attention_factor", f"None unless scaling='yarn' (got {kind!r})")
+    if not isinstance(options.train_scaling, bool):
+        fail("train_scaling", "true or false")
+    if not options.train_scaling and kind == "none":
+        fail("train_scaling", "true unless there is a scaling to apply at test time")
     if head_width is not None and kind in ("ntk", "dynamic") and head_width <= 2:
         raise ValueError(
             f"num_heads: the head width {head_width} must exceed 2 for pe.scaling={kind!r}"
@@ -202,13 +216,15 @@ class RotaryEncoding(PositionalEncoding):
         check_rope_options(self.options, self.head_width)
 
     def frequencies(self, positions: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Inverse frequencies (K,) float64 and attention factor for these positions (B, T)."""
+        """Inverse frequencies (K,) float64 and attention factor for these positions (B, T),
+        with the scaling of the module's mode (``train_scaling``)."""
+        options = self.options.in_training() if self.training else self.options
         seq_len = None
-        if self.options.scaling == "dynamic":
+        if options.scaling == "dynamic":
             # HF's dynamic_rope_update: the largest position id seen + 1, over the whole batch
             seq_len = positions.max() + 1
         return rope_inverse_frequencies(
-            self.head_width, self.options, self.max_position, seq_len, positions.device
+            self.head_width, options, self.max_position, seq_len, positions.device
         )
 
     def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

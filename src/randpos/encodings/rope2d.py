@@ -111,6 +111,8 @@ class AxialRope2D(PositionalEncoding):
         super().__init__(shape, options)
         opts = self.options
         _check_head("rope2d_axial", shape, opts)
+        if not opts.train_scaling:
+            raise ValueError("pe.train_scaling=False: rope2d_axial scales in training too")
         if opts.scaling not in AXIAL_SCALINGS:
             raise ValueError(
                 f"pe.scaling={opts.scaling!r}: rope2d_axial takes {', '.join(AXIAL_SCALINGS)}"

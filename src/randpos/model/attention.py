@@ -6,8 +6,14 @@ query rows, Tk = every key (cached + new), the queries being the last Tq of the 
 ``attend`` computes softmax(q k^T / sqrt(d) + bias [+ causal mask]) v either explicitly
 (``"math"``, the reference path, easy to read and to check) or with
 ``torch.nn.functional.scaled_dot_product_attention`` (``"fast"``, the fused kernels, bias passed as
-``attn_mask``). The positional encoding enters only through its hooks (rotate, bias); this module
-never asks which encoding it is.
+``attn_mask``). The positional encoding enters only through its hooks (rotate, bias, features);
+this module never asks which encoding it is.
+
+Data-dependent attention needs two more things, both general (docs/design.md §6): per-token
+``features`` computed from the layer input (FoX's forget gates), which the KV cache stores next
+to the keys, and a *sink* (:class:`randpos.encodings.base.BiasWithSink`): one more key whose
+value is zero, so that the keys' weights sum to at most one (stick-breaking). Both backends run
+the sink as an appended zero key and value, so there is still one attention function.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from randpos.encodings.base import PositionalEncoding
+from randpos.encodings.base import BiasWithSink, PositionalEncoding
 from randpos.model.layers import Linear
 
 
@@ -28,13 +34,16 @@ class KVCache:
     ``keys[l]`` and ``values[l]`` are (B, H, Tc, d): rotary encodings' keys are stored already
     rotated (and xPos-scaled) at their own positions, so a cached key is never recomputed;
     ``positions`` (B or 1, Tc) are the cached tokens' positions, which the bias encodings need
-    for the new rows (``p_new - p_cached``). Memory is O(Tc) per layer. A cache belongs to one
-    batch of sequences; :meth:`randpos.model.Transformer.forward` fills it (``cache=``).
+    for the new rows (``p_new - p_cached``); ``features[l]`` (B, H, Tc, F) the per-token values
+    of an encoding with a ``features`` hook (FoX's log forget gates), None for the others.
+    Memory is O(Tc) per layer. A cache belongs to one batch of sequences;
+    :meth:`randpos.model.Transformer.forward` fills it (``cache=``).
     """
 
     def __init__(self, num_layers: int) -> None:
         self.keys: list[torch.Tensor | None] = [None] * num_layers
         self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.features: list[torch.Tensor | None] = [None] * num_layers
         self.positions: torch.Tensor | None = None
 
     @property
@@ -52,10 +61,17 @@ class KVCache:
         self.keys[layer], self.values[layer] = k, v
         return k, v
 
+    def extend_features(self, layer: int, features: torch.Tensor) -> torch.Tensor:
+        """Append the new tokens' features (B, H, T, F) of ``layer``; returns all of them."""
+        if self.features[layer] is not None:
+            features = torch.cat([self.features[layer], features], dim=-2)
+        self.features[layer] = features
+        return features
+
     def nbytes(self) -> int:
-        """Bytes held by the cached keys, values and positions."""
-        tensors = [t for t in (*self.keys, *self.values, self.positions) if t is not None]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        """Bytes held by the cached keys, values, features and positions."""
+        held = (*self.keys, *self.values, *self.features, self.positions)
+        return sum(t.numel() * t.element_size() for t in held if t is not None)
 
 
 #: "fast": scaled_dot_product_attention (math on CPU where it is quicker); "math": the reference
@@ -101,18 +117,50 @@ def _prefer_math_on_cpu(q: torch.Tensor, bias: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and q.requires_grad and B * H * T * T <= MATH_TRAINING_MAX_LOGITS
 
 
+def _append_sink(
+    rows: int,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    sink: torch.Tensor,
+    causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """k, v (B, H, Tk + 1, d) with a zero key and a zero value last, and the bias (B', H',
+    Tq, Tk + 1), Tq = ``rows``, whose last column is ``sink`` (the zero key's logit is
+    q . 0 = 0 plus its bias), the causal mask folded in: the sink form as plain attention, for
+    either backend."""
+    keys = k.shape[-2]
+    zero = k.new_zeros(*k.shape[:-2], 1, k.shape[-1])
+    k, v = torch.cat([k, zero], dim=-2), torch.cat([v, zero.to(v.dtype)], dim=-2)
+    if bias is None:
+        bias = sink.new_zeros(rows, keys)
+    if causal:
+        bias = bias.masked_fill(~_causal_mask(rows, keys, sink.device), float("-inf"))
+    lead = torch.broadcast_shapes(bias.shape[:-1], sink.shape)  # (B', H', Tq)
+    bias = torch.cat([bias.expand(*lead, keys), sink.expand(lead).unsqueeze(-1)], dim=-1)
+    return k, v, bias
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     bias: torch.Tensor | None = None,
     *,
+    sink: torch.Tensor | None = None,
     causal: bool = False,
     backend: str = DEFAULT_BACKEND,
 ) -> torch.Tensor:
     """Attention of q (B, H, Tq, d) over k, v (B, H, Tk, d) with an optional additive logit
     bias broadcastable to (B, H, Tq, Tk); returns (B, H, Tq, d). Tq = Tk = T without a cache;
-    with one, the causal mask treats the queries as the last Tq of the Tk positions."""
+    with one, the causal mask treats the queries as the last Tq of the Tk positions.
+
+    ``sink`` (B, H, Tq) or broadcastable: the logit of one more key whose value is zero
+    (:class:`randpos.encodings.base.BiasWithSink`): the weights of the Tk keys are then those of
+    a softmax over the keys and the sink, and sum to at most one."""
+    if sink is not None:
+        k, v, bias = _append_sink(q.shape[-2], k, v, bias, sink, causal)
+        causal = False  # folded into the bias
     rows, keys = q.shape[-2], k.shape[-2]
     if backend == "fast" and _prefer_math_on_cpu(q, bias):
         backend = "math"
@@ -186,11 +234,19 @@ class MultiHeadAttention(nn.Module):
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         if pe.has_rotate:
             q, k = pe.rotate(q, k, positions, layer)
+        kwargs = {}
+        if pe.has_features:  # data-dependent attention: per-token values of this layer's input
+            kwargs["features"] = pe.features(x, layer)  # (B, H, T, F)
         if cache is not None:
             k, v = cache.extend(layer, k, v)  # (B, H, Tk, d)
-        kwargs = {} if cache is None else {"key_positions": key_positions}
+            kwargs["key_positions"] = key_positions
+            if "features" in kwargs:
+                kwargs["features"] = cache.extend_features(layer, kwargs["features"])
         bias = pe.bias(q, k, positions, layer, distances, **kwargs) if pe.has_bias else None
+        sink = None
+        if isinstance(bias, BiasWithSink):
+            bias, sink = bias
         if logit_scale is not None:
             q = q * logit_scale
-        out = attend(q, k, v, bias, causal=self.causal, backend=self.backend)  # (B, H, T, d)
+        out = attend(q, k, v, bias, sink=sink, causal=self.causal, backend=self.backend)
         return self.output(out.transpose(1, 2).flatten(2))  # (B, T, D)

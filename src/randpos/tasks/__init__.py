@@ -27,6 +27,7 @@ from randpos.tasks.dcf import (
     SolveEquation,
     StackManipulation,
 )
+from randpos.tasks.long_context import LONG_CONTEXT_TASKS, ContextTask
 from randpos.tasks.regular import CycleNavigation, EvenPairs, ModularArithmetic, ParityCheck
 
 # The order of docs/reference-system.md §1's summary table: regular, then deterministic
@@ -51,14 +52,17 @@ _TASK_CLASSES: tuple[type[Task], ...] = (
 
 TASK_NAMES: tuple[str, ...] = tuple(cls.name for cls in _TASK_CLASSES)
 TASK_LEVELS: dict[str, str] = {cls.name: cls.level for cls in _TASK_CLASSES}
-_REGISTRY: dict[str, type[Task]] = {cls.name: cls for cls in _TASK_CLASSES}
+#: the synthetic long-context tasks of the long_context workload (docs/long-context.md)
+CONTEXT_TASK_NAMES: tuple[str, ...] = tuple(cls.name for cls in LONG_CONTEXT_TASKS)
+_REGISTRY: dict[str, type[Task]] = {cls.name: cls for cls in _TASK_CLASSES + LONG_CONTEXT_TASKS}
 
 
 def get_task(name: str) -> Task:
     """A fresh instance of the task registered as ``name`` (with the paper's arguments)."""
     cls = _REGISTRY.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise ValueError(f"unknown task {name!r}; valid names are: {', '.join(TASK_NAMES)}")
+        valid = ", ".join(_REGISTRY)
+        raise ValueError(f"unknown task {name!r}; valid names are: {valid}")
     return cls()
 
 
@@ -70,6 +74,8 @@ __all__ = [
     "BinaryAddition",
     "BinaryMultiplication",
     "BucketSort",
+    "CONTEXT_TASK_NAMES",
+    "ContextTask",
     "ComputeSqrt",
     "CycleNavigation",
     "DuplicateString",

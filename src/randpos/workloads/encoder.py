@@ -43,6 +43,9 @@ class EncoderWorkload(Workload):
         "dropout_noise": (2,),
     }
 
+    #: the tasks this workload poses (a subclass may pose others: randpos.workloads.long_context)
+    tasks: tuple[str, ...] = TASK_NAMES
+
     def __init__(self, config) -> None:
         super().__init__(config)
         self.task = get_task(config.task)
@@ -50,7 +53,7 @@ class EncoderWorkload(Workload):
     @classmethod
     def validate(cls, config) -> None:
         super().validate(config)
-        check_choice("task", config.task, TASK_NAMES)
+        check_choice("task", config.task, cls.tasks)
         check_choice("pe", config.pe, PE_NAMES)
         encoding = get_encoding(config.pe)
         try:

@@ -44,6 +44,7 @@ from randpos.results.report.architectures import (
 from randpos.results.report.chance import ChanceLevels
 from randpos.results.report.figures import accuracy_vs_length, heatmap
 from randpos.results.report.images import write_images_section
+from randpos.results.report.long_context import write_long_context_section
 from randpos.results.report.stats import DEFAULT_SUCCESS_THRESHOLD, QUANTILE_METHOD, check_threshold
 from randpos.results.report.tables import (
     LEVEL_NAMES,
@@ -135,8 +136,11 @@ def write_report(
     figures: bool = True,
     success_threshold: float = DEFAULT_SUCCESS_THRESHOLD,
     chance_sequences: int | None = None,
+    effective_threshold: float | None = None,
 ) -> dict[str, Path]:
-    """Write every report output into ``out_dir``; returns the paths by name."""
+    """Write every report output into ``out_dir``; returns the paths by name.
+    ``effective_threshold``: the long-context effective length's fixed threshold (None: 0.9 x
+    each run's accuracy at its training length, randpos.results.report.long_context)."""
     if not isinstance(store, ResultsStore):
         store = _open_existing(store)
     # raises before anything is written
@@ -172,7 +176,11 @@ def write_report(
     paths.update({f"figure_{k}": v for k, v in figure_paths.items()})
     images, image_paths = write_images_section(store, report.runs, out, figures)
     paths.update(image_paths)
-    markdown = _markdown(report, figure_paths, out, images)
+    context, context_paths = write_long_context_section(
+        store, report.runs, out, figures, threshold=effective_threshold, tau=report.threshold
+    )
+    paths.update(context_paths)
+    markdown = _markdown(report, figure_paths, out, images + context)
     paths["markdown"] = _write_text(out / "report.md", markdown)
     paths["html"] = _write_text(out / "report.html", _html(report, figure_paths))
     return paths
@@ -299,7 +307,7 @@ def _markdown(
         frame = report.architectures
         caption = f"{ARCHITECTURE_CAPTION} {_seed_caption(report, frame)}"
         parts += ["", "## Architectures", "", caption, "", workload_markdown(frame)]
-    parts += images or []  # the images section (randpos.results.report.images), when there are any
+    parts += images or []  # the images and long-context sections, when there are any
     if figures:
         parts += ["", "## Figures", ""]
         for name, path in figures.items():
@@ -436,6 +444,7 @@ def report_command(
     figures: bool = True,
     success_threshold: float = DEFAULT_SUCCESS_THRESHOLD,
     chance_sequences: int | None = None,
+    effective_threshold: float | None = None,
 ) -> dict[str, Path]:
     """Body of ``randpos report``: write the outputs and print the headline and Table 1."""
 
@@ -446,6 +455,7 @@ def report_command(
         figures=figures,
         success_threshold=success_threshold,
         chance_sequences=chance_sequences,
+        effective_threshold=effective_threshold,
     )
     console = Console()
     text = Path(paths["markdown"]).read_text()

@@ -10,6 +10,7 @@ the per-size metric (mean over each group's runs).
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def workload_tables(
     for name in dict.fromkeys(runs["workload"]):
         mine = runs[runs["workload"] == name]
         keys = group_columns(mine)
+        # options without a flat name stay a mapping (pe_options): group on its JSON text
+        mine = mine.assign(**{k: mine[k].map(_hashable) for k in keys})
         groups = mine.groupby(keys, sort=True, dropna=False) if keys else [((), mine)]
         levels = chance.reindex(mine.index) if chance is not None else None
         if levels is not None and levels.isna().all():
@@ -100,6 +103,10 @@ def workload_tables(
             )
         tables[name] = pd.DataFrame(rows)
     return tables
+
+
+def _hashable(value):
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
 
 
 def _cell(value) -> str:
