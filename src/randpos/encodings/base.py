@@ -240,6 +240,8 @@ class PositionalEncoding(nn.Module):
 
     @property
     def has_features(self) -> bool:
+        """True when this encoding overrides the ``features`` hook (per-token values of the
+        layer input that a KV cache stores next to the keys)."""
         return type(self).features is not PositionalEncoding.features
 
     # --- the hooks --------------------------------------------------------------------------

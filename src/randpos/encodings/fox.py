@@ -59,6 +59,9 @@ class FoxOptions:
 
 @register("fox")
 class ForgettingAttention(PositionFreeAttention):
+    """FoX: softmax attention biased by the cumulative log forget gates between a key and its
+    query (this module's docstring); no position values are read. Causal only."""
+
     causal_reason = "its forget gates act between a key and a later query"
     Options = FoxOptions
 

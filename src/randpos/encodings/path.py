@@ -43,6 +43,10 @@ from randpos.encodings.data_dependent import PositionFreeAttention, projection_i
 
 @register("path")
 class PathAttention(PositionFreeAttention):
+    """PaTH, reference form: each key seen through the product of the data-dependent
+    Householder-like transforms between it and its query (this module's docstring), as an
+    additive bias; O(T^2 d) in T sequential steps. No position values are read. Causal only."""
+
     causal_reason = "a key is seen through the transforms of the tokens after it"
 
     def __init__(self, shape: EncodingShape, options=None) -> None:

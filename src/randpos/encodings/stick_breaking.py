@@ -63,6 +63,10 @@ STICK_CHUNK_ELEMENTS = 1 << 24
 
 @register("stick_breaking")
 class StickBreakingAttention(PositionFreeAttention):
+    """Stick-breaking attention: sigmoid shares broken off from the nearest key backwards,
+    unnormalized (the rest goes to a zero-valued sink, :class:`BiasWithSink`); this module's
+    docstring has the formulas. No position values are read. Causal only."""
+
     causal_reason = "a query breaks its stick over the keys before it"
     Options = StickBreakingOptions
 

@@ -52,6 +52,9 @@ from randpos.workloads.registry import register_workload
 
 @dataclasses.dataclass
 class LongContextOptions(DecoderOptions):
+    """The long-context workload's options (``--set options.NAME=VALUE``): the decoder's, plus
+    flip_flop's ignore probability."""
+
     #: flip_flop's probability that an instruction is an ignore (Liu et al.'s p_i)
     ignore_probability: float = 0.8
 
