@@ -7,7 +7,7 @@
 ``build_workload(config)`` builds the workload a config names.
 """
 
-from randpos.workloads import arpg, decoder, encoder, images  # noqa: F401 (registers them)
+from randpos.workloads import arithmetic, arpg, decoder, encoder, images  # noqa: F401 (registers them)
 from randpos.workloads.base import Batch, Models, Workload
 from randpos.workloads.config import TrainConfig
 from randpos.workloads.registry import (
