@@ -438,18 +438,25 @@ def exact_match(generated: torch.Tensor, expected: torch.Tensor, count: torch.Te
 
 
 def arm_label(config) -> str:
-    """A short name of a run's positions: pe, randomized, digit positions, loops, format."""
-    opts = config.options or {}
-    parts = [config.pe if config.pe != "none" else "nope"]
-    if config.randomized:
-        parts.append("randomized")
+    """A short name of a run's arm (a :class:`TrainConfig` or its ``to_dict()``): the attention
+    encoding (``nope`` for none), ``randomized``, the digit positions, the format, the loops;
+    e.g. ``fire + abacus``, ``nope + coupled + pad``, ``nope + abacus + looped 1x4``."""
+    data = config if isinstance(config, dict) else config.to_dict()
+    positions = data.get("positions") or {}
+    sampler = positions.get("sampler", "contiguous")
+    opts = data.get("options") or {}
+    parts = [data["pe"] if data["pe"] != "none" else "nope"]
+    if sampler != "contiguous":
+        parts.append("randomized" if sampler == "random" else sampler)
     if opts.get("digit_positions", "none") != "none":
         parts.append(str(opts["digit_positions"]))
     for name, shown in (("zero_pad", "pad"), ("index_hints", "hints")):
         if opts.get(name):
             parts.append(shown)
     if opts.get("loops", 1) != 1:
-        parts.append(f"looped x{opts['loops']}")
+        low = opts.get("min_loops", 0)
+        drawn = f"{low}..{opts['loops']}" if low else str(opts["loops"])
+        parts.append(f"looped {data['num_layers']}x{drawn}")
     return " + ".join(parts)
 
 

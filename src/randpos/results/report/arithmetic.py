@@ -9,7 +9,8 @@ Per run, three bands, each the mean over its cells:
 * **beyond 2N**: both operands of 2N + 1 .. M digits (e.g. 21..40 for N = 10, M = 40), the
   band of the question "does it generalize to at least twice the training length".
 
-Runs are grouped into arms (every config field that varies, seed aside); the table gives per arm
+Runs are grouped into arms (:func:`randpos.workloads.arithmetic.arm_label`: the attention
+encoding, randomized or not, the digit positions, the format, the loops); the table gives per arm
 the mean ± sample std (ddof=1) of each band over the seeds, the median and quartiles of the
 beyond-2N band (numpy.quantile, method "linear") and its success rate: the fraction of seeds
 whose beyond-2N band reaches tau (the report's success threshold). The heat maps show each arm's
@@ -23,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from randpos.results.report.images import arm_labels
 from randpos.results.report.stats import QUANTILE_METHOD, summarize
-from randpos.workloads.arithmetic import plot_grids
+from randpos.workloads.arithmetic import arm_label, plot_grids
 
 WORKLOAD = "arithmetic"
 BANDS = ("in-distribution", "out-of-distribution", "beyond 2N")
@@ -41,11 +41,15 @@ def cell_frame(store, runs: pd.DataFrame) -> pd.DataFrame:
     """Long format: arm, run_id, seed, N, M, n, m, exact (the done arithmetic runs' cells)."""
     mine = arithmetic_runs(runs)
     records = []
-    labels = arm_labels(mine) if not mine.empty else {}
+    summaries = {rid: (store.get_run(rid) or {}).get("summary") or {} for rid in mine["run_id"]}
+    tasks = {s.get("task") for s in summaries.values()}
     for rid, seed, N, M in mine[
         ["run_id", "seed", "max_train_length", "eval_max_length"]
     ].itertuples(index=False):
-        summary = (store.get_run(rid) or {}).get("summary") or {}
+        summary = summaries[rid]
+        label = arm_label(summary["config"]) if summary.get("config") else str(rid)
+        if len(tasks) > 1:
+            label = f"{summary.get('task')}: {label}"
         for metrics in (summary.get("size_metrics") or {}).values():
             for name, value in metrics.items():
                 if not name.startswith("cell_"):
@@ -53,7 +57,7 @@ def cell_frame(store, runs: pd.DataFrame) -> pd.DataFrame:
                 _, n, m = name.split("_")
                 records.append(
                     {
-                        "arm": labels[rid],
+                        "arm": label,
                         "run_id": rid,
                         "seed": int(seed),
                         "N": int(N),
