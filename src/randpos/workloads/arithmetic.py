@@ -63,6 +63,7 @@ from randpos.positions import (
 )
 from randpos.tasks.arithmetic import ARITHMETIC_TASKS, ArithmeticFormat, ArithmeticTask
 from randpos.workloads.base import Batch, Models, Workload
+from randpos.workloads.encoder import task_summary
 from randpos.workloads.registry import register_workload
 
 DIGIT_SOURCES = ("none", *TOKEN_SOURCES)
@@ -101,21 +102,23 @@ class ArithmeticWorkload(Workload):
 
     options = ArithmeticOptions
     # CPU-sized defaults (docs/arithmetic.md, "Cost"): operands of 1..10 digits in training,
-    # the grid to 40 x 40 digits; no dropout.
+    # the grid to 40 x 40 digits with 16 examples per cell; a 4-layer model of width 64 (about
+    # 0.2M parameters), 4,000 Adam steps of batch 64 (about 6 CPU minutes a run with the grid
+    # evaluation, one thread: benchmarks/bench_arithmetic.py); no dropout.
     defaults = {
         "task": "addition",
         "pe": "none",
         "positions": {"max_position": 256},
-        "steps": 3000,
+        "steps": 4000,
         "batch_size": 64,
         "max_train_length": 10,
         "eval_max_length": 40,
         "eval_batch_size": 16,
         "eval_sub_batch_size": 16,
         "num_layers": 4,
-        "width": 128,
+        "width": 64,
         "num_heads": 4,
-        "ff_width": 512,
+        "ff_width": 256,
         "dropout": 0.0,
         "learning_rate": 1.0e-3,
         "log_every": 100,
@@ -213,18 +216,10 @@ class ArithmeticWorkload(Workload):
         # the longest number evaluated: the answer of two M-digit operands
         longest_number = task.answer_digits(config.eval_max_length, config.eval_max_length)
         return ModelConfig(
+            **{**config.architecture(), "causal": True},
             vocab_size=task.vocab_size,
             num_classes=task.vocab_size,
-            num_layers=config.num_layers,
-            width=config.width,
-            num_heads=config.num_heads,
-            ff_width=config.ff_width,
-            dropout=config.dropout,
-            pe=config.pe,
             max_position=config.positions.max_position if config.randomized else longest,
-            causal=True,
-            attention=config.attention,
-            pe_options=config.pe_options,
             embed_pe="none" if spec is None else opts.digit_pe,
             embed_max_position=1 if spec is None else spec.positions_needed(longest_number),
             loops=opts.loops,
@@ -415,16 +410,9 @@ class ArithmeticWorkload(Workload):
         plot_grids({title: cells}, Path(out) / "heatmap.png", self.config.max_train_length)
 
     def summary_fields(self) -> dict[str, Any]:
-        cfg = self.config
-        flat = cfg.positions.legacy()
         return {
             "workload": self.name,
-            "task": cfg.task,
-            "pe": cfg.pe,
-            "randomized": cfg.randomized,
-            "max_position": flat["max_position"],
-            "randomize": flat["randomize"],
-            "eval_positions": self.eval_mode(),
+            **task_summary(self.config, self.eval_mode()),
             "digit_positions": self.opts.digit_positions,
             "loops": self.opts.loops,
         }

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from randpos.results.report.images import to_markdown
 from randpos.results.report.stats import QUANTILE_METHOD, summarize
 from randpos.workloads.arithmetic import arm_label, plot_grids
 
@@ -120,14 +121,6 @@ def _pm(mean: float, std: float) -> str:
     if np.isnan(mean):
         return ""
     return f"{100 * mean:.1f}" + ("" if np.isnan(std) else f" ± {100 * std:.1f}")
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    head = list(table.columns)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines)
 
 
 def mean_cells(cells: pd.DataFrame) -> dict[str, dict[tuple[int, int], float]]:
