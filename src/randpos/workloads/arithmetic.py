@@ -103,13 +103,13 @@ class ArithmeticWorkload(Workload):
     options = ArithmeticOptions
     # CPU-sized defaults (docs/arithmetic.md, "Cost"): operands of 1..10 digits in training,
     # the grid to 40 x 40 digits with 16 examples per cell; a 4-layer model of width 64 (about
-    # 0.2M parameters), 4,000 Adam steps of batch 64 (about 6 CPU minutes a run with the grid
+    # 0.2M parameters), 4,500 Adam steps of batch 64 (about 6 CPU minutes a run with the grid
     # evaluation, one thread: benchmarks/bench_arithmetic.py); no dropout.
     defaults = {
         "task": "addition",
         "pe": "none",
         "positions": {"max_position": 256},
-        "steps": 4000,
+        "steps": 4500,
         "batch_size": 64,
         "max_train_length": 10,
         "eval_max_length": 40,
