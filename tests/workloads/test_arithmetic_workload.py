@@ -101,6 +101,7 @@ def test_the_grid_scores_an_integer_oracle_exact_and_a_wrong_one_where_it_is_wro
     assert workload.cells[1] == cells
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     "options",
     [
