@@ -73,6 +73,5 @@ def test_the_committed_reproduction_report_text_regenerates_byte_identically(tmp
         assert got == (committed / name).read_bytes(), name
 
 
-
 def _strip_images(html: bytes) -> bytes:
     return re.sub(rb"base64,[A-Za-z0-9+/=]+", b"base64,...", html)

@@ -157,7 +157,8 @@ ModelOpt = Annotated[
     str | None,
     typer.Option(
         "--model",
-        help="The workload: encoder (default) | decoder | vit | dit | arpg | module:Class.",
+        help="The workload: encoder (default) | decoder | vit | dit | arpg | arithmetic | "
+        "module:Class.",
     ),
 ]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda[:i].")]

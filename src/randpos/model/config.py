@@ -3,7 +3,7 @@ architecture."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from randpos.encodings.base import EncodingShape
@@ -37,6 +37,13 @@ class ModelConfig:
     # The encoding's own parameters (``randpos.encodings``: e.g. the rotary base ``theta``);
     # names of other encodings' options are ignored by this one.
     pe_options: dict[str, Any] = field(default_factory=dict)
+    # A second, embed-only encoding fed by its own positions (``forward(embed_positions=)``,
+    # e.g. Abacus digit indices read from the tokens) over [0, embed_max_position); "none": off.
+    embed_pe: str = "none"
+    embed_max_position: int = 1
+    # Looped model: the layers are one weight-tied block applied ``loops`` times, the embedded
+    # input added again before every pass after the first (1: the plain model).
+    loops: int = 1
 
     def encoding_shape(self) -> EncodingShape:
         """What the positional encoding knows of this model."""
@@ -47,6 +54,10 @@ class ModelConfig:
             max_position=self.max_position,
             causal=self.causal,
         )
+
+    def embed_shape(self) -> EncodingShape:
+        """What the embed-only encoding knows of this model (its own position range)."""
+        return replace(self.encoding_shape(), max_position=self.embed_max_position)
 
     def to_dict(self) -> dict:
         """The config as a plain dict."""

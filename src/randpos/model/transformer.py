@@ -8,6 +8,14 @@ G = number of distance tables (1 or num_layers).
     every layer:  h = LN(h + Dropout(Attention(h)));  h = LN(h + Dropout(FFN(h)))
     logits = Linear(h)                      on every position, (B, T, C)
 
+Two extensions, both off by default (docs/design.md §6): a second, embed-only encoding
+(``embed_pe``) adds ``embed_pe.embed(embed_positions)`` to the embedded tokens, its positions
+given separately from the attention's (Abacus digit indices, coupled ids); and a looped model
+(``loops`` = r) applies the layers as one weight-tied block r times, adding the embedded input
+e again before every pass after the first (input injection): h_1 = block(e),
+h_p = block(h_{p-1} + e). Under a KV cache every pass keeps its own keys and values
+(``KVCache(num_layers * r)``, pass p's layer l in slot p * num_layers + l).
+
 Randomness is explicit (docs/design.md §4): ``Transformer(config, generator=g)`` initializes from
 ``g`` and ``forward(..., generator=g)`` draws every dropout mask from ``g``, in one call
 (:meth:`Transformer.draw_dropout_noise`, S = :attr:`Transformer.dropout_sites` uniform (B, T, D)
@@ -58,6 +66,15 @@ def check_config(config: ModelConfig) -> None:
     if config.pe not in PE_NAMES:
         get_encoding(config.pe)  # raises the registry's error, listing the valid names
     check_position_dims(config.pe, 1)  # an image encoding on the sequence model
+    if not isinstance(config.loops, int) or isinstance(config.loops, bool) or config.loops < 1:
+        fail("loops", "a positive integer")
+    if config.embed_pe != "none":
+        if config.embed_pe not in PE_NAMES:
+            get_encoding(config.embed_pe)
+        if get_encoding(config.embed_pe).overridden_hooks() != ("embed",):
+            fail("embed_pe", "an embed-only encoding (one that overrides embed alone)")
+        if not isinstance(config.embed_max_position, int) or config.embed_max_position < 1:
+            fail("embed_max_position", "a positive integer")
 
 
 def _is_integer(t: torch.Tensor) -> bool:
@@ -69,6 +86,19 @@ def _slice(noise: torch.Tensor | None, start: int, count: int) -> torch.Tensor |
     if noise is None:
         return None
     return noise[start] if count == 1 else noise[start : start + count]
+
+
+class _PassSlots:
+    """A looped model's later pass seen as a cache of ``num_layers`` slots: layer l's keys and
+    values go to the underlying cache's slot ``offset + l``."""
+
+    def __init__(self, cache: KVCache, offset: int) -> None:
+        self.cache, self.offset = cache, offset
+
+    def extend(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.extend(self.offset + layer, k, v)
 
 
 class EncoderLayer(nn.Module):
@@ -116,6 +146,9 @@ class Transformer(nn.Module):
         check_config(config)
         self.config = config
         self.pe = build_encoding(config.pe, config.encoding_shape(), config.pe_options)
+        self.embed_pe = None
+        if config.embed_pe != "none":
+            self.embed_pe = build_encoding(config.embed_pe, config.embed_shape())
         # zeros until reset_parameters: construction never touches an RNG
         self.embedding = nn.Embedding(
             config.vocab_size, config.width, _weight=torch.zeros(config.vocab_size, config.width)
@@ -133,12 +166,15 @@ class Transformer(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 module.reset_parameters()
         self.pe.reset_parameters(generator)
+        if self.embed_pe is not None:
+            self.embed_pe.reset_parameters(generator)
 
     @property
     def dropout_sites(self) -> int:
         """Dropout applications per training forward: the embedding (absolute PEs only), then
-        each layer's attention output and feed-forward output."""
-        return int(self.pe.has_embed) + 2 * self.config.num_layers
+        each layer's attention output and feed-forward output, in every pass."""
+        embedded = self.pe.has_embed or self.embed_pe is not None
+        return int(embedded) + 2 * self.config.num_layers * self.config.loops
 
     def draw_dropout_noise(
         self, batch_size: int, length: int, generator: torch.Generator
@@ -166,6 +202,8 @@ class Transformer(nn.Module):
         dropout_noise: torch.Tensor | None = None,
         validate: bool = True,
         cache: KVCache | None = None,
+        embed_positions: torch.Tensor | None = None,
+        loops: int | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, C) for every position.
 
@@ -188,11 +226,21 @@ class Transformer(nn.Module):
                    values and ``positions``). An empty cache makes this a normal forward that
                    also fills it; the logits equal those of one forward over the whole sequence
                    at the same positions (tests/workloads/test_decoder.py).
+        embed_positions: integer (B or 1, T) in [0, embed_max_position), the embed-only
+                   encoding's positions (required with ``embed_pe``, ignored without).
+        loops:     passes of a looped model (default ``config.loops``); a cache must have
+                   num_layers * loops slots. Dropout draws are sized for ``config.loops``.
         """
         self._check_inputs(tokens, positions, distances, layer_positions, validate)
+        passes = self.config.loops if loops is None else loops
+        if not isinstance(passes, int) or passes < 1:
+            raise ValueError(f"loops must be a positive integer, got {passes!r}")
+        self._check_embed_positions(embed_positions, tokens, validate)
         key_positions = None
         if cache is not None:
-            key_positions = self._check_cache(cache, tokens, positions, distances, layer_positions)
+            key_positions = self._check_cache(
+                cache, tokens, positions, distances, layer_positions, passes
+            )
         self._check_noise(dropout_noise, tokens)
         if not self.pe.uses_distances:
             distances = None
@@ -203,27 +251,40 @@ class Transformer(nn.Module):
                 noise = self.draw_dropout_noise(tokens.shape[0], tokens.shape[1], generator)
             if noise is not None:
                 noise = noise.to(tokens.device)
+                if passes != self.config.loops:
+                    raise ValueError(
+                        f"dropout draws are sized for loops={self.config.loops}; a training "
+                        f"forward with loops={passes} needs dropout=0"
+                    )
         site = 0
         h = self.embedding(tokens) * math.sqrt(self.config.width)  # (B, T, D)
         if self.pe.has_embed:
-            # dropout on embeddings only with an absolute encoding, as in the reference
             h = self.pe.embed(h, positions)
+        if self.embed_pe is not None:
+            h = self.embed_pe.embed(h, embed_positions)
+        if self.pe.has_embed or self.embed_pe is not None:
+            # dropout on embeddings only with an absolute encoding, as in the reference
             h = dropout(h, self.config.dropout, self.training, noise=_slice(noise, site, 1))
             site += 1
-        for index, layer in enumerate(self.layers):
-            seen = positions if layer_positions is None else layer_positions[index]
-            h = layer(
-                h,
-                seen,
-                self.pe,
-                index,
-                distances,
-                None,
-                _slice(noise, site, 2),
-                cache,
-                key_positions,
-            )
-            site += 2
+        injected = h
+        for p in range(passes):
+            if p:
+                h = h + injected  # input injection
+            slots = cache if cache is None or p == 0 else _PassSlots(cache, p * len(self.layers))
+            for index, layer in enumerate(self.layers):
+                seen = positions if layer_positions is None else layer_positions[index]
+                h = layer(
+                    h,
+                    seen,
+                    self.pe,
+                    index,
+                    distances,
+                    None,
+                    _slice(noise, site, 2),
+                    slots,
+                    key_positions,
+                )
+                site += 2
         if cache is not None:
             cache.positions = key_positions
         return self.head(h)  # (B, T, C)
@@ -235,11 +296,14 @@ class Transformer(nn.Module):
         positions: torch.Tensor,
         distances: torch.Tensor | None,
         layer_positions: torch.Tensor | None,
+        passes: int = 1,
     ) -> torch.Tensor:
         """The positions of every key after this step (B or 1, Tc + T); ``ValueError`` for a
         cache this model cannot use."""
-        if not isinstance(cache, KVCache) or len(cache.keys) != self.config.num_layers:
-            raise ValueError(f"cache must be a KVCache({self.config.num_layers}) for this model")
+        slots = self.config.num_layers * passes
+        if not isinstance(cache, KVCache) or len(cache.keys) != slots:
+            what = f"{self.config.num_layers}" if passes == 1 else f"num_layers * loops = {slots}"
+            raise ValueError(f"cache must be a KVCache({what}) for this model")
         if not self.config.causal:
             raise ValueError(
                 "a KV cache needs a causal model (causal=True): a bidirectional "
@@ -263,6 +327,35 @@ class Transformer(nn.Module):
         return torch.cat(
             [cached.expand(batch, -1), positions.expand(batch, -1).to(cached.dtype)], dim=-1
         )
+
+    def _check_embed_positions(
+        self, embed_positions: torch.Tensor | None, tokens: torch.Tensor, validate: bool
+    ) -> None:
+        if self.embed_pe is None:
+            return
+        if not isinstance(embed_positions, torch.Tensor):
+            raise ValueError(
+                f"embed_pe {self.config.embed_pe!r} needs embed_positions (B, T), got "
+                f"{type(embed_positions).__name__}"
+            )
+        if (
+            embed_positions.dim() != 2
+            or embed_positions.shape[1] != tokens.shape[1]
+            or embed_positions.shape[0] not in (1, tokens.shape[0])
+            or not _is_integer(embed_positions)
+        ):
+            raise ValueError(
+                f"embed_positions must be an integer tensor of shape (B or 1, T) matching tokens "
+                f"{tuple(tokens.shape)}, got {embed_positions.dtype} {tuple(embed_positions.shape)}"
+            )
+        if validate:
+            lo, hi = torch.stack([embed_positions.min(), embed_positions.max()]).tolist()
+            limit = self.config.embed_max_position
+            if lo < 0 or hi >= limit:
+                raise ValueError(
+                    f"embed_positions must lie in [0, embed_max_position={limit}), got values "
+                    f"in [{lo}, {hi}]"
+                )
 
     def _check_noise(self, noise: torch.Tensor | None, tokens: torch.Tensor) -> None:
         if noise is None:

@@ -8,6 +8,8 @@
 * :mod:`~randpos.positions.plans`: :func:`plan_positions`, the positions of one forward pass
   (training batch, evaluated batch, decoder prompt) from a spec;
 * :mod:`~randpos.positions.decode`: where a causal model's generated tokens go;
+* :mod:`~randpos.positions.tokens`: positions read from the tokens (Abacus digit indices,
+  coupled position ids), for a second, embed-only encoding;
 * :mod:`~randpos.positions.grid`: the same samplers per axis for image patch grids.
 
 Every function is pure: randomness comes only from the ``generator`` it is given.
@@ -45,6 +47,14 @@ from randpos.positions.spec import (
     PositionSpec,
     spec_from_legacy,
 )
+from randpos.positions.tokens import (
+    TOKEN_SOURCES,
+    TokenKinds,
+    TokenPositionSpec,
+    draw_offsets,
+    significance,
+    token_positions,
+)
 
 __all__ = [
     "DECODE_MODES",
@@ -53,6 +63,9 @@ __all__ = [
     "LEGACY_FIELDS",
     "READINGS",
     "SAMPLERS",
+    "TOKEN_SOURCES",
+    "TokenKinds",
+    "TokenPositionSpec",
     "PositionPlan",
     "PositionSpec",
     "check_grid_positions",
@@ -61,6 +74,7 @@ __all__ = [
     "contiguous_distances",
     "contiguous_positions",
     "decode_positions",
+    "draw_offsets",
     "float_positions",
     "grid_positions",
     "plan_positions",
@@ -70,8 +84,10 @@ __all__ = [
     "sample_distances",
     "sample_grid_positions",
     "sample_positions",
+    "significance",
     "sorted_subset",
     "spec_from_legacy",
     "spread_distances",
     "spread_positions",
+    "token_positions",
 ]

@@ -8,6 +8,7 @@
 """
 
 from randpos.workloads import (  # noqa: F401 (registers them)
+    arithmetic,
     arpg,
     decoder,
     encoder,

@@ -246,6 +246,16 @@ class TrainConfig:
         """Positions the PE must cover: L when randomized, else the longest evaluated sequence."""
         return self.positions.max_position if self.randomized else self.longest_sequence()
 
+    def architecture(self) -> dict[str, Any]:
+        """The :class:`ModelConfig` fields this config sets whatever the task (the vocabulary and
+        the position range are the task's and the workload's)."""
+        names = ("num_layers", "width", "num_heads", "ff_width", "dropout", "pe", "attention")
+        return {
+            **{name: getattr(self, name) for name in names},
+            "causal": self.causal,
+            "pe_options": self.pe_options,
+        }
+
     def model_config(self) -> ModelConfig:
         """The :class:`randpos.model.ModelConfig` of this config's task, encoding and architecture
         (vocabulary: the task's inputs plus the blank token)."""
@@ -253,16 +263,8 @@ class TrainConfig:
         return ModelConfig(
             vocab_size=task.input_vocab_size + 1,  # + the blank token (id = input vocab size)
             num_classes=task.output_vocab_size,
-            num_layers=self.num_layers,
-            width=self.width,
-            num_heads=self.num_heads,
-            ff_width=self.ff_width,
-            dropout=self.dropout,
-            pe=self.pe,
             max_position=self.model_max_position(),
-            attention=self.attention,
-            causal=self.causal,
-            pe_options=self.pe_options,
+            **self.architecture(),
         )
 
 

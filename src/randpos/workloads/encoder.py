@@ -186,16 +186,21 @@ class EncoderWorkload(Workload):
 
     # ----------------------------------------------------------------- reporting
     def summary_fields(self) -> dict[str, Any]:
-        cfg = self.config
-        flat = cfg.positions.legacy()  # the summary's fields, as every earlier run wrote them
-        return {
-            "task": cfg.task,
-            "pe": cfg.pe,
-            "randomized": cfg.randomized,
-            "max_position": flat["max_position"],
-            "randomize": flat["randomize"],
-            "eval_positions": self.eval_mode(),
-        }
+        return task_summary(self.config, self.eval_mode())
 
 
-__all__ = ["EncoderWorkload"]
+def task_summary(config, eval_mode: str) -> dict[str, Any]:
+    """The summary's leading fields of a task run (task, encoding, positions), as every earlier
+    run wrote them."""
+    flat = config.positions.legacy()
+    return {
+        "task": config.task,
+        "pe": config.pe,
+        "randomized": config.randomized,
+        "max_position": flat["max_position"],
+        "randomize": flat["randomize"],
+        "eval_positions": eval_mode,
+    }
+
+
+__all__ = ["EncoderWorkload", "task_summary"]

@@ -178,7 +178,12 @@ def slice_plan(plan: PositionPlan, lo: int, hi: int) -> PositionPlan:
     def rows(t: torch.Tensor | None, axis: int) -> torch.Tensor | None:
         return t if t is None or t.shape[axis] == 1 else t.narrow(axis, lo, hi - lo)
 
-    return PositionPlan(rows(plan.positions, 0), plan.distances, rows(plan.layer_positions, 1))
+    return PositionPlan(
+        rows(plan.positions, 0),
+        plan.distances,
+        rows(plan.layer_positions, 1),
+        rows(plan.embed_positions, 0),
+    )
 
 
 def evaluate(

@@ -20,7 +20,9 @@ tau is ``success_threshold``) and, for the algorithmic tasks, the chance level
 
 Table 1 holds the paper's workload (``encoder``) only; runs of other workloads get a table and
 a figure each (:mod:`randpos.results.report.workloads`), and a store without encoder runs a report
-without Table 1.
+without Table 1. The image workloads and the arithmetic workload add their own sections
+(:mod:`randpos.results.report.images`, :mod:`randpos.results.report.arithmetic`: bands of the
+operand-length grid and its heat maps, arithmetic_cells.csv, arithmetic_bands.csv).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from randpos.results.report.architectures import (
     architecture_table,
     task_runs,
 )
+from randpos.results.report.arithmetic import write_arithmetic_section
 from randpos.results.report.chance import ChanceLevels
 from randpos.results.report.figures import accuracy_vs_length, heatmap
 from randpos.results.report.images import write_images_section
@@ -175,6 +178,10 @@ def write_report(
         paths["chance_csv"] = _write_frame(report.chance.table(), out / "chance.csv")
     paths.update({f"figure_{k}": v for k, v in figure_paths.items()})
     images, image_paths = write_images_section(store, report.runs, out, figures)
+    arithmetic, arithmetic_paths = write_arithmetic_section(
+        store, report.runs, out, figures, report.threshold
+    )
+    images, image_paths = images + arithmetic, {**image_paths, **arithmetic_paths}
     paths.update(image_paths)
     context, context_paths = write_long_context_section(
         store, report.runs, out, figures, threshold=effective_threshold, tau=report.threshold

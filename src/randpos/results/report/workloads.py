@@ -109,9 +109,15 @@ def _hashable(value):
     return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
 
 
-def _cell(value) -> str:
+def _cell(value, score: bool = True) -> str:
+    """A score in % with one decimal; a config value as it is (a float column of a config
+    field, e.g. ``options.loops`` with gaps, without the % scaling and without ``.0``)."""
     if isinstance(value, float):
-        return "" if np.isnan(value) else f"{100 * value:.1f}"
+        if np.isnan(value):
+            return ""
+        if not score:
+            return str(int(value)) if value.is_integer() else f"{value:g}"
+        return f"{100 * value:.1f}"
     return str(value)
 
 
@@ -124,7 +130,8 @@ def to_markdown(frame: pd.DataFrame) -> str:
     head = [c + (" (%)" if c in scores else "") for c in frame.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+        cells = (_cell(v, c in scores) for c, v in zip(frame.columns, row, strict=True))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -132,7 +139,12 @@ def to_html(frame: pd.DataFrame) -> str:
     scores = _score_columns(frame)
     head = "".join(f"<th>{html.escape(c + (' (%)' if c in scores else ''))}</th>" for c in frame)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(_cell(v, c in scores))}</td>"
+            for c, v in zip(frame.columns, row, strict=True)
+        )
+        + "</tr>"
         for row in frame.itertuples(index=False)
     )
     return f"<table><tr>{head}</tr>{body}</table>"
