@@ -40,7 +40,7 @@ def test_presets_and_sweeps_are_package_data_found_by_name(tmp_path, monkeypatch
     assert quick == PRESETS / "quick.yaml" and load_yaml(quick)["steps"] == 500
     assert find_spec("tiny") == SWEEP_PRESETS / "tiny.yaml"
     assert load_spec("tiny").name == "tiny"
-    with pytest.raises(ConfigError, match="neither a file nor a preset; presets: arpg, images"):
+    with pytest.raises(ConfigError, match=r"neither a file nor a preset; presets: (\w+, )*quick"):
         find_preset("quik")
     with pytest.raises(SweepError, match="sweep 'tin' is neither a file nor a preset"):
         find_spec("tin")
