@@ -96,18 +96,23 @@ def make_configs(spec: dict) -> list:
     ]
 
 
-def train_flops(config, n: int) -> float:
-    """Analytic FLOPs of one training step (forward + backward = 3 x forward) of one model:
+def forward_flops(config, n: int, batch: int) -> float:
+    """Analytic FLOPs of one forward pass of one model over ``batch`` sequences of length n:
     the matrix products (projections, feed-forward, attention scores and mixing, head)."""
     from randpos.tasks import get_task
 
     task = get_task(config.task)
     n_in = task.input_length(n)
     T = n_in + task.output_length(n_in)
-    B, D, F, L = config.batch_size, config.width, config.ff_width, config.num_layers
+    B, D, F, L = batch, config.width, config.ff_width, config.num_layers
     C = task.output_vocab_size
     per_layer = 2 * B * T * (4 * D * D + 2 * D * F) + 2 * 2 * B * T * T * D
-    return 3 * (L * per_layer + 2 * B * T * D * C)
+    return L * per_layer + 2 * B * T * D * C
+
+
+def train_flops(config, n: int) -> float:
+    """Analytic FLOPs of one training step (forward + backward = 3 x forward) of one model."""
+    return 3 * forward_flops(config, n, config.batch_size)
 
 
 # ----------------------------------------------------------------------------- workers
