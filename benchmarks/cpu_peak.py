@@ -1,0 +1,265 @@
+"""The CPU against its own peak: achieved FLOP/s of training and evaluation at the paper's
+configuration, as a fraction of this machine's own fp32 matrix-product peak, per thread count.
+
+One command measures everything, each (code version, thread count) in a fresh process
+(``OMP_NUM_THREADS`` and ``torch.set_num_threads``), the versions interleaved so that a shared
+machine's drift hits them alike:
+
+* the peak: the best of large square ``torch.mm`` in fp32 (n = 1024, 2048), taken before and
+  after the workload in the same process (the higher one counts);
+* training: one model (a ``Trainer`` of one member, the default loop) at the paper's
+  configuration (default model 5 x 64, B = 128, lengths from the uniform curriculum 1..40,
+  reverse_string, PE none unless ``--pe``), FLOPs counted analytically
+  (``throughput.train_flops``);
+* evaluation: ``Trainer.evaluate`` of one length (512 sequences, the paper's count) at
+  lengths 10, 50, 100, 200 and 500, FLOPs ``throughput.forward_flops``; the cost of every
+  length 1..500 per model from the non-negative a + bT + cT^2 fit through them
+  (``throughput.fit_eval_seconds``).
+
+The load average is recorded with every process. ``--code NAME=SRC`` runs another checkout's
+``src`` (e.g. ``git archive <commit> src | tar -x -C /tmp/base``) with the same command;
+``--profile`` prints torch.profiler's top operators of a training step and of an evaluation
+chunk instead.
+
+    .venv/bin/python benchmarks/cpu_peak.py --code before=/tmp/base/src --code after=src
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from machine import load_average, machine_info  # benchmarks/machine.py (the script's own folder)
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MM_SIZES = (1024, 2048)
+
+
+# ----------------------------------------------------------------------------- the worker
+def mm_peak(reps: int = 3) -> float:
+    """The best fp32 FLOP/s of large square matrix products on this process's threads."""
+    import torch
+
+    best = 0.0
+    generator = torch.Generator().manual_seed(0)
+    for n in MM_SIZES:
+        a, b = (torch.randn(n, n, generator=generator) for _ in range(2))
+        torch.mm(a, b)
+        for _ in range(reps):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def worker(spec: dict) -> dict:
+    import torch
+    from throughput import fit_eval_seconds, forward_flops, train_flops
+
+    import randpos
+    from randpos.loop.trainer import Trainer
+    from randpos.workloads.config import TrainConfig
+
+    torch.set_num_threads(spec["threads"])
+    out: dict = {"randpos": randpos.__file__, "load_start": load_average()}
+    peaks = [mm_peak()]
+    config = TrainConfig.from_dict(spec["config"])
+    trainer = Trainer(config)
+    for _ in range(spec["warmup"]):
+        trainer.train_step()
+    lengths, seconds = [], []
+    for _ in range(spec["steps"]):
+        start = time.perf_counter()
+        n = trainer.train_step()[2]
+        seconds.append(time.perf_counter() - start)
+        lengths.append(n)
+    flops = sum(train_flops(config, n) for n in lengths)
+    out["train"] = {
+        "lengths": lengths,
+        "step_s": seconds,
+        "mean_step_s": sum(seconds) / len(seconds),
+        "flop_per_s": flops / sum(seconds),
+    }
+    evals = {}
+    trainer.evaluate(progress=False, lengths=[spec["eval_lengths"][0]])  # warm-up
+    for n in spec["eval_lengths"]:
+        start = time.perf_counter()
+        trainer.evaluate(progress=False, lengths=[n])
+        s = time.perf_counter() - start
+        evals[n] = {"s": s, "flop_per_s": forward_flops(config, n, config.eval_batch_size) / s}
+    out["eval"] = evals
+    out["eval_1_to_500_s"] = fit_eval_seconds(config, {n: e["s"] for n, e in evals.items()}, 500)
+    peaks.append(mm_peak())
+    out["mm_peak_flop_per_s"] = max(peaks)
+    out["mm_peaks"] = peaks
+    out["load_end"] = load_average()
+    return out
+
+
+def profile(spec: dict) -> None:
+    """torch.profiler's top operators (self CPU time) of training steps and of an evaluation."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from randpos.loop.trainer import Trainer
+    from randpos.workloads.config import TrainConfig
+
+    torch.set_num_threads(spec["threads"])
+    config = TrainConfig.from_dict(dict(spec["config"], curriculum="fixed"))
+    trainer = Trainer(config)
+    for _ in range(2):
+        trainer.train_step()
+    phases = {
+        f"training step, n = {config.max_train_length}": lambda: trainer.train_step(),
+        f"evaluation, n = {spec['eval_lengths'][-1]}": lambda: trainer.evaluate(
+            progress=False, lengths=[spec["eval_lengths"][-1]]
+        ),
+    }
+    for name, fn in phases.items():
+        with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            start = time.perf_counter()
+            fn()
+            wall = time.perf_counter() - start
+        events = prof.key_averages(group_by_input_shape=True)
+        total = sum(e.self_cpu_time_total for e in events)
+        print(f"\n{name}: {wall:.3f} s wall, {spec['threads']} thread(s)")
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]:
+            share = 100 * e.self_cpu_time_total / total
+            print(f"  {share:5.1f}%  {e.count:5d} x {e.key:42} {str(e.input_shapes)[:70]}")
+
+
+# ----------------------------------------------------------------------------- the driver
+def run(spec: dict, src: str | None, timeout: float) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(src).resolve()), str(HERE)])
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=HERE,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-3:]}
+    return json.loads(lines[-1])
+
+
+def print_table(rows: list[dict]) -> None:
+    def frac(value: float, peak: float) -> str:
+        return f"{value / 1e9:6.1f} ({100 * value / peak:4.1f}%)"
+
+    lengths = sorted({int(n) for r in rows if "eval" in r for n in r["eval"]})
+    head = f"{'code':8} {'thr':>3} {'mm peak':>8} {'train GF/s (%)':>16}"
+    head += "".join(f" {f'eval n={n}':>15}" for n in lengths) + f" {'1..500 s':>9}  load"
+    print(head)
+    for r in rows:
+        if "error" in r:
+            print(f"{r['code']:8} {r['threads']:>3} ERROR {r['error']}")
+            continue
+        peak = r["mm_peak_flop_per_s"]
+        line = f"{r['code']:8} {r['threads']:>3} {peak / 1e9:8.1f} {frac(r['train']['flop_per_s'], peak):>16}"
+        for n in lengths:
+            e = r["eval"].get(str(n)) or r["eval"].get(n)
+            line += f" {frac(e['flop_per_s'], peak) if e else '-':>15}"
+        total = r.get("eval_1_to_500_s")
+        line += f" {total:9.0f}" if total else f" {'-':>9}"
+        print(line + f"  {r['load_start']} -> {r['load_end']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--code",
+        action="append",
+        default=None,
+        metavar="NAME=SRC",
+        help="a code version to measure (its src folder); repeatable; default: this checkout",
+    )
+    parser.add_argument("--task", default="reverse_string")
+    parser.add_argument("--pe", default="none")
+    parser.add_argument("--randomized", action="store_true")
+    parser.add_argument("--steps", type=int, default=12, help="timed training steps")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--eval-lengths", type=int, nargs="+", default=[10, 50, 100, 200, 500])
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of the whole grid")
+    parser.add_argument("--profile", action="store_true", help="print operator profiles")
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.worker:
+        spec = json.loads(args.worker)
+        if spec.get("profile"):
+            profile(spec)
+        else:
+            print(json.dumps(worker(spec)))
+        return
+
+    config = dict(
+        task=args.task,
+        pe=args.pe,
+        randomized=args.randomized,
+        batch_size=128,
+        max_train_length=40,
+        eval_max_length=max(500, *args.eval_lengths),
+        device="cpu",
+    )
+    if args.randomized:
+        config["max_position"] = 2048  # the paper preset's L
+    spec = {"config": config, "steps": args.steps, "warmup": args.warmup}
+    spec["eval_lengths"] = args.eval_lengths
+    codes = [c.split("=", 1) for c in (args.code or ["current="])]
+    if args.profile:
+        for t in args.threads:
+            for name, src in codes:
+                print(f"=== {name} ({src or 'this checkout'})")
+                env = dict(os.environ, OMP_NUM_THREADS=str(t))
+                if src:
+                    env["PYTHONPATH"] = os.pathsep.join([str(Path(src).resolve()), str(HERE)])
+                payload = json.dumps({**spec, "threads": t, "profile": True})
+                subprocess.run([sys.executable, __file__, "--worker", payload], env=env, cwd=HERE)
+        return
+
+    info = machine_info()
+    print(f"{info['cpu_model']} x{info['cpu_count']}, torch {info['torch']}, load {info['load_average']}")
+    rows = []
+    for repeat in range(args.repeats):
+        for t in args.threads:
+            for name, src in codes:
+                started = time.perf_counter()
+                row = run({**spec, "threads": t}, src or None, args.timeout)
+                row.update(code=name, src=src, threads=t, repeat=repeat)
+                row["wall_s"] = round(time.perf_counter() - started, 1)
+                rows.append(row)
+                print_table([row])
+    payload = {
+        "machine": info,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "config": config,
+        "rows": rows,
+        "load_average_end": load_average(),
+    }
+    out = args.out or RESULTS / f"cpu_peak_{info['hostname']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    print()
+    print_table(rows)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
