@@ -458,7 +458,10 @@ class Trainer:
                 grads.append([self._kept(g) for g in _grad(loss, views)])
                 losses.append(self._kept(loss.detach()))
                 aux.append(self._kept(out.detach()))
-        stacked = [torch.stack(g) for g in zip(*grads, strict=True)]
+        if self.size == 1:  # a view: nothing to copy
+            stacked = [g.unsqueeze(0) for g in grads[0]]
+        else:
+            stacked = [torch.stack(g) for g in zip(*grads, strict=True)]
         return torch.stack(losses), torch.stack(aux), stacked
 
     def _models_batched(self, params, args, kwargs) -> torch.Tensor:
