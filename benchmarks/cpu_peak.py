@@ -42,13 +42,13 @@ MM_SIZES = (1024, 2048)
 
 
 # ----------------------------------------------------------------------------- the worker
-def mm_peak(reps: int = 3) -> float:
+def mm_peak(reps: int = 3, sizes: tuple[int, ...] = MM_SIZES) -> float:
     """The best fp32 FLOP/s of large square matrix products on this process's threads."""
     import torch
 
     best = 0.0
     generator = torch.Generator().manual_seed(0)
-    for n in MM_SIZES:
+    for n in sizes:
         a, b = (torch.randn(n, n, generator=generator) for _ in range(2))
         torch.mm(a, b)
         for _ in range(reps):
@@ -137,7 +137,8 @@ def profile(spec: dict) -> None:
 
 # ----------------------------------------------------------------------------- the driver
 def run(spec: dict, src: str | None, timeout: float) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+    threads = str(spec["threads"])
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     if src:
         env["PYTHONPATH"] = os.pathsep.join([str(Path(src).resolve()), str(HERE)])
     try:
@@ -170,7 +171,8 @@ def print_table(rows: list[dict]) -> None:
             print(f"{r['code']:8} {r['threads']:>3} ERROR {r['error']}")
             continue
         peak = r["mm_peak_flop_per_s"]
-        line = f"{r['code']:8} {r['threads']:>3} {peak / 1e9:8.1f} {frac(r['train']['flop_per_s'], peak):>16}"
+        train = frac(r["train"]["flop_per_s"], peak)
+        line = f"{r['code']:8} {r['threads']:>3} {peak / 1e9:8.1f} {train:>16}"
         for n in lengths:
             e = r["eval"].get(str(n)) or r["eval"].get(n)
             line += f" {frac(e['flop_per_s'], peak) if e else '-':>15}"
@@ -235,7 +237,8 @@ def main() -> None:
         return
 
     info = machine_info()
-    print(f"{info['cpu_model']} x{info['cpu_count']}, torch {info['torch']}, load {info['load_average']}")
+    print(f"{info['cpu_model']} x{info['cpu_count']}, torch {info['torch']}")
+    print(f"load average {info['load_average']}")
     rows = []
     for repeat in range(args.repeats):
         for t in args.threads:
