@@ -103,6 +103,29 @@ def test_a_cut_off_keeps_what_finished_and_marks_the_rest(tmp_path):
     assert "throughput" in (tmp_path / "summary.txt").read_text()
 
 
+def test_sigterm_stops_the_suite_and_keeps_what_it_saved(tmp_path):
+    command = [sys.executable, str(SUITE), "--device", "cpu", "--tiny", "--out", str(tmp_path)]
+    proc = subprocess.Popen(
+        [*command, "--stages", "machine", "throughput"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    results = tmp_path / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+        results.exists() and '"measured peak"' in results.read_text()
+    ):
+        time.sleep(0.2)  # until the throughput worker has saved its first record
+    proc.terminate()
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    names = [r["name"] for r in read_records(tmp_path)]
+    assert names[:2] == ["machine", "measured peak"]
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "interrupted" in summary and summary.strip() in output
+
+
 @pytest.mark.parametrize("seconds", [10.0, 600.0, 5_000.0, 1e6, 1e9])
 @pytest.mark.parametrize("rate", [50.0, 5_000.0])
 def test_protocol_sizing_fits_the_time(seconds, rate):
