@@ -34,7 +34,11 @@ import sys
 import time
 from pathlib import Path
 
-from machine import load_average, machine_info  # benchmarks/machine.py (the script's own folder)
+from machine import (  # benchmarks/machine.py (the script's own folder)
+    load_average,
+    machine_info,
+    run_worker,
+)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -166,21 +170,7 @@ def run(spec: dict, src: str | None, timeout: float) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     if src:
         env["PYTHONPATH"] = os.pathsep.join([str(Path(src).resolve()), str(HERE)])
-    try:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd=HERE,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode or not lines:
-        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-3:]}
-    return json.loads(lines[-1])
+    return run_worker(__file__, spec, env=env, timeout=timeout, cwd=HERE)
 
 
 def print_table(rows: list[dict], header: bool = True) -> None:

@@ -32,14 +32,14 @@ import math
 import multiprocessing as mp
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import machine  # benchmarks/machine.py (the script's own folder)
 import torch
-from machine import load_average, machine_info  # benchmarks/machine.py (the script's own folder)
+from machine import load_average, machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -305,21 +305,9 @@ def run_worker(spec: dict, timeout: float) -> dict:
         env["TORCHINDUCTOR_CACHE_DIR"] = cache  # compile times without a warm disk cache
         if spec.get("threads"):
             env["OMP_NUM_THREADS"] = str(spec["threads"])
-        try:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--worker", json.dumps(spec)],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env=env,
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
-    result = json.loads(lines[-1])
-    result["load_average"] = load_average()
+        result = machine.run_worker(__file__, spec, env=env, timeout=timeout)
+    if "error" not in result:
+        result["load_average"] = load_average()
     return result
 
 
