@@ -170,30 +170,57 @@ def profile(spec: dict) -> None:
             wall = time.perf_counter() - start
         events = prof.key_averages(group_by_input_shape=True)
         total = sum(e.self_cpu_time_total for e in events)
-        print(f"\n{name}: {wall:.3f} s wall, {spec['threads']} thread(s)")
+        print(
+            f"\n{name}: {wall:.3f} s wall, {total / 1e6:.3f} s of operators' self CPU time "
+            f"(under the profiler), {spec['threads']} thread(s)"
+        )
         for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:15]:
             share = 100 * e.self_cpu_time_total / total
             print(f"  {share:5.1f}%  {e.count:5d} x {e.key:42} {str(e.input_shapes)[:70]}")
 
 
 def attention_ab(threads: int, reps: int = 7) -> None:
-    """The explicit attention's forward + backward at the training shapes (B = 128, H = 8,
-    d = 8), ``randpos.model.attention.attend(backend="math")`` against the formula it had
-    before (the 1/sqrt(d) scale on the T x T logits), interleaved in one process; the fastest
-    of ``reps`` CPU-time measurements each."""
+    """The explicit attention (``randpos.model.attention.attend``, math path) against the
+    formula it had before (the 1/sqrt(d) scale on the T x T logits), alternating in one
+    process, which a shared machine's process-to-process drift cannot bias: forward + backward
+    at the training shapes (B = 128, H = 8, d = 8), then whole training steps of the paper's
+    model at fixed lengths with either formula patched in. The fastest of ``reps`` CPU-time
+    measurements each."""
     import math
 
     import torch
 
-    from randpos.model.attention import attend
+    import randpos.model.attention as attention
+    from randpos.loop.trainer import Trainer
+    from randpos.workloads.config import TrainConfig
 
     torch.set_num_threads(threads)
+    current = attention.attend
 
-    def before(q, k, v):
+    def before(q, k, v, bias=None, *, causal=False, backend=attention.DEFAULT_BACKEND):
+        if backend == "fast" and attention._prefer_math_on_cpu(q, bias):
+            backend = "math"
+        if backend != "math" or bias is not None or causal:
+            return current(q, k, v, bias, causal=causal, backend=backend)
         return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
 
-    def after(q, k, v):
-        return attend(q, k, v, backend="math")
+    def after(*args, **kwargs):
+        return current(*args, **kwargs)
+
+    def ab(label: str, run) -> None:
+        best = {"before": math.inf, "after": math.inf}
+        for _ in range(reps):
+            for name, fn in (("before", before), ("after", after)):
+                attention.attend = fn
+                with Clock() as clock:
+                    run(fn)
+                best[name] = min(best[name], clock.cpu)
+        attention.attend = current
+        ratio = best["before"] / best["after"]
+        print(
+            f"  {label}: before {1e3 * best['before']:6.1f}  after {1e3 * best['after']:6.1f}"
+            f"  ({ratio:.2f}x)"
+        )
 
     generator = torch.Generator().manual_seed(0)
     print(f"attention forward + backward, B = 128, H = 8, d = 8, {threads} thread(s), CPU ms")
@@ -201,17 +228,14 @@ def attention_ab(threads: int, reps: int = 7) -> None:
         qkv = [torch.randn(128, T, 8, 8, generator=generator).transpose(1, 2) for _ in range(3)]
         qkv = [t.requires_grad_() for t in qkv]
         grad = torch.randn(128, 8, T, 8, generator=generator)
-        best = {"before": math.inf, "after": math.inf}
-        for _ in range(reps):
-            for name, fn in (("before", before), ("after", after)):
-                with Clock() as clock:
-                    fn(*qkv).backward(grad)
-                best[name] = min(best[name], clock.cpu)
-        ratio = best["before"] / best["after"]
-        print(
-            f"  T = {T:3d}: before {1e3 * best['before']:6.1f}  after {1e3 * best['after']:6.1f}"
-            f"  ({ratio:.2f}x)"
-        )
+        ab(f"T = {T:3d}", lambda fn, x=qkv, g=grad: fn(*x, backend="math").backward(g))
+    print(f"training step of the paper's model (B = 128, reverse_string), {threads} thread(s)")
+    for n in (10, 20, 40):
+        base = dict(task="reverse_string", pe="none", batch_size=128, device="cpu")
+        config = TrainConfig.from_dict(dict(base, max_train_length=n, curriculum="fixed"))
+        trainer = Trainer(config)
+        trainer.train_step()
+        ab(f"n = {n:3d}", lambda fn, t=trainer: t.train_step())
 
 
 # ----------------------------------------------------------------------------- the driver
