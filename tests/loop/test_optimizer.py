@@ -189,3 +189,31 @@ def test_stacked_update_equals_separate_clip_and_adam():
             atol_w = atol_w + (2 * P + 12) * EPS32 * size + 2 * EPS32 * w.detach().abs()
             got = trainer.params[n][i].detach()
             assert ((got - w.detach()).abs() <= atol_w).all(), (i, n)
+
+
+def test_members_whose_adam_step_counts_differ_update_apart():
+    """A checkpoint may hold other per-parameter step counts than its run's step (torch's Adam
+    does not count a step for a parameter without a gradient): such members get their own Adam
+    call, and each member's counts go on from its own."""
+    configs = [resolve_config(TINY, seed=s, steps=3) for s in (0, 1)]
+    first = Trainer(configs[0])
+    first.train_step()
+    first.train_step()
+    first.sync()
+    state = first.members[0].state()
+    state["optimizer"]["state"][0]["step"] = torch.tensor(1.0)  # parameter 0 missed a step
+    second = Trainer(configs[1])
+    second.train_step()
+    second.train_step()
+    second.sync()
+    ensemble = Trainer(configs)
+    ensemble.load_states([state, second.members[0].state()])
+    assert len(ensemble._adam_groups) == 2
+    ensemble.train_step()
+    ensemble.sync()
+    steps = [
+        [float(m.optimizer.state[p]["step"]) for p in m.model.parameters()]
+        for m in ensemble.members
+    ]
+    assert steps[0] == [2.0] + [3.0] * (len(steps[0]) - 1)
+    assert steps[1] == [3.0] * len(steps[1])
