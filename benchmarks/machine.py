@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
+import subprocess
+import sys
 
 import torch
 
@@ -41,3 +44,23 @@ def machine_info() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average": load_average(),
     }
+
+
+def run_worker(script: str, spec: dict, *, env: dict, timeout: float, cwd=None) -> dict:
+    """``python SCRIPT --worker SPEC`` in a fresh interpreter: the last JSON line it prints,
+    or ``{"error": ...}`` (its last lines of output, or the timeout)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, script, "--worker", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=cwd,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-3:]}
+    return json.loads(lines[-1])

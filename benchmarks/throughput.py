@@ -32,14 +32,14 @@ import math
 import multiprocessing as mp
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import machine  # benchmarks/machine.py (the script's own folder)
 import torch
-from machine import load_average, machine_info  # benchmarks/machine.py (the script's own folder)
+from machine import load_average, machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -96,18 +96,23 @@ def make_configs(spec: dict) -> list:
     ]
 
 
-def train_flops(config, n: int) -> float:
-    """Analytic FLOPs of one training step (forward + backward = 3 x forward) of one model:
+def forward_flops(config, n: int, batch: int) -> float:
+    """Analytic FLOPs of one forward pass of one model over ``batch`` sequences of length n:
     the matrix products (projections, feed-forward, attention scores and mixing, head)."""
     from randpos.tasks import get_task
 
     task = get_task(config.task)
     n_in = task.input_length(n)
     T = n_in + task.output_length(n_in)
-    B, D, F, L = config.batch_size, config.width, config.ff_width, config.num_layers
+    B, D, F, L = batch, config.width, config.ff_width, config.num_layers
     C = task.output_vocab_size
     per_layer = 2 * B * T * (4 * D * D + 2 * D * F) + 2 * 2 * B * T * T * D
-    return 3 * (L * per_layer + 2 * B * T * D * C)
+    return L * per_layer + 2 * B * T * D * C
+
+
+def train_flops(config, n: int) -> float:
+    """Analytic FLOPs of one training step (forward + backward = 3 x forward) of one model."""
+    return 3 * forward_flops(config, n, config.batch_size)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -300,21 +305,9 @@ def run_worker(spec: dict, timeout: float) -> dict:
         env["TORCHINDUCTOR_CACHE_DIR"] = cache  # compile times without a warm disk cache
         if spec.get("threads"):
             env["OMP_NUM_THREADS"] = str(spec["threads"])
-        try:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--worker", json.dumps(spec)],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                env=env,
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
-    result = json.loads(lines[-1])
-    result["load_average"] = load_average()
+        result = machine.run_worker(__file__, spec, env=env, timeout=timeout)
+    if "error" not in result:
+        result["load_average"] = load_average()
     return result
 
 

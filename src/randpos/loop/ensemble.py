@@ -2,11 +2,11 @@
 
 An *ensemble* is a :class:`randpos.loop.trainer.Trainer` with K > 1 members: K runs whose configs
 differ only in ``seed`` and ``learning_rate`` (:func:`ensemble_key`), stepped as one batched
-computation with exactly the numbers of K separate runs (the loop is the same one every run
-goes through; :mod:`randpos.loop.trainer` explains how). This module groups runs into such ensembles
-(:func:`group_compatible`, used by the sweep), runs a group from a sweep worker
-(:func:`ensemble_run`), and says how to run many models on a device (:func:`best_strategy`;
-docs/performance.md has the measurements).
+computation with the numbers of K separate runs, to float rounding (the loop is the same one
+every run goes through; :mod:`randpos.loop.trainer` explains how and how exactly). This module
+groups runs into such ensembles (:func:`group_compatible`, used by the sweep), runs a group
+from a sweep worker (:func:`ensemble_run`), and says how to run many models on a device
+(:func:`best_strategy`; docs/performance.md has the measurements).
 """
 
 from __future__ import annotations

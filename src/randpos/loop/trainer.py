@@ -16,10 +16,16 @@ evaluation); everything here is shared by all of them. Per member:
   drawn outside the member function, so the same tensors feed every execution;
 * the loss of member i depends only on member i's weights, so the gradient of the summed losses
   is every member's own gradient;
-* gradient clipping (global norm per member) and Adam (per-member learning rate) are torch's
-  own code (``torch.nn.utils.get_total_norm`` and ``torch.optim.adam.adam``) on the member's
-  slices, so a trainer of one member computes exactly what ``torch.optim.Adam`` after
-  ``clip_grad_norm_`` computes on a plain module, and K members exactly what K such runs do.
+* the update works on the stacked (K, ...) tensors in a fixed number of calls, whatever K:
+  each member's global gradient norm (``clip_grad_norm_``'s own arithmetic: the per-tensor norms
+  by ``torch._foreach_norm``, then their norm) scales that member's slice of the gradients, then
+  Adam is elementwise, so one call of torch's ``torch.optim.adam.adam`` over the stacked tensors
+  updates every member that shares a learning rate (one call per distinct learning rate: the
+  functional Adam takes one). A trainer of one member computes exactly what ``torch.optim.Adam``
+  after ``clip_grad_norm_`` computes on a plain module, bit for bit
+  (tests/loop/test_optimizer.py); K members compute what K such runs do, to float rounding by
+  contract (an element's rounding in torch's elementwise kernels may depend on whether it falls
+  in a vector lane or the scalar tail), and bit for bit in every case tried on CPU.
 
 How the members' forward and backward run is the ``execution`` (:data:`EXECUTIONS`): vmapped
 (CUDA's default), one after another (CPU's default), or compiled. Each member keeps its module
@@ -103,12 +109,41 @@ def _grad(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)]
 
 
-def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The global 2-norm ``clip_grad_norm_`` computes (its own code where torch has it)."""
-    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)  # torch >= 2.6
-    if get_total_norm is not None:
-        return get_total_norm(grads, 2.0)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+def _member_norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Each member's global 2-norm (K,) of stacked (K, ...) gradients, computed as
+    ``clip_grad_norm_`` computes one model's: the norm of every tensor (``torch._foreach_norm``,
+    here over every member's slice at once), then the norm of those norms."""
+    slices = [g.unbind(0) for g in grads]  # per tensor, its K member slices
+    norms = torch._foreach_norm([s[i] for i in range(grads[0].shape[0]) for s in slices], 2.0)
+    # (K, P): each member's row reduced as clip_grad_norm_ reduces its P norms
+    return torch.linalg.vector_norm(torch.stack(norms).view(-1, len(grads)), 2.0, dim=1)
+
+
+class _AdamGroup:
+    """Members that share a learning rate and per-tensor step counts: updated by one
+    ``torch.optim.adam.adam`` call. ``index`` selects them on the stacked axis: a slice (a
+    view) when they are consecutive, else their indices (gathered, then written back);
+    ``steps`` holds one step count per parameter, as ``torch.optim.Adam`` keeps it."""
+
+    def __init__(self, members: list[int], lr: float, steps: list[torch.Tensor], device) -> None:
+        self.members = members
+        self.lr = lr
+        self.steps = steps
+        consecutive = members == list(range(members[0], members[0] + len(members)))
+        self.index: slice | torch.Tensor = (
+            slice(members[0], members[-1] + 1)
+            if consecutive
+            else torch.tensor(members, device=device)
+        )
+
+    def take(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [t[self.index] for t in tensors]
+
+    def put(self, tensors: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Write gathered values back (nothing to do for views)."""
+        if isinstance(self.index, torch.Tensor):
+            for t, v in zip(tensors, values, strict=True):
+                t.index_copy_(0, self.index, v)
 
 
 def _raise_recompile_limit(at_least: int) -> None:
@@ -314,17 +349,28 @@ class Trainer:
         self.step = steps.pop()
         self.train_seconds = max(m.train_seconds for m in self.members)
         # per member and parameter, the step count as torch.optim.Adam keeps it
-        self._adam_steps = [[torch.tensor(0.0) for _ in self.names] for _ in self.members]
+        adam_steps = [[0.0 for _ in self.names] for _ in self.members]
         for i, member in enumerate(self.members):
             state = member.optimizer.state
             for j, (name, p) in enumerate(member.model.named_parameters()):
                 if p in state and "exp_avg" in state[p]:
                     self.exp_avg[name][i] = state[p]["exp_avg"]
                     self.exp_avg_sq[name][i] = state[p]["exp_avg_sq"]
-                    self._adam_steps[i][j] = state[p]["step"].detach().clone().cpu()
+                    adam_steps[i][j] = float(state[p]["step"])
+        # members of one learning rate (and, from any checkpoint, the same step counts) share
+        # one Adam call; steps stay on the CPU, as torch.optim.Adam keeps them
+        groups: dict[tuple, list[int]] = {}
+        for i, member in enumerate(self.members):
+            key = (member.config.learning_rate, tuple(adam_steps[i]))
+            groups.setdefault(key, []).append(i)
+        self._adam_groups = [
+            _AdamGroup(members, lr, [torch.tensor(s) for s in counts], self.device)
+            for (lr, counts), members in groups.items()
+        ]
 
     def sync(self) -> None:
         """Write the stacked weights, Adam state, step and time back into each member."""
+        steps = {i: group.steps for group in self._adam_groups for i in group.members}
         with torch.no_grad():
             for i, member in enumerate(self.members):
                 opt = member.optimizer
@@ -332,7 +378,7 @@ class Trainer:
                     p.copy_(self.params[name][i])
                     if self.step:
                         opt.state[p] = {
-                            "step": self._adam_steps[i][j].clone(),
+                            "step": steps[i][j].clone(),
                             "exp_avg": self.exp_avg[name][i].clone(),
                             "exp_avg_sq": self.exp_avg_sq[name][i].clone(),
                         }
@@ -392,12 +438,11 @@ class Trainer:
             return vmap(self._member_loss)(params, batch)
 
     def _forward_batched_grads(self, params, batch):
-        """Losses (K,), outputs (K, ...) and per member its gradients (views of (K, ...)):
+        """Losses (K,), outputs (K, ...) and the stacked gradients (K, ...) per parameter:
         member i's loss depends only on its own slice, so d(sum of losses) is every member's
         own gradient; the backward runs outside vmap, on the flattened batch."""
         losses, aux = self._forward(params, batch)
-        grads = _grad(losses.sum(), [params[k] for k in self.names])
-        return losses, aux, [[g[i] for g in grads] for i in range(self.size)]
+        return losses, aux, _grad(losses.sum(), [params[k] for k in self.names])
 
     def _forward_looped_grads(self, params, batch):
         """Same contract, member by member on views of the stacked weights (compiled: one
@@ -417,7 +462,11 @@ class Trainer:
                 grads.append([self._kept(g) for g in _grad(loss, views)])
                 losses.append(self._kept(loss.detach()))
                 aux.append(self._kept(out.detach()))
-        return torch.stack(losses), torch.stack(aux), grads
+        if self.size == 1:  # a view: nothing to copy
+            stacked = [g.unsqueeze(0) for g in grads[0]]
+        else:
+            stacked = [torch.stack(g) for g in zip(*grads, strict=True)]
+        return torch.stack(losses), torch.stack(aux), stacked
 
     def _models_batched(self, params, args, kwargs) -> torch.Tensor:
         """Every member's eval outputs (K, ...) on the same inputs, one vmapped pass."""
@@ -447,29 +496,37 @@ class Trainer:
         return t.clone() if self._graphed else t
 
     # --------------------------------------------------------------------- the update
-    def _update(self, grads: list[list[torch.Tensor]]) -> None:
-        """Per member: global-norm clipping, then Adam, in place on its slices of the stacked
-        tensors, with torch's own code (as ``clip_grad_norm_`` and ``torch.optim.Adam`` do)."""
-        for i, member in enumerate(self.members):
-            cfg = member.config
-            g = grads[i]
-            coef = torch.clamp(cfg.grad_clip / (_total_norm(g) + 1e-6), max=1.0)
-            torch._foreach_mul_(g, coef.to(g[0].device))
+    def _update(self, grads: list[torch.Tensor]) -> None:
+        """Clip each member's slice of the stacked gradients (K, ...) to its global norm, then
+        one ``torch.optim.adam.adam`` call per learning rate over the stacked tensors: a fixed
+        number of kernels per step, whatever K (the arithmetic of ``clip_grad_norm_`` and
+        ``torch.optim.Adam``, with its default implementation for the device)."""
+        cfg = self.config
+        coef = torch.clamp(cfg.grad_clip / (_member_norms(grads) + 1e-6), max=1.0)  # (K,)
+        for g in grads:
+            g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
+        params = [self.params[n] for n in self.names]
+        exp_avg = [self.exp_avg[n] for n in self.names]
+        exp_avg_sq = [self.exp_avg_sq[n] for n in self.names]
+        for group in self._adam_groups:
+            mine = [group.take(t) for t in (params, exp_avg, exp_avg_sq)]
             adam(
-                [self.params[n][i] for n in self.names],
-                g,
-                [self.exp_avg[n][i] for n in self.names],
-                [self.exp_avg_sq[n][i] for n in self.names],
+                mine[0],
+                group.take(grads),
+                mine[1],
+                mine[2],
                 [],
-                self._adam_steps[i],
+                group.steps,
                 amsgrad=False,
                 beta1=cfg.adam_beta1,
                 beta2=cfg.adam_beta2,
-                lr=cfg.learning_rate,
+                lr=group.lr,
                 weight_decay=0.0,
                 eps=cfg.adam_eps,
                 maximize=False,
             )
+            for stacked, values in zip((params, exp_avg, exp_avg_sq), mine, strict=True):
+                group.put(stacked, values)
 
     # --------------------------------------------------------------------- one step
     def draw_batch(self) -> tuple[int, dict[str, torch.Tensor]]:

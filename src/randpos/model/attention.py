@@ -165,7 +165,9 @@ def attend(
     if backend == "fast" and _prefer_math_on_cpu(q, bias):
         backend = "math"
     if backend == "math":
-        logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
+        # the 1/sqrt(d) scale on q (B, H, Tq, d), not on the Tq x Tk logits: d times fewer
+        # elements, forward and backward (a training step at n = 40 spent ~14% there)
+        logits = (q / math.sqrt(q.shape[-1])) @ k.transpose(-1, -2)  # (B, H, Tq, Tk)
         if bias is not None:
             logits = logits + bias
         if causal:
