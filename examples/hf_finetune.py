@@ -125,31 +125,43 @@ def train(cfg: dict, arm: str, seed: int, log_every: int = 0) -> tuple[torch.nn.
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     per_group = cfg["batch_size"] // cfg["groups"]
-    model.train()
-    start, losses = time.time(), []
-    for step in range(steps):
+
+    def next_batch(step: int) -> dict:
         lengths = torch.randint(1, cfg["train_max"] + 1, (cfg["groups"],), generator=data_gen)
         feats = [
             ex
             for n in lengths.tolist()
             for ex in make_examples(task, vocab, n, per_group, data_gen)
         ]
-        batch = collate(feats)
-        loss = model(**batch, use_cache=False).loss
+        return collate(feats)
+
+    losses, seconds = fit(model, opt, sched, next_batch, steps, cfg["clip"], f"{arm} seed {seed}",
+                          log_every)  # fmt: skip
+    return model, {
+        "final_loss": sum(losses[-50:]) / min(50, len(losses)),
+        "train_s": seconds,
+    }
+
+
+def fit(model, opt, sched, next_batch, steps: int, clip: float, label: str, log_every: int = 0):
+    """Train ``model`` for ``steps`` steps, each on ``next_batch(step)`` (collated keyword
+    arguments with labels): AdamW after global-norm clipping to ``clip``, the schedule stepped
+    every step, the mean loss printed every ``log_every`` steps. Returns the losses and seconds."""
+    model.train()
+    start, losses = time.time(), []
+    for step in range(steps):
+        loss = model(**next_batch(step), use_cache=False).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         sched.step()
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
             recent = sum(losses[-log_every:]) / log_every
-            print(f"  {arm} seed {seed} step {step + 1}: loss {recent:.4f}", flush=True)
+            print(f"  {label} step {step + 1}: loss {recent:.4f}", flush=True)
     model.eval()
-    return model, {
-        "final_loss": sum(losses[-50:]) / min(50, len(losses)),
-        "train_s": time.time() - start,
-    }
+    return losses, time.time() - start
 
 
 def evaluate(model: torch.nn.Module, cfg: dict, seed: int) -> dict[str, dict[int, float]]:

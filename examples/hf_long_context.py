@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 import transformers
-from hf_finetune import Vocab, build_model  # examples/hf_finetune.py (the script's own folder)
+from hf_finetune import Vocab, build_model, fit  # examples/hf_finetune.py (the script's own folder)
 
 from randpos.model.hf import RandomPositionCollator, generate
 from randpos.results.report.long_context import effective_length
@@ -90,31 +90,22 @@ def train(cfg: dict, arm: str, seed: int, log_every: int = 0) -> tuple[torch.nn.
     data_gen = torch.Generator().manual_seed(seed + 2)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg["warmup"]))
-    model.train()
-    start, losses = time.time(), []
-    for step in range(cfg["steps"]):
+
+    def next_batch(step: int) -> dict:
         ids, labels = sequences(
             task.sample(cfg["batch_size"], cfg["train_length"], data_gen), vocab
         )
-        batch = collate(
+        return collate(
             [
                 {"input_ids": i.tolist(), "labels": j.tolist()}
                 for i, j in zip(ids, labels, strict=True)
             ]
         )
-        loss = model(**batch, use_cache=False).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            recent = sum(losses[-log_every:]) / log_every
-            print(f"  {arm} seed {seed} step {step + 1}: loss {recent:.4f}", flush=True)
-    model.eval()
+
+    losses, seconds = fit(model, opt, sched, next_batch, cfg["steps"], cfg["clip"],
+                          f"{arm} seed {seed}", log_every)  # fmt: skip
     tail = losses[-50:]
-    return model, {"final_loss": sum(tail) / len(tail), "train_s": round(time.time() - start, 1)}
+    return model, {"final_loss": sum(tail) / len(tail), "train_s": round(seconds, 1)}
 
 
 def evaluate(model: torch.nn.Module, cfg: dict, arm: str, seed: int) -> dict[str, Any]:
