@@ -27,6 +27,8 @@ STUDIES = {
     "zoo": ["zoo", "decoder"],
     "images": ["images"],
     "arpg": ["arpg"],
+    "arithmetic": ["arithmetic"],
+    "long_context": ["long_context"],
 }
 
 

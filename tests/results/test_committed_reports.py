@@ -25,6 +25,8 @@ STUDIES = {
     "decoder": ("zoo", "decoder"),
     "images": ("images", "images"),
     "arpg": ("arpg", "arpg"),
+    "arithmetic": ("arithmetic", "arithmetic"),
+    "long_context": ("long_context", "long_context"),
 }
 TABLES = ("*.csv", "*.tex", "*.json", "*.parquet")
 
