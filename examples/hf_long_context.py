@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 import transformers
+from hf_finetune import FULL as FINETUNE
 from hf_finetune import Vocab, build_model, fit  # examples/hf_finetune.py (the script's own folder)
 
 from randpos.model.hf import RandomPositionCollator, generate
@@ -55,15 +56,7 @@ FULL: dict[str, Any] = dict(
     eval_seed=1,
     seeds=[0],
     arms=["contiguous", "random", "pose", "float"],
-    model=dict(
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        rope_theta=10000.0,
-        attn_implementation="sdpa",
-    ),
+    model=dict(FINETUNE["model"]),  # hf_finetune's tiny Llama: the native decoder's size
 )
 #: A few-minute version (the smoke check).
 SMOKE: dict[str, Any] = dict(
