@@ -46,6 +46,9 @@ class Oracle:
         self.task, self.wrong_beyond = task, wrong_beyond
         self.seen: dict[int, tuple] = {}
 
+    def parameters(self):  # where the workload finds the device
+        yield torch.zeros(1)
+
     def __call__(self, tokens, positions, *, cache, validate=False, loops=1, **kwargs):
         key = id(cache)  # the cache is kept alive below, so its id is not reused
         history = torch.cat([self.seen[key][1], tokens], 1) if key in self.seen else tokens
@@ -136,6 +139,52 @@ def test_cached_greedy_decoding_agrees_with_a_full_forward(options):
     clear = (top2[..., 0] - top2[..., 1]) > tol
     assert bool(clear.all())  # seeded: no near tie here, so every token is certified
     assert torch.equal(generated[clear], full.argmax(-1)[clear])
+
+
+def test_examples_read_the_problem_and_the_answer_as_numbers():
+    """``randpos generate``'s rows: an integer oracle is right on every example and reads as
+    the sum; one that answers EOS at once is wrong and reads as no number; the digit positions
+    shown are the Abacus indices (1 = least significant, 0 elsewhere) of prompt and answer."""
+    config = resolve_config(TINY, options={"digit_positions": "abacus"})
+    workload = build_workload(config)
+    right = workload.examples(Oracle(workload.task), 4, count=3, seed=0)
+    for row in right:
+        assert row["correct"] == row["counted"] == len(row["target"])
+        assert row["output"] == row["target"] and row["output"][-1] == EOS
+        problem, answer = row["text"].split("; model: ")
+        a, b, c = (int(x) for x in problem.replace("+", "=").split("="))
+        assert a + b == c == int(answer)
+        prompt = row["input"]
+        expected, run = [], 0
+        for t in prompt + row["output"]:
+            run = run + 1 if t < 10 else 0
+            expected.append(run)
+        assert row["digit_positions"] == expected
+    wrong = workload.examples(Oracle(workload.task, wrong_beyond=2), 4, count=3, seed=0)
+    assert [r["input"] for r in wrong] == [r["input"] for r in right]  # the seed's problems
+    for row in wrong:
+        assert row["output"] == [EOS] and row["correct"] == 0
+        assert row["text"].endswith("; model: (none)")
+
+
+def test_generate_prints_a_tiny_runs_problems_and_their_exact_match(tmp_path):
+    from typer.testing import CliRunner
+
+    from randpos.cli import app
+
+    run = tmp_path / "run"
+    train(resolve_config(TINY, options={"digit_positions": "abacus"}), run, progress=False)
+    result = CliRunner().invoke(
+        app, ["generate", str(run), "--length", "4", "--count", "2", "--show-positions"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "addition, length 4" in result.output and "digit positions abacus" in result.output
+    assert result.output.count("  reads     ") == 2 and "digits at 1 2 3 4 0" in result.output
+    assert "exact match " in result.output and "/2" in result.output
+    result = CliRunner().invoke(
+        app, ["generate", str(run), "-n", "4", "--decode-positions", "spread"]
+    )
+    assert result.exit_code != 0 and "decode_positions" in result.output
 
 
 def test_a_tiny_run_trains_evaluates_the_grid_and_reaches_the_report(tmp_path):

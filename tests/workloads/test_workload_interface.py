@@ -29,7 +29,7 @@ from randpos.loop.training import CHECKPOINT, Trainer, TrainingInterrupted, trai
 from randpos.results.report import write_report
 from randpos.results.store import ResultsStore
 from randpos.sweep import LocalExecutor, parse_spec, run_sweep
-from randpos.workloads import Workload, get_workload, resolve_config
+from randpos.workloads import Workload, build_workload, get_workload, resolve_config
 from randpos.workloads.config import TrainConfig
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -178,6 +178,13 @@ def test_a_test_workload_trains_and_writes_every_run_file(tmp_path):
     assert summary["id_accuracy"] > 0.5  # within 0.05 of the mean, most of the time
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"summary.json", CHECKPOINT, "model.safetensors", "per_length.csv"} <= names
+
+
+def test_a_workload_without_generation_refuses_examples_in_one_line():
+    workload = build_workload(toy())
+    with pytest.raises(ConfigError, match="has no generation") as info:
+        workload.examples(None, 4, count=2, seed=0)
+    assert "\n" not in str(info.value)
 
 
 class StopAt:

@@ -351,7 +351,14 @@ def evaluate(
 @cli_errors
 def generate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `randpos train`.")],
-    length: Annotated[int, typer.Option("--length", "-n", help="Task length of the examples.")],
+    length: Annotated[
+        int,
+        typer.Option(
+            "--length",
+            "-n",
+            help="Task length of the examples (arithmetic: digits of each operand).",
+        ),
+    ],
     count: Annotated[int, typer.Option("--count", help="How many examples.")] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the examples.")] = 0,
     eval_positions: Annotated[
@@ -385,15 +392,17 @@ def generate(
     )
     mode = cfg.positions.eval_mode
     how = f"positions {mode}"
-    decode = build_workload(cfg).summary_fields().get("decode_positions")
-    if decode is not None:  # a decoder
-        how += f", generated tokens {decode}, greedy with the KV cache"
+    summary = build_workload(cfg).summary_fields()
+    if summary.get("decode_positions") is not None:  # a decoder
+        how += f", generated tokens {summary['decode_positions']}, greedy with the KV cache"
+    if summary.get("digit_positions", "none") != "none":  # arithmetic
+        how += f", digit positions {summary['digit_positions']}"
     console.print(f"{cfg.task}, length {length} ({cfg.workload}, {cfg.pe}, {how})", soft_wrap=True)
 
     def text(symbols: list[int]) -> str:
         return " ".join(str(s) for s in symbols)
 
-    total = counted = 0
+    total = counted = exact = 0
     for i, row in enumerate(rows, 1):
         console.print(f"[bold]example {i}[/bold]  {row['correct']}/{row['counted']} correct")
         console.print(f"  input     {text(row['input'])}", soft_wrap=True, highlight=False)
@@ -401,8 +410,17 @@ def generate(
         console.print(f"  output    {text(row['output'])}", soft_wrap=True, highlight=False)
         if show_positions:
             console.print(f"  positions {text(row['positions'])}", soft_wrap=True, highlight=False)
+            if "digit_positions" in row:
+                digits = text(row["digit_positions"])
+                console.print(f"  digits at {digits}", soft_wrap=True, highlight=False)
+        if "text" in row:
+            console.print(f"  reads     {row['text']}", soft_wrap=True, highlight=False)
         total, counted = total + row["correct"], counted + row["counted"]
-    console.print(f"token accuracy {total}/{counted} = {total / max(counted, 1):.1%}")
+        exact += row["correct"] == row["counted"]
+    console.print(
+        f"token accuracy {total}/{counted} = {total / max(counted, 1):.1%}; "
+        f"exact match {exact}/{len(rows)}"
+    )
 
 
 @app.command()

@@ -25,7 +25,7 @@ import torch
 
 from randpos.core.fields import ConfigError
 from randpos.core.files import atomic_write_text
-from randpos.core.seeding import make_generator, resolve_device
+from randpos.core.seeding import resolve_device
 from randpos.loop.identity import run_id
 from randpos.loop.loggers import Evaluation, RunLoggers, on_log_callback
 from randpos.loop.runs import (
@@ -42,7 +42,6 @@ from randpos.loop.runs import (
 )
 from randpos.loop.trainer import Trainer, check_compatible
 from randpos.loop.trust import check_weights, config_from_file, read_summary
-from randpos.positions import plan_positions
 from randpos.workloads import build_workload
 from randpos.workloads.config import TrainConfig
 from randpos.workloads.evaluation import EvalResult
@@ -295,11 +294,12 @@ def predict_run(
     trust_workload: str | Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], TrainConfig]:
     """``count`` fresh examples of the run's task at ``length`` with the model's outputs
-    (``randpos generate``): for each its input, target and output symbols, the positions it
-    was given and the masked count of correct symbols. A decoder generates token by token with
-    its KV cache; an encoder answers in one pass. Positions follow the run's evaluation mode
-    (``eval_positions``) and, for a decoder, ``decode_positions``. ``trust_workload``: the
-    ``module:Class`` workload the run may name (:func:`load_model`)."""
+    (``randpos generate``), as the run's workload writes them
+    (:meth:`randpos.workloads.base.Workload.examples`): for each its input, target and output
+    tokens, the positions it was given and the count of correct answer tokens. A decoder
+    generates token by token with its KV cache; an encoder answers in one pass. Positions follow
+    the run's evaluation mode (``eval_positions``) and, for a decoder, ``decode_positions``.
+    ``trust_workload``: the ``module:Class`` workload the run may name (:func:`load_model`)."""
 
     if not isinstance(length, int) or length < 1:
         raise ConfigError(f"--length must be a positive integer, got {length!r}")
@@ -309,39 +309,9 @@ def predict_run(
         changes["options"] = {**config.options, "decode_positions": decode_positions}
     config = config.replace(**{k: v for k, v in changes.items() if v is not None})
     workload = build_workload(config)
-    if not hasattr(workload, "predict") or not hasattr(workload, "place_generated"):
-        raise ConfigError(f"workload {config.workload!r} has no generation (no predict method)")
-    workload.check_eval_size(length)
-    T = config.sequence_length(length)
-    if config.randomized and T > config.positions.max_position:
-        raise ConfigError(
-            f"length {length} needs {T} positions, more than the position range L="
-            f"{config.positions.max_position} the model was trained on; choose a shorter --length"
-        )
-    dev = next(model.parameters()).device
-    sample = workload.task.sample(count, length, make_generator(seed, "generate/data", dev))
-    positions = make_generator(seed, "generate/positions", dev)
-    mode = workload.eval_mode()
-    plan = plan_positions(
-        config.positions, config.num_layers, count, T, positions, mode=mode, device=dev
-    )
-    k = sample.targets.shape[1]
-    plan = workload.place_generated(plan, k, positions)
     model.eval()
     with torch.inference_mode():
-        outputs = workload.predict(model, sample, plan)
-    correct = (outputs == sample.targets) & sample.mask
-    rows = [
-        {
-            "input": sample.inputs[i].tolist(),
-            "target": sample.targets[i].tolist(),
-            "output": outputs[i].tolist(),
-            "positions": plan.positions[min(i, plan.positions.shape[0] - 1)].tolist(),
-            "correct": int(correct[i].sum()),
-            "counted": int(sample.mask[i].sum()),
-        }
-        for i in range(count)
-    ]
+        rows = workload.examples(model, length, count, seed)
     return rows, config
 
 

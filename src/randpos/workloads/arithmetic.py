@@ -61,7 +61,7 @@ from randpos.positions import (
     plan_positions,
     token_positions,
 )
-from randpos.tasks.arithmetic import ARITHMETIC_TASKS, ArithmeticFormat, ArithmeticTask
+from randpos.tasks.arithmetic import ARITHMETIC_TASKS, EOS, ArithmeticFormat, ArithmeticTask
 from randpos.workloads.base import Batch, Models, Workload
 from randpos.workloads.encoder import task_summary
 from randpos.workloads.registry import register_workload
@@ -404,6 +404,65 @@ class ArithmeticWorkload(Workload):
                 **embedded(sequence, 1),
             )[:, -1]  # fmt: skip
         return torch.cat(out, dim=1)
+
+    def examples(self, model, size: int, count: int, seed: int) -> list[dict[str, Any]]:
+        """Fresh problems with operands of ``size`` digits each, decoded as in evaluation
+        (greedy, KV cache, digit positions read as the answer grows); ``text`` reads the problem
+        and the model's answer as numbers (most significant digit first)."""
+        dev = next(model.parameters()).device
+        batch = self.task.sample_cell(count, size, size, make_generator(seed, "generate/data", dev))
+        T, start = batch.tokens.shape[1], int(batch.answer_start[0])
+        positions = make_generator(seed, "generate/positions", dev)
+        plan = plan_positions(
+            self.config.positions, self.config.num_layers, count, T, positions,
+            mode=self.eval_mode(), device=dev,
+        )  # fmt: skip
+        prompt = batch.tokens[:, :start]
+        generated = self.generate(
+            model, prompt, self.shared(plan.positions), T - start, self.eval_loops_at(size)
+        )
+        sequence = torch.cat([prompt, generated], dim=1)
+        digits = None
+        if self.reading is not None:  # the digit positions the model read, offset 0
+            kinds, zero = self.kinds.table(dev), torch.zeros(1, 1, dtype=torch.long, device=dev)
+            digits = token_positions(self.reading, sequence, kinds, zero)
+        symbol = "+" if self.task.name == "addition" else "*"
+        rows = []
+        for i in range(count):
+            k = int(batch.length[i]) - start  # answer digits and EOS
+            target, output = batch.tokens[i, start : start + k], generated[i]
+            ended = (output == EOS).nonzero()
+            shown = output[: int(ended[0]) + 1] if len(ended) else output  # to the first EOS
+            a, b, c = self.task.decode(batch.tokens[i].tolist())
+            row = {
+                "input": prompt[i].tolist(),
+                "target": target.tolist(),
+                "output": shown.tolist(),
+                "positions": plan.positions[min(i, plan.positions.shape[0] - 1)].tolist(),
+                "correct": int((shown[:k] == target[: len(shown)]).sum()),  # to its EOS
+                "counted": k,
+                "text": f"{a} {symbol} {b} = {c}; model: {self.read_answer(shown)}",
+            }
+            if digits is not None:
+                row["digit_positions"] = digits[i, : start + len(shown)].tolist()
+            rows.append(row)
+        return rows
+
+    def read_answer(self, tokens: torch.Tensor) -> str:
+        """Generated answer tokens as a number (most significant digit first, leading zeros
+        dropped): the digits before the first EOS (hints skipped); ``?`` for any other symbol,
+        ``(no EOS)`` when the model did not end its answer."""
+        out, ended = [], False
+        for t in tokens.tolist():
+            if t == EOS:
+                ended = True
+                break
+            if t in self.task.hint_ids:
+                continue
+            out.append(str(t) if t < 10 else "?")
+        number = "".join(reversed(out))
+        number = number.lstrip("0") or number[:1] or "(none)"
+        return number + ("" if ended else " (no EOS)")
 
     def eval_mode(self) -> str:
         return self.config.positions.eval_mode

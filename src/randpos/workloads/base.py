@@ -171,6 +171,15 @@ class Workload:
         """The evaluation position mode recorded with the results."""
         return self.config.positions.eval
 
+    def examples(self, model: nn.Module, size: int, count: int, seed: int) -> list[dict[str, Any]]:
+        """``count`` fresh examples at ``size`` with ``model``'s greedy answers (``randpos
+        generate``), drawn from ``seed`` alone; ``model`` is in eval mode, under inference mode.
+        One dict per example: ``input``, ``target`` and ``output`` (token ids), ``positions``
+        (what the model was given), ``correct`` and ``counted`` (answer tokens), and optionally
+        ``text`` (the example in words). Default: a workload without generation, a one-line
+        error."""
+        raise ConfigError(f"workload {self.name!r} has no generation (`randpos generate`)")
+
     # ----------------------------------------------------------------- reporting
     def write_files(self, out, member: int) -> None:
         """Extra files of member ``member``'s run directory ``out`` after evaluation (the

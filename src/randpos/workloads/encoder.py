@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from randpos.core.fields import ConfigError, check_choice
+from randpos.core.seeding import make_generator
 from randpos.encodings import PE_NAMES, build_encoding, check_position_dims, get_encoding
 from randpos.model import Transformer
 from randpos.positions import PositionPlan, plan_positions
@@ -173,6 +174,39 @@ class EncoderWorkload(Workload):
         """The evaluation plan of a whole sequence whose k outputs are generated: the encoder
         answers in one pass at the plan's own positions (the decoder places its tokens)."""
         return plan
+
+    def examples(self, model, size: int, count: int, seed: int) -> list[dict[str, Any]]:
+        """Fresh examples of the task at length ``size``: the task's own batch, positions of
+        the evaluation mode, the answer from :meth:`predict` (the decoder's placed by
+        :meth:`place_generated`)."""
+        self.check_eval_size(size)
+        cfg = self.config
+        T = cfg.sequence_length(size)
+        if cfg.randomized and T > cfg.positions.max_position:
+            raise ConfigError(
+                f"length {size} needs {T} positions, more than the position range L="
+                f"{cfg.positions.max_position} the model was trained on; choose a shorter --length"
+            )
+        dev = next(model.parameters()).device
+        sample = self.task.sample(count, size, make_generator(seed, "generate/data", dev))
+        positions = make_generator(seed, "generate/positions", dev)
+        plan = plan_positions(
+            cfg.positions, cfg.num_layers, count, T, positions, mode=self.eval_mode(), device=dev
+        )
+        plan = self.place_generated(plan, sample.targets.shape[1], positions)
+        outputs = self.predict(model, sample, plan)
+        correct = (outputs == sample.targets) & sample.mask
+        return [
+            {
+                "input": sample.inputs[i].tolist(),
+                "target": sample.targets[i].tolist(),
+                "output": outputs[i].tolist(),
+                "positions": plan.positions[min(i, plan.positions.shape[0] - 1)].tolist(),
+                "correct": int(correct[i].sum()),
+                "counted": int(sample.mask[i].sum()),
+            }
+            for i in range(count)
+        ]
 
     def predict(self, model, sample, plan: PositionPlan) -> torch.Tensor:
         """The model's output symbols (B, k) for a task batch, ``model`` in eval mode: the
