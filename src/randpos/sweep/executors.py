@@ -185,7 +185,7 @@ class LocalExecutor:
             initargs=(os.getpid(), threads, gpu_queue),
         )
         self.describe = f"{self.capacity} local process(es), " + (
-            f"{gpus} GPU(s)" if gpus else f"{threads} thread(s) each"
+            f"{gpus} GPU(s)" if gpus else f"{threads} thread(s) each unless a run sets `threads`"
         )
         return self.capacity
 
