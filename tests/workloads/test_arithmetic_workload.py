@@ -6,6 +6,8 @@ looped models draw their passes per step; bad options are one-line errors."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from numerics import f32_atol
@@ -185,6 +187,27 @@ def test_generate_prints_a_tiny_runs_problems_and_their_exact_match(tmp_path):
         app, ["generate", str(run), "-n", "4", "--decode-positions", "spread"]
     )
     assert result.exit_code != 0 and "decode_positions" in result.output
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"pe": "learned"}, "take 22 tokens, beyond the positions [0, 19)"),  # 6+6+7+3 > 5+5+6+3
+        (
+            {
+                "pe": "fire",
+                "positions": {"sampler": "random"},
+                "options": {"digit_positions": "abacus", "max_offset": 0},
+            },
+            "digit positions beyond the model's table [0, 7)",  # 7 answer digits, rows 0..6
+        ),
+    ],
+)
+def test_examples_beyond_the_models_tables_are_one_line_errors(config, message):
+    workload = build_workload(resolve_config(TINY, **config))
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        workload.examples(Oracle(workload.task), 6, count=1, seed=0)
+    assert "\n" not in str(info.value)
 
 
 def test_a_tiny_run_trains_evaluates_the_grid_and_reaches_the_report(tmp_path):

@@ -408,7 +408,24 @@ class ArithmeticWorkload(Workload):
     def examples(self, model, size: int, count: int, seed: int) -> list[dict[str, Any]]:
         """Fresh problems with operands of ``size`` digits each, decoded as in evaluation
         (greedy, KV cache, digit positions read as the answer grows); ``text`` reads the problem
-        and the model's answer as numbers (most significant digit first)."""
+        and the model's answer as numbers (most significant digit first). ``ConfigError`` when
+        the problems need positions beyond the tables the model was built with."""
+        built, M = self.model_config(), self.config.eval_max_length
+        tokens = self.task.sequence_length(size, size)
+        if not self.config.randomized and tokens > built.max_position:
+            raise ConfigError(
+                f"length {size}: its problems take {tokens} tokens, beyond the positions "
+                f"[0, {built.max_position}) the model was built with (eval_max_length={M}); "
+                "choose a shorter --length"
+            )
+        if self.reading is not None and self.task.answer_digits(size, size) >= (
+            built.embed_max_position
+        ):
+            raise ConfigError(
+                f"length {size}: its answers need digit positions beyond the model's table "
+                f"[0, {built.embed_max_position}) (eval_max_length={M}, options.max_offset="
+                f"{self.opts.max_offset}); choose a shorter --length"
+            )
         dev = next(model.parameters()).device
         batch = self.task.sample_cell(count, size, size, make_generator(seed, "generate/data", dev))
         T, start = batch.tokens.shape[1], int(batch.answer_start[0])
