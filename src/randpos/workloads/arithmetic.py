@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -378,15 +379,10 @@ class ArithmeticWorkload(Workload):
         loops = self.opts.loops if loops is None else loops
         P = prompt.shape[1]
         cache = KVCache(self.config.num_layers * loops)
-        kinds = self.kinds.table(prompt.device)
-        zero = torch.zeros(1, 1, dtype=torch.long, device=prompt.device)
+        read = self.digit_reader(prompt.device)
 
         def embedded(sequence: torch.Tensor, last: int) -> dict[str, torch.Tensor]:
-            if self.reading is None:
-                return {}
-            return {
-                "embed_positions": token_positions(self.reading, sequence, kinds, zero)[:, -last:]
-            }
+            return {} if read is None else {"embed_positions": read(sequence)[:, -last:]}
 
         logits = model(
             prompt, positions[:, :P], validate=False, cache=cache, loops=loops,
@@ -405,16 +401,25 @@ class ArithmeticWorkload(Workload):
             )[:, -1]  # fmt: skip
         return torch.cat(out, dim=1)
 
+    def digit_reader(self, device) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """A function from token sequences (B, T) to their digit positions at offset 0 (the
+        evaluation rule), or None without a token-reading source."""
+        if self.reading is None:
+            return None
+        kinds = self.kinds.table(device)
+        zero = torch.zeros(1, 1, dtype=torch.long, device=device)
+        return lambda sequence: token_positions(self.reading, sequence, kinds, zero)
+
     def examples(self, model, size: int, count: int, seed: int) -> list[dict[str, Any]]:
         """Fresh problems with operands of ``size`` digits each, decoded as in evaluation
         (greedy, KV cache, digit positions read as the answer grows); ``text`` reads the problem
         and the model's answer as numbers (most significant digit first). ``ConfigError`` when
         the problems need positions beyond the tables the model was built with."""
         built, M = self.model_config(), self.config.eval_max_length
-        tokens = self.task.sequence_length(size, size)
-        if not self.config.randomized and tokens > built.max_position:
+        T = self.task.sequence_length(size, size)  # every problem's width: n = m = size
+        if not self.config.randomized and T > built.max_position:
             raise ConfigError(
-                f"length {size}: its problems take {tokens} tokens, beyond the positions "
+                f"length {size}: its problems take {T} tokens, beyond the positions "
                 f"[0, {built.max_position}) the model was built with (eval_max_length={M}); "
                 "choose a shorter --length"
             )
@@ -428,7 +433,7 @@ class ArithmeticWorkload(Workload):
             )
         dev = next(model.parameters()).device
         batch = self.task.sample_cell(count, size, size, make_generator(seed, "generate/data", dev))
-        T, start = batch.tokens.shape[1], int(batch.answer_start[0])
+        start = int(batch.answer_start[0])
         positions = make_generator(seed, "generate/positions", dev)
         plan = plan_positions(
             self.config.positions, self.config.num_layers, count, T, positions,
@@ -438,11 +443,8 @@ class ArithmeticWorkload(Workload):
         generated = self.generate(
             model, prompt, self.shared(plan.positions), T - start, self.eval_loops_at(size)
         )
-        sequence = torch.cat([prompt, generated], dim=1)
-        digits = None
-        if self.reading is not None:  # the digit positions the model read, offset 0
-            kinds, zero = self.kinds.table(dev), torch.zeros(1, 1, dtype=torch.long, device=dev)
-            digits = token_positions(self.reading, sequence, kinds, zero)
+        read = self.digit_reader(dev)  # the digit positions the model read
+        digits = None if read is None else read(torch.cat([prompt, generated], dim=1))
         symbol = "+" if self.task.name == "addition" else "*"
         rows = []
         for i in range(count):
